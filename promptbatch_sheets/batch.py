@@ -1,0 +1,171 @@
+"""One batch from a surface: read the sheet, plan the prompts, run them, write the answers.
+
+This is the public entry point every surface shares (CLI, Excel, Google Sheets); it owns the
+order of things and the flushing of answers back into the sheet in blocks.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import Callable
+from contextlib import AbstractAsyncContextManager
+from dataclasses import dataclass, field
+from typing import Any
+
+from . import userconfig
+from .engine import RowResult, Summary, run_jobs
+from .errors import ConfigError
+from .estimate import Estimate, cost, estimate
+from .plan import Plan, make_plan
+from .providers import ModelSpec, Params, Provider, RetryPolicy, open_provider
+from .settings import Settings, resolve
+from .sheet import Cell, SheetData, Surface
+from .store import Store, answer_key
+from .table import TemplateText, locate, quote_sheet
+
+FLUSH_SECONDS = 2.0
+"""Answers reach the sheet at least this often while a run goes on."""
+LOCAL = "local"
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """Everything decided before the first call: a preview shows it, a run executes it."""
+
+    data: SheetData
+    plan: Plan
+    settings: Settings
+    spec: ModelSpec
+    params: Params
+    model_defaulted: bool
+
+    @property
+    def price_label(self) -> str:
+        return f"{self.spec.provider}:{self.spec.model}"
+
+
+@dataclass
+class Preview:
+    prepared: Prepared
+    rows: int
+    to_send: int
+    cached: int
+    unique_prompts: int
+    estimate: Estimate
+    first_prompts: list[tuple[int, str]] = field(default_factory=list)
+
+
+def prepare(surface: Surface, flags: dict[str, Any] | None = None,
+            template: TemplateText | None = None, template_cell: str | None = None) -> Prepared:
+    """Read the sheet and decide everything; raises PromptBatchError with a fix, never calls."""
+    data = surface.read()
+    settings = resolve(flags or {}, data.settings)
+    if template_cell:
+        template = TemplateText(surface.cell_text(template_cell), template_cell)
+    conf_template = data.settings.get("template")
+    fallback = TemplateText(conf_template, f"{quote_sheet('promptbatch.conf')} (key template)"
+                            ) if conf_template else None
+    table = locate(data.grid, data.name, explicit=template or data.template, fallback=fallback,
+                   bounds=data.bounds, output_header=settings.output_column)
+    plan = make_plan(table, data.grid, settings.rerun)
+    spec = ModelSpec.parse(settings.model or LOCAL, settings.base_url)
+    params = Params(settings.temperature, settings.max_tokens, settings.system)
+    return Prepared(data, plan, settings, spec, params, model_defaulted=not settings.model)
+
+
+def preview(prepared: Prepared, store: Store, first: int = 3) -> Preview:
+    """What a run would send and cost; looks in the cache, calls no model."""
+    jobs = prepared.plan.jobs
+    label = prepared.spec.label
+    keys = {answer_key(label, prepared.params, j.prompt): j.prompt for j in jobs}
+    hits = store.get_many(keys) if prepared.settings.use_cache else {}
+    fresh = [p for k, p in keys.items() if k not in hits]
+    cached_rows = sum(1 for j in jobs if answer_key(label, prepared.params, j.prompt) in hits)
+    return Preview(
+        prepared=prepared,
+        rows=len(prepared.plan.table.rows),
+        to_send=len(jobs) - cached_rows,
+        cached=cached_rows,
+        unique_prompts=len(fresh),
+        estimate=estimate(prepared.price_label, fresh, prepared.settings.max_tokens,
+                          prepared.settings.concurrency),
+        first_prompts=[(j.row, j.prompt) for j in jobs[:first]],
+    )
+
+
+def api_key_for(spec: ModelSpec) -> str | None:
+    key = userconfig.api_key(spec.provider, spec.key_variable)
+    if spec.key_required and not key:
+        raise ConfigError(
+            f"{spec.provider}:{spec.model} needs an API key. Set the environment variable "
+            f"{spec.key_variable}, or run: promptbatch keys set {spec.provider}"
+        )
+    return key
+
+
+class BlockWriter:
+    """Collects answers and hands them to the surface in blocks, at most every 2 seconds."""
+
+    def __init__(self, surface: Surface, column: int) -> None:
+        self.surface = surface
+        self.column = column
+        self.pending: list[Cell] = []
+        self.last = time.monotonic()
+
+    def add(self, result: RowResult) -> None:
+        self.pending.append((result.row, self.column, result.text.strip()))
+        if time.monotonic() - self.last >= FLUSH_SECONDS:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.surface.write(self.pending)
+            self.pending = []
+        self.last = time.monotonic()
+
+
+def run(prepared: Prepared, surface: Surface, store: Store,
+        on_result: Callable[[RowResult], None] | None = None,
+        on_retry: Callable[[str], None] | None = None) -> Summary:
+    """Run a prepared batch; answers reach the surface in blocks, and all of them on exit."""
+    table = prepared.plan.table
+    settings = prepared.settings
+    writer = BlockWriter(surface, table.output_col)
+    if not table.output_exists:
+        surface.write([(table.header_row, table.output_col, table.output_header)])
+    retries = 0
+
+    def count_retry(reason: str) -> None:
+        nonlocal retries
+        retries += 1
+        if on_retry is not None:
+            on_retry(reason)
+
+    def deliver(result: RowResult) -> None:
+        writer.add(result)
+        if on_result is not None:
+            on_result(result)
+
+    def connect() -> AbstractAsyncContextManager[Provider]:
+        return open_provider(prepared.spec, api_key=api_key_for(prepared.spec),
+                             concurrency=settings.concurrency, timeout=settings.timeout,
+                             policy=RetryPolicy(attempts=settings.retries), on_retry=count_retry)
+
+    async def go() -> Summary:
+        return await run_jobs(prepared.plan.jobs, prepared.spec.label, connect, prepared.params,
+                              store, concurrency=settings.concurrency, on_result=deliver,
+                              use_cache=settings.use_cache)
+
+    try:
+        summary = asyncio.run(go())
+    finally:
+        writer.flush()
+        surface.close()
+    summary.retries = retries
+    summary.kept = prepared.plan.kept
+    return summary
+
+
+def summary_cost(prepared: Prepared, summary: Summary) -> float | None:
+    return cost(prepared.price_label, summary.prompt_tokens, summary.completion_tokens)

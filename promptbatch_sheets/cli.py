@@ -1,0 +1,158 @@
+"""The ``promptbatch`` command: a thin layer of commands over ``batch``; no logic lives here."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from pathlib import Path
+from typing import Annotated, Any, TypeVar
+
+import typer
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from . import batch, report, userconfig
+from .errors import PromptBatchError
+from .plan import Rerun
+from .store import Store
+from .surfaces import open_surface
+from .table import TemplateText
+
+app = typer.Typer(help="Run one prompt template over every row of a spreadsheet.",
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
+keys_app = typer.Typer(help="Store API keys in your user config file (mode 0600).")
+app.add_typer(keys_app, name="keys")
+console = Console(stderr=True, highlight=False)
+F = TypeVar("F", bound=Callable[..., Any])
+
+Book = Annotated[str, typer.Argument(help="A .xlsx, .xlsm or .csv file.")]
+SheetOpt = Annotated[str | None, typer.Option("--sheet", help="Sheet to run (default: active).")]
+ModelOpt = Annotated[str | None, typer.Option(
+    "--model", "-m", help="provider:model, e.g. openai:gpt-4o-mini, anthropic:claude-haiku-4-5, "
+    "ollama:llama3.2, openai-compatible:NAME, local (default).")]
+BaseUrlOpt = Annotated[str | None, typer.Option(help="Server address for openai-compatible.")]
+TemplateOpt = Annotated[str | None, typer.Option(help="The prompt template itself.")]
+TemplateFileOpt = Annotated[Path | None, typer.Option(help="Read the template from a file.")]
+TemplateCellOpt = Annotated[str | None, typer.Option(help="Cell holding it: 'Sheet 1'!B1.")]
+OutputColOpt = Annotated[str | None, typer.Option(help="Header of the answers column.")]
+ConcurrencyOpt = Annotated[int | None, typer.Option(help="Requests in flight (default 8).")]
+RerunOpt = Annotated[Rerun | None, typer.Option(
+    help="Rows to send: missing (empty or #ERROR, default), empty, failed, all.")]
+TemperatureOpt = Annotated[float | None, typer.Option(help="Sampling temperature.")]
+MaxTokensOpt = Annotated[int | None, typer.Option(help="Longest answer, in tokens.")]
+SystemOpt = Annotated[str | None, typer.Option(help="System prompt sent with every row.")]
+
+
+def user_errors(command: F) -> F:
+    """A user's mistake prints one clear message and exits 2, never a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        try:
+            return command(*args, **kwargs)
+        except PromptBatchError as exc:
+            console.print(f"[bold red]Error:[/] {exc}")
+            raise typer.Exit(2) from None
+
+    return wrapper  # type: ignore[return-value]
+
+
+def _template(text: str | None, file: Path | None) -> TemplateText | None:
+    if text is not None:
+        return TemplateText(text, "--template")
+    if file is not None:
+        try:
+            return TemplateText(file.read_text(encoding="utf-8"), str(file))
+        except (OSError, UnicodeDecodeError) as exc:
+            raise PromptBatchError(f"Cannot read --template-file {file}: {exc}") from None
+    return None
+
+
+def _prepare(book: str, sheet: str | None, output: str | None, flags: dict[str, Any],
+             template: str | None, template_file: Path | None,
+             template_cell: str | None) -> tuple[Any, batch.Prepared]:
+    surface = open_surface(book, sheet, output)
+    prepared = batch.prepare(surface, flags, _template(template, template_file), template_cell)
+    if prepared.model_defaulted:
+        console.print("No model given: using the embedded local model "
+                      f"([bold]{prepared.spec.label}[/], free, offline). Choose another with "
+                      "--model, e.g. --model openai:gpt-4o-mini.")
+    return surface, prepared
+
+
+@app.command()
+@user_errors
+def run(
+    book: Book, sheet: SheetOpt = None, model: ModelOpt = None,
+    output: Annotated[str | None, typer.Option("--output", "-o", help="Where to write "
+                      "(default: NAME.promptbatch.xlsx beside the input).")] = None,
+    concurrency: ConcurrencyOpt = None, rerun: RerunOpt = None,
+    template: TemplateOpt = None, template_file: TemplateFileOpt = None,
+    template_cell: TemplateCellOpt = None, output_column: OutputColOpt = None,
+    base_url: BaseUrlOpt = None, temperature: TemperatureOpt = None,
+    max_tokens: MaxTokensOpt = None, system: SystemOpt = None,
+    no_cache: Annotated[bool, typer.Option("--no-cache", help="Ask the model again even "
+                        "for answers already stored (they are replaced).")] = False,
+) -> None:
+    """Answer every row that needs it and write the answers next to the table."""
+    flags = dict(model=model, concurrency=concurrency, rerun=rerun, output_column=output_column,
+                 base_url=base_url, temperature=temperature, max_tokens=max_tokens,
+                 system=system, use_cache=False if no_cache else None)
+    surface, prepared = _prepare(book, sheet, output, flags, template, template_file,
+                                 template_cell)
+    jobs = prepared.plan.jobs
+    if not jobs:
+        console.print(f"All {prepared.plan.kept} rows already have answers; nothing to send. "
+                      "Use --rerun all to ask again.")
+        return
+    store = Store()
+    progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
+                        MofNCompleteColumn(), TimeElapsedColumn(), console=console,
+                        transient=False, disable=not console.is_terminal)
+    with progress:
+        task = progress.add_task(f"{prepared.plan.table.sheet}", total=len(jobs))
+        summary = batch.run(prepared, surface, store,
+                            on_result=lambda _r: progress.advance(task))
+    store.close()
+    report.print_summary(console, prepared, summary, getattr(surface, "output", None))
+    if summary.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+@user_errors
+def preview(
+    book: Book, sheet: SheetOpt = None, model: ModelOpt = None,
+    template: TemplateOpt = None, template_file: TemplateFileOpt = None,
+    template_cell: TemplateCellOpt = None, output_column: OutputColOpt = None,
+    base_url: BaseUrlOpt = None, concurrency: ConcurrencyOpt = None, rerun: RerunOpt = None,
+    max_tokens: MaxTokensOpt = None, temperature: TemperatureOpt = None,
+    system: SystemOpt = None,
+    first: Annotated[int, typer.Option(help="How many rendered prompts to show.")] = 3,
+) -> None:
+    """Dry run: rows to send, the first prompts, variables vs columns, estimated cost. No calls."""
+    flags = dict(model=model, concurrency=concurrency, rerun=rerun, output_column=output_column,
+                 base_url=base_url, temperature=temperature, max_tokens=max_tokens,
+                 system=system)
+    _, prepared = _prepare(book, sheet, None, flags, template, template_file, template_cell)
+    store = Store()
+    result = batch.preview(prepared, store, first)
+    store.close()
+    report.print_preview(Console(highlight=False), result)
+
+
+@keys_app.command("set")
+@user_errors
+def keys_set(provider: Annotated[str, typer.Argument(help="openai, anthropic, ...")]) -> None:
+    """Save a key for PROVIDER; it is read from the terminal without echo."""
+    key = typer.prompt(f"API key for {provider}", hide_input=True).strip()
+    if not key:
+        raise PromptBatchError("No key entered; nothing saved.")
+    path = userconfig.save_api_key(provider.lower(), key)
+    console.print(f"Saved to {path} (readable by you only).")
+
+
+@keys_app.command("path")
+def keys_path() -> None:
+    """Print where the user config file lives."""
+    print(userconfig.config_path())

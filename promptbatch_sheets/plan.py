@@ -1,0 +1,67 @@
+"""Which rows of a table to send, and the prompt each one gets (pure, no I/O).
+
+Rendering every prompt before the first call means a template mistake costs nothing, and it
+lets the engine send identical prompts once.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from enum import Enum
+
+from .table import Grid, Table, cell_name
+from .template import Template, display
+
+ERROR_PREFIX = "#ERROR:"
+
+
+class Rerun(str, Enum):
+    """Which rows a run sends, judged by what their output cell already holds."""
+
+    MISSING = "missing"
+    """Empty and failed rows (the default: a rerun repairs, it does not redo)."""
+    EMPTY = "empty"
+    FAILED = "failed"
+    ALL = "all"
+
+    def wants(self, current: str) -> bool:
+        failed = current.startswith(ERROR_PREFIX)
+        empty = current.strip() == ""
+        return {
+            Rerun.MISSING: empty or failed,
+            Rerun.EMPTY: empty,
+            Rerun.FAILED: failed,
+            Rerun.ALL: True,
+        }[self]
+
+
+@dataclass(frozen=True)
+class RowJob:
+    """One row to answer: its grid row and its rendered prompt."""
+
+    row: int
+    prompt: str
+
+
+@dataclass(frozen=True)
+class Plan:
+    table: Table
+    template: Template
+    jobs: list[RowJob]
+    kept: int
+    """Rows whose existing answer the rerun mode keeps."""
+
+
+def make_plan(table: Table, grid: Grid, rerun: Rerun = Rerun.MISSING) -> Plan:
+    """Parse and check the template against the headers, then render each selected row."""
+    template = Template.parse(table.template.text, table.template.origin)
+    template.check_columns(list(table.columns.values()))
+    jobs: list[RowJob] = []
+    kept = 0
+    for row in table.rows:
+        if not rerun.wants(display(table.output_value(grid, row))):
+            kept += 1
+            continue
+        where = f"row {row + 1} ({cell_name(table.sheet, row, table.output_col)})"
+        jobs.append(RowJob(row, template.render(table.record(grid, row), where)))
+    return Plan(table, template, jobs, kept)

@@ -1,0 +1,134 @@
+"""Model providers: ``provider:model`` specs and the client that answers them.
+
+One module per wire protocol; the embedded model is served by llama.cpp and reached through
+the same OpenAI-compatible client as any other server.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from urllib.parse import urlparse
+
+import httpx
+
+from ..errors import ConfigError
+from .anthropic import AnthropicMessages
+from .base import Completion, Params, Provider, ProviderError
+from .local import MODEL_NAME, EmbeddedServer
+from .openai import OpenAICompatible
+from .retry import RetryPolicy
+
+__all__ = ["Completion", "ModelSpec", "Params", "Provider", "ProviderError", "RetryPolicy",
+           "open_provider"]
+
+
+@dataclass(frozen=True)
+class Kind:
+    default_base_url: str | None
+    key_variable: str | None
+    key_required: bool
+
+
+KINDS: dict[str, Kind] = {
+    "openai": Kind("https://api.openai.com/v1", "OPENAI_API_KEY", True),
+    "anthropic": Kind("https://api.anthropic.com", "ANTHROPIC_API_KEY", True),
+    "ollama": Kind("http://127.0.0.1:11434/v1", None, False),
+    "openai-compatible": Kind(None, "PROMPTBATCH_API_KEY", False),
+    "local": Kind(None, None, False),
+}
+
+
+@dataclass(frozen=True)
+class ModelSpec:
+    """``provider:model`` plus the server it lives on."""
+
+    provider: str
+    model: str
+    base_url: str | None
+
+    @classmethod
+    def parse(cls, text: str, base_url: str | None = None) -> ModelSpec:
+        provider, _, model = text.strip().partition(":")
+        provider = provider.lower()
+        if provider not in KINDS:
+            raise ConfigError(
+                f"Unknown provider {provider!r} in model {text!r}. Use one of: "
+                + ", ".join(f"{k}:MODEL" for k in KINDS if k != "local") + ", or local."
+            )
+        if provider == "local":
+            model = model or MODEL_NAME
+            if model != MODEL_NAME:
+                raise ConfigError(f"The embedded model is {MODEL_NAME!r}; "
+                                  f"{model!r} is not available locally.")
+        elif not model:
+            raise ConfigError(f"Model {text!r} names no model. Write it as {provider}:MODEL, "
+                              "for example openai:gpt-4o-mini.")
+        kind = KINDS[provider]
+        if provider == "ollama" and not base_url and os.environ.get("OLLAMA_HOST"):
+            base_url = _ollama_url(os.environ["OLLAMA_HOST"])
+        base_url = base_url or kind.default_base_url
+        if provider == "openai-compatible" and not base_url:
+            raise ConfigError("openai-compatible needs the server's address: pass --base-url "
+                              "http://HOST:PORT/v1 (or set base_url in the config).")
+        if base_url is not None:
+            check_base_url(base_url)
+        return cls(provider, model, base_url if provider != "local" else None)
+
+    @property
+    def label(self) -> str:
+        """Names the model in the cache; a self-hosted server's address is part of it."""
+        name = f"{self.provider}:{self.model}"
+        return f"{name}@{self.base_url}" if self.provider == "openai-compatible" else name
+
+    @property
+    def key_variable(self) -> str | None:
+        return KINDS[self.provider].key_variable
+
+    @property
+    def key_required(self) -> bool:
+        return KINDS[self.provider].key_required
+
+
+def check_base_url(url: str) -> None:
+    parsed = urlparse(url)
+    if parsed.scheme not in ("http", "https") or not parsed.netloc:
+        raise ConfigError(f"Base URL {url!r} is not an http(s) address. "
+                          "Write it like http://127.0.0.1:8000/v1.")
+
+
+def _ollama_url(host: str) -> str:
+    host = host if "://" in host else f"http://{host}"
+    return host.rstrip("/") + "/v1"
+
+
+@asynccontextmanager
+async def open_provider(
+    spec: ModelSpec, *, api_key: str | None, concurrency: int, timeout: float,
+    policy: RetryPolicy, on_retry: Callable[[str], None] | None = None,
+) -> AsyncIterator[Provider]:
+    """A ready provider for one run: one pooled HTTP client, the embedded server if needed."""
+    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
+    timeouts = httpx.Timeout(timeout, connect=min(timeout, 10.0))
+    async with httpx.AsyncClient(timeout=timeouts, limits=limits) as client:
+        if spec.provider == "anthropic":
+            assert spec.base_url and api_key
+            yield AnthropicMessages(client, label=spec.label, base_url=spec.base_url,
+                                    model=spec.model, api_key=api_key, policy=policy,
+                                    on_retry=on_retry)
+        elif spec.provider == "local":
+            server = EmbeddedServer(parallel=min(concurrency, 4))
+            base_url = await asyncio.to_thread(server.start)
+            try:
+                yield OpenAICompatible(client, label=spec.label, base_url=base_url,
+                                       model=spec.model, policy=policy, on_retry=on_retry)
+            finally:
+                server.stop()
+        else:
+            assert spec.base_url
+            yield OpenAICompatible(client, label=spec.label, base_url=spec.base_url,
+                                   model=spec.model, api_key=api_key, policy=policy,
+                                   on_retry=on_retry)

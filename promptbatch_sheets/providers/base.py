@@ -1,0 +1,38 @@
+"""The one interface every model provider implements, and the types that cross it."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class Params:
+    """What, besides the prompt, decides an answer (and so is part of its cache key)."""
+
+    temperature: float | None = None
+    max_tokens: int | None = None
+    system: str | None = None
+
+
+@dataclass(frozen=True)
+class Completion:
+    text: str
+    prompt_tokens: int
+    completion_tokens: int
+    finish_reason: str | None = None
+
+
+class ProviderError(Exception):
+    """A request that failed for good; its text lands in the row's cell after ``#ERROR:``."""
+
+
+class Provider(Protocol):
+    """Sends one prompt and returns one completion, retrying what is worth retrying."""
+
+    label: str
+    """Identifies the model for the cache, e.g. ``openai:gpt-4o-mini``; never holds a key."""
+
+    async def complete(self, prompt: str, params: Params) -> Completion:
+        """Answer ``prompt`` or raise ProviderError."""
+        ...

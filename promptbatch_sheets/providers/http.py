@@ -1,0 +1,78 @@
+"""What every HTTP provider shares: one JSON POST, the error taxonomy, retries, redaction."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from .base import Completion, ProviderError
+from .retry import RETRY_STATUSES, Retryable, RetryPolicy, server_wait, with_retries
+
+
+def redact(text: str, secret: str | None) -> str:
+    """Remove a key from text a server sent back, before it can reach a cell or a log."""
+    return text.replace(secret, "***") if secret else text
+
+
+def error_message(response: httpx.Response) -> str:
+    """The server's own words for an error, whichever common shape its body has."""
+    try:
+        body = response.json()
+    except ValueError:
+        return response.text[:200].strip() or response.reason_phrase
+    error = body.get("error") if isinstance(body, dict) else None
+    if isinstance(error, dict) and error.get("message"):
+        return str(error["message"])
+    if isinstance(error, str):
+        return error
+    return response.text[:200].strip()
+
+
+class HTTPProvider:
+    """Base of the wire-protocol providers: subclasses build the payload and parse the body."""
+
+    def __init__(
+        self, client: httpx.AsyncClient, *, label: str, url: str, model: str,
+        headers: dict[str, str], api_key: str | None = None,
+        policy: RetryPolicy | None = None, on_retry: Callable[[str], None] | None = None,
+    ) -> None:
+        self.label = label
+        self.model = model
+        self._client = client
+        self._url = url
+        self._headers = headers
+        self._key = api_key
+        self._policy = policy or RetryPolicy()
+        self._on_retry = on_retry
+
+    async def send(
+        self, payload: dict[str, Any], parse: Callable[[dict[str, Any]], Completion]
+    ) -> Completion:
+        """POST ``payload`` with retries and return the parsed completion."""
+
+        async def attempt() -> Completion:
+            return parse(await self._post(payload))
+
+        return await with_retries(attempt, self._policy, self._on_retry)
+
+    async def _post(self, payload: dict[str, Any]) -> dict[str, Any]:
+        """Return the JSON body; raise Retryable for passing faults, ProviderError otherwise."""
+        response = await self._client.post(self._url, json=payload, headers=self._headers)
+        status = response.status_code
+        if status in RETRY_STATUSES:
+            reason = redact(error_message(response), self._key)
+            raise Retryable(f"HTTP {status}: {reason}", server_wait(response.headers))
+        if status >= 400:
+            refused = " (the server refused the API key)" if status in (401, 403) else ""
+            reason = redact(error_message(response), self._key)
+            raise ProviderError(f"HTTP {status}{refused}: {reason}")
+        try:
+            body = json.loads(response.content)
+        except ValueError:
+            raise Retryable("the server sent a body that is not JSON") from None
+        if not isinstance(body, dict):
+            raise Retryable("the server sent JSON that is not an object")
+        return body

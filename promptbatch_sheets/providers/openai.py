@@ -1,0 +1,55 @@
+"""Any server that speaks OpenAI's chat completions: OpenAI, Ollama, vLLM, llama.cpp."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import httpx
+
+from .base import Completion, Params
+from .http import HTTPProvider
+from .retry import Retryable, RetryPolicy
+
+
+class OpenAICompatible(HTTPProvider):
+    """POST {base_url}/chat/completions, one prompt as one user message."""
+
+    def __init__(
+        self, client: httpx.AsyncClient, *, label: str, base_url: str, model: str,
+        api_key: str | None = None, policy: RetryPolicy | None = None,
+        on_retry: Callable[[str], None] | None = None,
+    ) -> None:
+        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
+        super().__init__(client, label=label, url=base_url.rstrip("/") + "/chat/completions",
+                         model=model, headers=headers, api_key=api_key, policy=policy,
+                         on_retry=on_retry)
+
+    async def complete(self, prompt: str, params: Params) -> Completion:
+        messages = [{"role": "system", "content": params.system}] if params.system else []
+        messages.append({"role": "user", "content": prompt})
+        payload: dict[str, Any] = {"model": self.model, "messages": messages}
+        if params.temperature is not None:
+            payload["temperature"] = params.temperature
+        if params.max_tokens is not None:
+            payload["max_tokens"] = params.max_tokens
+        return await self.send(payload, parse_chat_completion)
+
+
+def parse_chat_completion(body: dict[str, Any]) -> Completion:
+    """Text, usage and finish reason; an empty or odd body is worth a retry, not a crash."""
+    choices = body.get("choices")
+    if not isinstance(choices, list) or not choices:
+        raise Retryable("the server answered with no choices")
+    message = choices[0].get("message") if isinstance(choices[0], dict) else None
+    content = message.get("content") if isinstance(message, dict) else None
+    if not isinstance(content, str):
+        raise Retryable("the server's answer has no message content")
+    usage = body.get("usage")
+    usage = usage if isinstance(usage, dict) else {}
+    return Completion(
+        text=content,
+        prompt_tokens=int(usage.get("prompt_tokens") or 0),
+        completion_tokens=int(usage.get("completion_tokens") or 0),
+        finish_reason=choices[0].get("finish_reason"),
+    )

@@ -1,0 +1,86 @@
+"""Retries with exponential backoff and full jitter that honour ``retry-after(-ms)``."""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from email.utils import parsedate_to_datetime
+from typing import TypeVar
+
+import httpx
+
+from .base import ProviderError
+
+T = TypeVar("T")
+
+RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
+"""Statuses that say "try again later"; every other 4xx is the request's own fault."""
+
+
+class Retryable(Exception):
+    """A failure worth another attempt, with the server's requested wait if it gave one."""
+
+    def __init__(self, reason: str, wait: float | None = None) -> None:
+        super().__init__(reason)
+        self.wait = wait
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    attempts: int = 6
+    base_delay: float = 0.5
+    max_delay: float = 30.0
+
+    def delay(self, attempt: int, server_wait: float | None) -> float:
+        """Full jitter on an exponential ceiling; a server's wait is the floor, plus jitter."""
+        backoff = random.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))
+        if server_wait is None:
+            return backoff
+        return min(self.max_delay, server_wait) + random.uniform(0, self.base_delay / 2)
+
+
+def server_wait(headers: httpx.Headers) -> float | None:
+    """Seconds the server asked us to wait: ``retry-after-ms``, else ``retry-after``."""
+    if (ms := headers.get("retry-after-ms")) is not None:
+        try:
+            return max(0.0, float(ms) / 1000)
+        except ValueError:
+            pass
+    value = headers.get("retry-after")
+    if value is None:
+        return None
+    try:
+        return max(0.0, float(value))
+    except ValueError:
+        try:
+            when = parsedate_to_datetime(value)
+        except (TypeError, ValueError):
+            return None
+        return max(0.0, (when - datetime.now(timezone.utc)).total_seconds())
+
+
+async def with_retries(
+    attempt: Callable[[], Awaitable[T]],
+    policy: RetryPolicy,
+    on_retry: Callable[[str], None] | None = None,
+) -> T:
+    """Run ``attempt`` until it succeeds, raises ProviderError, or the attempts run out."""
+    last = "no attempt made"
+    for n in range(policy.attempts):
+        try:
+            return await attempt()
+        except Retryable as exc:
+            last = str(exc)
+            wait = exc.wait
+        except httpx.TimeoutException:
+            last, wait = "the server did not answer in time", None
+        except httpx.TransportError as exc:
+            last, wait = f"connection failed ({type(exc).__name__})", None
+        if n + 1 < policy.attempts:
+            if on_retry is not None:
+                on_retry(last)
+            await asyncio.sleep(policy.delay(n, wait))
+    raise ProviderError(f"{last} (gave up after {policy.attempts} attempts)")

@@ -1,0 +1,67 @@
+"""What the CLI prints after a run and for a preview, with rich."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from .batch import Prepared, Preview, summary_cost
+from .engine import Summary
+from .table import cell_name
+from .template import variable_name
+
+
+def _money(value: float | None) -> str:
+    return "unknown (model not in the price table)" if value is None else f"${value:,.4f}"
+
+
+def print_summary(console: Console, prepared: Prepared, summary: Summary,
+                  output: Path | None) -> None:
+    table = Table(title="promptbatch run", show_header=False, title_justify="left")
+    table.add_row("model", prepared.spec.label)
+    table.add_row("rows answered", f"{summary.answered:,} (new)")
+    table.add_row("from cache", f"{summary.cached:,}")
+    table.add_row("failed", f"{summary.failed:,}")
+    table.add_row("already answered", f"{summary.kept:,} (kept)")
+    table.add_row("requests", f"{summary.requests:,} ({summary.retries:,} retries)")
+    table.add_row("tokens", f"{summary.prompt_tokens:,} in, {summary.completion_tokens:,} out")
+    table.add_row("cost", _money(summary_cost(prepared, summary)))
+    table.add_row("wall time", f"{summary.seconds:.1f} s")
+    if output is not None:
+        table.add_row("written to", str(output))
+    console.print(table)
+    for error in summary.errors:
+        console.print(f"[red]#ERROR:[/] {error}")
+    if summary.failed:
+        console.print("Failed rows hold '#ERROR: ...'; run the same command again to retry "
+                      "them (answers already received are kept).")
+
+
+def print_preview(console: Console, preview: Preview) -> None:
+    plan = preview.prepared.plan
+    table = plan.table
+    used = sorted(plan.template.variables)
+    columns = list(table.columns.values())
+    est = preview.estimate
+    console.print(f"[bold]Sheet[/] {table.sheet}   [bold]template[/] {table.template.origin}   "
+                  f"[bold]model[/] {preview.prepared.spec.label}")
+    console.print(f"Answers go to column {table.output_header!r} at "
+                  f"{cell_name(table.sheet, table.header_row, table.output_col)}"
+                  + ("" if table.output_exists else " (new column)"))
+    console.print(f"Rows: {preview.rows:,} in the table, {plan.kept:,} already answered, "
+                  f"{preview.cached:,} answered from cache, [bold]{preview.to_send:,} to send[/] "
+                  f"({preview.unique_prompts:,} distinct prompts).")
+    variables = Table("column", "variable", "used by template")
+    for header in columns:
+        name = variable_name(header)
+        variables.add_row(header, f"{{{{ {name} }}}}", "yes" if name in used else "-")
+    console.print(variables)
+    for row, prompt in preview.first_prompts:
+        console.rule(f"prompt for row {row + 1}")
+        console.print(prompt, markup=False)
+    console.rule("estimate")
+    console.print(f"~{est.prompt_tokens:,} prompt tokens + ~{est.completion_tokens:,} answer "
+                  f"tokens, cost {_money(est.cost_usd)}, about {est.seconds:,.0f} s. "
+                  "No model was called.")

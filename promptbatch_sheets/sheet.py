@@ -1,0 +1,61 @@
+"""The small protocol every spreadsheet surface implements (xlsx, CSV, Excel, Google Sheets)."""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from .table import Bounds, TemplateText
+
+
+@dataclass(frozen=True)
+class SheetData:
+    """One sheet as values, plus what the workbook around it says about the batch."""
+
+    name: str
+    grid: list[list[Any]]
+    template: TemplateText | None = None
+    """From the workbook-level name ``prompt_template``, resolved to its cell's text."""
+    bounds: Bounds | None = None
+    """The Excel Table (ListObject) on the sheet, if there is one."""
+    settings: dict[str, str] = field(default_factory=dict)
+    """Key/value rows of a ``promptbatch.conf`` sheet."""
+
+
+Cell = tuple[int, int, str]
+"""(row, column, text), 0-based, in the sheet that was read."""
+
+
+class Surface(Protocol):
+    """Brings a table in and takes answers out, in few calls."""
+
+    def read(self) -> SheetData:
+        """The sheet to run, read in one go."""
+        ...
+
+    def cell_text(self, ref: str) -> str:
+        """The text of a cell given as ``Sheet!A1`` (for ``--template-cell``)."""
+        ...
+
+    def write(self, cells: Sequence[Cell]) -> None:
+        """Put a block of answers in place; they must land as text, never as formulas."""
+        ...
+
+    def close(self) -> None:
+        """Make everything written durable (save the file, flush the last block)."""
+        ...
+
+
+CUT_MARKER = " [... cut: {n} more characters]"
+_XML_ILLEGAL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
+
+
+def fit_cell(text: str, limit: int) -> str:
+    """Text a cell can hold: characters XML forbids removed, over-long answers visibly cut."""
+    text = _XML_ILLEGAL.sub("", text)
+    if len(text) <= limit:
+        return text
+    keep = limit - len(CUT_MARKER.format(n=len(text)))
+    return text[:keep] + CUT_MARKER.format(n=len(text) - keep)

@@ -1,0 +1,101 @@
+"""The answer cache on disk: SQLite, content-addressed, shared by every surface.
+
+A key is the SHA-256 of the model, the parameters and the rendered prompt, so the same
+question to the same model is paid for once, whichever sheet or tool asks it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import sqlite3
+import time
+from collections.abc import Callable, Iterable
+from pathlib import Path
+
+from .providers import Completion, Params
+
+CHUNK = 500
+"""Keys per SELECT: well under SQLite's limit on bound parameters."""
+
+
+def default_path() -> Path:
+    """``$PROMPTBATCH_HOME/answers.sqlite3``, else the user's cache folder."""
+    home = os.environ.get("PROMPTBATCH_HOME")
+    if home:
+        return Path(home) / "answers.sqlite3"
+    cache = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
+    return Path(cache) / "promptbatch" / "answers.sqlite3"
+
+
+def answer_key(label: str, params: Params, prompt: str) -> str:
+    """What makes two requests the same request."""
+    material = json.dumps(
+        {"model": label, "temperature": params.temperature, "max_tokens": params.max_tokens,
+         "system": params.system, "prompt": prompt},
+        sort_keys=True, ensure_ascii=False,
+    )
+    return hashlib.sha256(material.encode()).hexdigest()
+
+
+def _m001_answers(db: sqlite3.Connection) -> None:
+    db.execute(
+        """CREATE TABLE answers (
+               key TEXT PRIMARY KEY,
+               model TEXT NOT NULL,
+               text TEXT NOT NULL,
+               prompt_tokens INTEGER NOT NULL,
+               completion_tokens INTEGER NOT NULL,
+               finish_reason TEXT,
+               created REAL NOT NULL
+           ) WITHOUT ROWID"""
+    )
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m001_answers]
+"""Numbered by position; ``PRAGMA user_version`` records how many have run."""
+
+
+class Store:
+    """Answers by key. Each answer is committed as it arrives, so a crash loses none."""
+
+    def __init__(self, path: Path | None = None) -> None:
+        self.path = path or default_path()
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
+        self._db.execute("PRAGMA journal_mode=WAL")
+        self._db.execute("PRAGMA synchronous=NORMAL")
+        self._db.execute("PRAGMA busy_timeout=10000")
+        self._migrate()
+
+    def _migrate(self) -> None:
+        done = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+        for number, migration in enumerate(MIGRATIONS[done:], start=done + 1):
+            with self._db:
+                self._db.execute("BEGIN IMMEDIATE")
+                migration(self._db)
+                self._db.execute(f"PRAGMA user_version={number}")
+
+    def get_many(self, keys: Iterable[str]) -> dict[str, Completion]:
+        found: dict[str, Completion] = {}
+        unique = list(dict.fromkeys(keys))
+        for start in range(0, len(unique), CHUNK):
+            chunk = unique[start:start + CHUNK]
+            marks = ",".join("?" * len(chunk))
+            rows = self._db.execute(
+                "SELECT key, text, prompt_tokens, completion_tokens, finish_reason "
+                f"FROM answers WHERE key IN ({marks})", chunk)
+            for key, text, p, c, finish in rows:
+                found[key] = Completion(text, p, c, finish)
+        return found
+
+    def put(self, key: str, model: str, completion: Completion) -> None:
+        self._db.execute(
+            "INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?, ?, ?, ?)",
+            (key, model, completion.text, completion.prompt_tokens,
+             completion.completion_tokens, completion.finish_reason, time.time()),
+        )
+
+    def close(self) -> None:
+        self._db.close()

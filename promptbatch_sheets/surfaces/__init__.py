@@ -1,0 +1,35 @@
+"""Spreadsheet surfaces: one file per kind of sheet, each implementing ``sheet.Surface``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..errors import WorkbookError
+from ..sheet import Surface
+from .csvfile import CsvSurface
+from .xlsx import XlsxSurface
+
+__all__ = ["CsvSurface", "XlsxSurface", "open_surface"]
+
+UNSUPPORTED = {
+    ".xls": "an old binary Excel file",
+    ".xlsb": "a binary Excel workbook",
+    ".ods": "an OpenDocument spreadsheet",
+    ".numbers": "a Numbers file",
+}
+
+
+def open_surface(source: str, sheet: str | None = None, output: str | None = None) -> Surface:
+    """The surface for a file path, chosen by its extension."""
+    path = Path(source)
+    out = Path(output) if output else None
+    suffix = path.suffix.lower()
+    if suffix in (".xlsx", ".xlsm"):
+        return XlsxSurface(path, sheet, out)
+    if suffix in (".csv", ".tsv", ".txt"):
+        return CsvSurface(path, out)
+    if suffix in UNSUPPORTED:
+        raise WorkbookError(f"{path} is {UNSUPPORTED[suffix]}, which promptbatch cannot write "
+                            "safely. Save it as .xlsx (or .csv) and run that.")
+    raise WorkbookError(f"{path}: promptbatch reads .xlsx, .xlsm and .csv files; "
+                        f"{suffix or 'no extension'} is none of them.")

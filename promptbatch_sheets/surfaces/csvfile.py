@@ -1,0 +1,53 @@
+"""CSV files: the whole file is the table; the answers column is added or filled."""
+
+from __future__ import annotations
+
+import csv
+import io
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from ..errors import WorkbookError
+from ..sheet import Cell, SheetData
+from .files import atomic_write, check_readable, default_output
+
+
+class CsvSurface:
+    def __init__(self, path: Path, output: Path | None = None) -> None:
+        check_readable(path)
+        self.path = path
+        self.output = output or default_output(path)
+        self._rows: list[list[Any]] = []
+        self._dialect: type[csv.Dialect] | csv.Dialect = csv.excel
+
+    def read(self) -> SheetData:
+        try:
+            text = self.path.read_text(encoding="utf-8-sig")
+        except UnicodeDecodeError as exc:
+            raise WorkbookError(f"{self.path} is not UTF-8 text (byte {exc.start}). Save it as "
+                                "'CSV UTF-8' and try again.") from None
+        try:
+            self._dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\t")
+        except csv.Error:
+            self._dialect = csv.excel
+        self._rows = [list(r) for r in csv.reader(io.StringIO(text, newline=""),
+                                                  dialect=self._dialect)]
+        return SheetData(name=self.path.stem, grid=self._rows)
+
+    def cell_text(self, ref: str) -> str:
+        raise WorkbookError(f"--template-cell {ref} needs a workbook; a CSV file has no cell "
+                            "names. Use --template or --template-file.")
+
+    def write(self, cells: Sequence[Cell]) -> None:
+        for row, col, text in cells:
+            cells_in_row = self._rows[row]
+            cells_in_row.extend([""] * (col + 1 - len(cells_in_row)))
+            cells_in_row[col] = text
+
+    def close(self) -> None:
+        def save(tmp: Path) -> None:
+            with tmp.open("w", encoding="utf-8", newline="") as handle:
+                csv.writer(handle, dialect=self._dialect).writerows(self._rows)
+
+        atomic_write(self.output, save)

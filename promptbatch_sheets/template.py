@@ -1,0 +1,124 @@
+"""Prompt templates from spreadsheets: untrusted Jinja2, sandboxed and strict.
+
+Headers become variables by a simple rule (``Product Name`` -> ``product_name``), and every
+header is also reachable as ``row["Product Name"]``.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import re
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import jinja2
+from jinja2 import meta
+from jinja2.sandbox import SandboxedEnvironment
+
+from .errors import TemplateError
+
+MAX_RENDERED_CHARS = 200_000
+"""A rendered prompt longer than this is a runaway template, not a prompt."""
+
+_ENV = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
+
+
+def variable_name(header: str) -> str:
+    """The Jinja2 variable a header answers to: lower case, runs of other characters as ``_``."""
+    name = re.sub(r"\W+", "_", header.strip().lower()).strip("_")
+    if name and name[0].isdigit():
+        name = "_" + name
+    return name
+
+
+def display(value: Any) -> str:
+    """A cell value as a person reads it: 3 not 3.0, dates without midnight, empty for None."""
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "TRUE" if value else "FALSE"
+    if isinstance(value, float):
+        return str(int(value)) if value.is_integer() else repr(value)
+    if isinstance(value, dt.datetime):
+        if value.time() == dt.time(0, 0):
+            return value.date().isoformat()
+        return value.isoformat(sep=" ", timespec="minutes" if value.second == 0 else "seconds")
+    if isinstance(value, (dt.date, dt.time)):
+        return value.isoformat()
+    return str(value)
+
+
+@dataclass(frozen=True)
+class Template:
+    """A compiled prompt template and where it came from (for error messages)."""
+
+    source: str
+    origin: str
+    variables: frozenset[str]
+    _compiled: jinja2.Template
+
+    @classmethod
+    def parse(cls, source: str, origin: str = "the template") -> Template:
+        """Compile ``source``; a syntax error names ``origin`` (a cell or file) and the line."""
+        if not source or not source.strip():
+            raise TemplateError(f"The template in {origin} is empty. Write a prompt there, "
+                                "for example: Describe {{ product_name }} in one sentence.")
+        try:
+            ast = _ENV.parse(source)
+            compiled = _ENV.from_string(ast)
+        except jinja2.TemplateSyntaxError as exc:
+            raise TemplateError(
+                f"Template syntax error in {origin}, line {exc.lineno}: {exc.message}"
+            ) from None
+        variables = frozenset(meta.find_undeclared_variables(ast)) - {"row"}
+        return cls(source, origin, variables, compiled)
+
+    def check_columns(self, headers: Sequence[str]) -> None:
+        """Fail before any model call if the template names a variable no header provides."""
+        known = {variable_name(h) for h in headers if h}
+        missing = sorted(self.variables - known)
+        if missing:
+            names = ", ".join(f"{{{{ {m} }}}}" for m in missing)
+            columns = ", ".join(f"{h!r} ({{{{ {variable_name(h)} }}}})" for h in headers if h)
+            raise TemplateError(
+                f"The template in {self.origin} uses {names}, but the header row has no such "
+                f"column. Columns present: {columns or 'none'}. "
+                "Rename a header or fix the template."
+            )
+
+    def render(self, row: Mapping[str, Any], where: str = "") -> str:
+        """Render one row (header -> cell value); errors name ``where`` (the row) and the cause."""
+        context: dict[str, Any] = {variable_name(h): display(v) for h, v in row.items() if h}
+        context["row"] = {h: display(v) for h, v in row.items() if h}
+        try:
+            text = self._render_bounded(context)
+        except jinja2.exceptions.SecurityError as exc:
+            raise TemplateError(f"The template in {self.origin} tried something unsafe "
+                                f"({exc}); templates may only format the row's values.") from None
+        except jinja2.TemplateError as exc:
+            raise TemplateError(f"The template in {self.origin} failed on {where or 'a row'}: "
+                                f"{exc}") from None
+        except (TypeError, ValueError, ArithmeticError, AttributeError) as exc:
+            raise TemplateError(f"The template in {self.origin} failed on {where or 'a row'}: "
+                                f"{type(exc).__name__}: {exc}") from None
+        if text is None:
+            raise TemplateError(
+                f"The template in {self.origin} rendered more than {MAX_RENDERED_CHARS:,} "
+                f"characters on {where or 'a row'}: is a loop running away?"
+            )
+        if not text.strip():
+            raise TemplateError(f"The template in {self.origin} renders nothing on "
+                                f"{where or 'a row'}: every prompt must have some text.")
+        return text
+
+    def _render_bounded(self, context: dict[str, Any]) -> str | None:
+        """Render piece by piece and stop early, so a runaway loop costs no memory."""
+        parts: list[str] = []
+        size = 0
+        for part in self._compiled.generate(context):
+            size += len(part)
+            if size > MAX_RENDERED_CHARS:
+                return None
+            parts.append(part)
+        return "".join(parts)

@@ -1,0 +1,370 @@
+"""Build the sample workbooks for promptbatch-sheets.
+
+Run from anywhere:
+
+    python sample_workbooks/make_samples.py
+
+Every file is written next to this script. Output is deterministic: the same
+openpyxl and Python versions produce byte-identical files on every run (the
+zip timestamps and the document properties are pinned).
+"""
+
+import csv
+import datetime
+import io
+import re
+import zipfile
+from pathlib import Path
+
+from openpyxl import Workbook
+from openpyxl.styles import Alignment, Font, PatternFill
+from openpyxl.workbook.defined_name import DefinedName
+from openpyxl.worksheet.table import Table, TableStyleInfo
+from openpyxl.worksheet.worksheet import Worksheet
+
+HERE = Path(__file__).resolve().parent
+
+# Fixed timestamps so that rebuilding gives the same bytes.
+FIXED_DATETIME = datetime.datetime(2025, 1, 1, 0, 0, 0)
+FIXED_ZIP_TIME = (2025, 1, 1, 0, 0, 0)
+FIXED_W3CDTF = "2025-01-01T00:00:00Z"
+
+BOLD = Font(bold=True)
+HEADER_FILL = PatternFill("solid", fgColor="DDEBF7")
+WRAP_TOP = Alignment(wrap_text=True, vertical="top")
+TOP = Alignment(vertical="top")
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def new_workbook() -> Workbook:
+    wb = Workbook()
+    wb.properties.creator = "promptbatch-sheets sample generator"
+    wb.properties.lastModifiedBy = "promptbatch-sheets sample generator"
+    wb.properties.created = FIXED_DATETIME
+    wb.properties.modified = FIXED_DATETIME
+    return wb
+
+
+def save_deterministic(wb: Workbook, path: Path) -> None:
+    """Save ``wb`` to ``path`` with pinned timestamps (openpyxl stamps 'now' on save)."""
+    buffer = io.BytesIO()
+    wb.save(buffer)
+    buffer.seek(0)
+    out = io.BytesIO()
+    with (
+        zipfile.ZipFile(buffer) as src,
+        zipfile.ZipFile(out, "w", zipfile.ZIP_DEFLATED) as dst,
+    ):
+        for info in src.infolist():
+            data = src.read(info.filename)
+            if info.filename == "docProps/core.xml":
+                data = re.sub(
+                    rb"(<dcterms:(?:created|modified)[^>]*>)[^<]*(</dcterms:)",
+                    rb"\g<1>" + FIXED_W3CDTF.encode() + rb"\g<2>",
+                    data,
+                )
+            entry = zipfile.ZipInfo(info.filename, date_time=FIXED_ZIP_TIME)
+            entry.compress_type = zipfile.ZIP_DEFLATED
+            entry.external_attr = 0o644 << 16
+            dst.writestr(entry, data)
+    path.write_bytes(out.getvalue())
+
+
+def write_header(ws: Worksheet, row: int, names: list[str]) -> None:
+    for col, name in enumerate(names, start=1):
+        cell = ws.cell(row=row, column=col, value=name)
+        cell.font = BOLD
+        cell.fill = HEADER_FILL
+
+
+def set_widths(ws: Worksheet, widths: dict[str, float]) -> None:
+    for letter, width in widths.items():
+        ws.column_dimensions[letter].width = width
+
+
+# --------------------------------------------------------------------------- 1. products
+
+PRODUCT_TEMPLATE = (
+    "Write a one-sentence product description for {{ product_name }}, "
+    "a {{ category }} item made of {{ material }}"
+    "{% if price %} that sells for ${{ price }}{% endif %}."
+)
+
+# (Product Name, Category, Material, Price or None)
+PRODUCTS: list[tuple[str, str, str, float | int | None]] = [
+    ("Trailhead Water Bottle", "hiking", "stainless steel", 24.99),
+    ("Cloudrest Pillow", "bedding", "memory foam", 39.95),
+    ("Harbor Rain Jacket", "clothing", "recycled nylon", 89),
+    ("Oakline Cutting Board", "kitchen", "oak wood", 32.49),
+    ("Pebble Desk Lamp", "home office", "ceramic", 45),
+    ("Sprout Seed Starter Kit", "garden", "biodegradable paper", 14.99),
+    ("Nimbus Wireless Earbuds", "music", "matte plastic", 59.99),
+    ("Atlas Weekender Bag", "travel", "waxed canvas", 120),
+    ("Ember Cast Iron Skillet", "kitchen", "cast iron", 34.99),
+    ("Meadow Picnic Blanket", "picnic", "cotton", None),
+    ("Quill Fountain Pen", "stationery", "brass", 27.75),
+    ("Summit Yoga Mat", "fitness", "natural rubber", 68),
+]
+
+
+def build_product_descriptions(path: Path) -> None:
+    wb = new_workbook()
+    ws = wb.active
+    ws.title = "Products"
+
+    ws["A1"] = "Template"
+    ws["A1"].font = BOLD
+    ws["A1"].alignment = TOP
+    ws["B1"] = PRODUCT_TEMPLATE
+    ws["B1"].alignment = WRAP_TOP
+    ws.row_dimensions[1].height = 48
+    # Row 2 stays empty; the table starts at row 3.
+    write_header(ws, 3, ["Product Name", "Category", "Material", "Price"])
+    for offset, (name, category, material, price) in enumerate(PRODUCTS):
+        row = 4 + offset
+        ws.cell(row=row, column=1, value=name)
+        ws.cell(row=row, column=2, value=category)
+        ws.cell(row=row, column=3, value=material)
+        price_cell = ws.cell(row=row, column=4, value=price)
+        price_cell.number_format = '"$"#,##0.00'
+
+    # Column E is where the tool will add "response"; give it room in advance.
+    set_widths(ws, {"A": 26, "B": 52, "C": 22, "D": 10, "E": 70})
+    ws.freeze_panes = "A4"
+    save_deterministic(wb, path)
+
+
+# --------------------------------------------------------------------------- 2. support tickets
+
+TICKET_TEMPLATE = (
+    "Classify this support ticket from a {{ customer_tier }} customer into one category: "
+    "billing, bug, feature_request, account, other. Reply with the category word only.\n"
+    "Subject: {{ subject }}\n"
+    "Message: {{ message }}\n"
+    "Category:"
+)
+
+# (Ticket ID, Customer Tier, Subject, Message, response or None)
+TICKETS: list[tuple[str, str, str, str, str | None]] = [
+    (
+        "T-1001",
+        "Free",
+        "Charged twice this month",
+        "My card was charged two times for the March subscription. Please refund one.",
+        None,
+    ),
+    (
+        "T-1002",
+        "Pro",
+        "Invoice shows wrong VAT",
+        "The PDF invoice lists 25% VAT but our company is VAT-exempt.",
+        "billing",
+    ),
+    (
+        "T-1003",
+        "Enterprise",
+        "Export to CSV crashes",
+        "Clicking Export on a report with more than 5000 rows shows a blank error page.",
+        None,
+    ),
+    (
+        "T-1004",
+        "Free",
+        "Dark mode please",
+        "Would love a dark theme for the dashboard, the white screen is harsh at night.",
+        None,
+    ),
+    (
+        "T-1005",
+        "Pro",
+        "Cannot reset password",
+        "The reset link in the email says it has expired even when I click it right away.",
+        None,
+    ),
+    (
+        "T-1006",
+        "Enterprise",
+        "Sync stops after update",
+        "Since version 4.2 the calendar sync stops every few hours until we restart the app.",
+        "bug",
+    ),
+    (
+        "T-1007",
+        "Pro",
+        "Add more seats to our plan",
+        "We hired three people and need to add seats. Where do I change the plan size?",
+        None,
+    ),
+    (
+        "T-1008",
+        "Free",
+        "Delete my account",
+        "Please close my account and remove all stored projects.",
+        "#ERROR: timeout",
+    ),
+    (
+        "T-1009",
+        "Enterprise",
+        "API for bulk tagging",
+        "Could you add an API endpoint to tag many records at once instead of one by one?",
+        None,
+    ),
+    (
+        "T-1010",
+        "Pro",
+        "Question about your office hours",
+        "Is your support team available on public holidays in Germany?",
+        None,
+    ),
+]
+
+
+def build_support_tickets(path: Path) -> None:
+    wb = new_workbook()
+    ws = wb.active
+    ws.title = "Tickets"  # first sheet
+
+    headers = ["Ticket ID", "Customer Tier", "Subject", "Message", "response"]
+    for col, name in enumerate(headers, start=1):
+        ws.cell(row=1, column=col, value=name)
+    for offset, ticket in enumerate(TICKETS):
+        row = 2 + offset
+        for col, value in enumerate(ticket, start=1):
+            cell = ws.cell(row=row, column=col, value=value)
+            cell.alignment = WRAP_TOP if col == 4 else TOP
+
+    last_row = 1 + len(TICKETS)
+    table = Table(displayName="Tickets", ref=f"A1:E{last_row}")
+    table.tableStyleInfo = TableStyleInfo(
+        name="TableStyleMedium2",
+        showFirstColumn=False,
+        showLastColumn=False,
+        showRowStripes=True,
+        showColumnStripes=False,
+    )
+    ws.add_table(table)
+    set_widths(ws, {"A": 11, "B": 15, "C": 32, "D": 60, "E": 18})
+    ws.freeze_panes = "A2"
+
+    prompt = wb.create_sheet("Prompt")
+    prompt["A1"] = "The template used for every ticket:"
+    prompt["A1"].font = BOLD
+    prompt["A2"] = TICKET_TEMPLATE
+    prompt["A2"].alignment = WRAP_TOP
+    prompt.column_dimensions["A"].width = 90
+    prompt.row_dimensions[2].height = 80
+
+    wb.defined_names["prompt_template"] = DefinedName("prompt_template", attr_text="'Prompt'!$A$2")
+    save_deterministic(wb, path)
+
+
+# --------------------------------------------------------------------------- 3. translation
+
+TRANSLATION_TEMPLATE = (
+    "Translate into {{ target_language }}. Reply with the translation only: {{ source_text }}"
+)
+
+# (Source Text, Target Language)
+PHRASES: list[tuple[str, str]] = [
+    ("Where is the train station?", "French"),
+    ("The meeting has moved to Thursday.", "Spanish"),
+    ("Please keep the door closed.", "German"),
+    ("Thank you for your patience.", "Italian"),
+    ("お会計をお願いします。", "English"),
+    ("=SUM is a spreadsheet function", "Portuguese"),
+    ("Good morning, everyone!", "Dutch"),
+    ("The museum opens at nine.", "French"),
+    ("Do you have a table for two?", "Spanish"),
+    ("Café au lait, s'il vous plaît.", "German"),
+]
+
+CONF_ROWS: list[tuple[str, str | int]] = [
+    ("template", TRANSLATION_TEMPLATE),
+    ("output_column", "Translation"),
+    ("temperature", 0),
+    ("max_tokens", 60),
+]
+
+
+def build_translation(path: Path) -> None:
+    wb = new_workbook()
+    ws = wb.active
+    ws.title = "Phrases"  # first sheet
+
+    write_header(ws, 1, ["Source Text", "Target Language"])
+    for offset, (text, language) in enumerate(PHRASES):
+        row = 2 + offset
+        cell = ws.cell(row=row, column=1, value=text)
+        if text.startswith("="):
+            # openpyxl treats "=..." as a formula; force a plain text cell instead.
+            cell.data_type = "s"
+            cell.quotePrefix = True  # Excel shows it as '=... (text), as if typed that way
+        ws.cell(row=row, column=2, value=language)
+    set_widths(ws, {"A": 40, "B": 18, "C": 50})
+
+    conf = wb.create_sheet("promptbatch.conf")
+    write_header(conf, 1, ["key", "value"])
+    for offset, (key, value) in enumerate(CONF_ROWS):
+        conf.cell(row=2 + offset, column=1, value=key)
+        conf.cell(row=2 + offset, column=2, value=value)
+    set_widths(conf, {"A": 16, "B": 90})
+    save_deterministic(wb, path)
+
+
+# --------------------------------------------------------------------------- 4. reviews (CSV)
+
+REVIEW_TEMPLATE = (
+    "Summarize this {{ stars }}-star review of {{ product }} in five words or fewer: "
+    "{{ review_text }}"
+)
+
+REVIEWS: list[tuple[int, str, int, str]] = [
+    (1, "Trailhead Water Bottle", 5, "Keeps water cold all day, even in a hot car."),
+    (2, "Cloudrest Pillow", 2, "Too firm for me and it still smells of foam after a week."),
+    (
+        3,
+        "Harbor Rain Jacket",
+        4,
+        'Stayed dry in a downpour, but the "packable" hood is tiny.\n'
+        "Sizing runs small, so order one up.",
+    ),
+    (4, "Nimbus Wireless Earbuds", 3, "Good sound, battery lasts about four hours."),
+    (5, "Ember Cast Iron Skillet", 5, "Heavy, heats evenly, and came well seasoned."),
+    (6, "Pebble Desk Lamp", 1, "Arrived cracked and the switch stopped working."),
+    (7, "Summit Yoga Mat", 4, "Great grip; a bit heavy to carry to class."),
+    (8, "Atlas Weekender Bag", 5, "Fits three days of clothes and looks better with age."),
+    (9, "Sprout Seed Starter Kit", 3, "Half of the seeds sprouted. Instructions were vague."),
+    (10, "Quill Fountain Pen", 2, "Nib scratches and the ink skips on every page."),
+]
+
+
+def build_reviews(csv_path: Path, template_path: Path) -> None:
+    with csv_path.open("w", encoding="utf-8", newline="") as handle:
+        writer = csv.writer(handle, lineterminator="\n")
+        writer.writerow(["review_id", "product", "stars", "review_text"])
+        writer.writerows(REVIEWS)
+    template_path.write_text(REVIEW_TEMPLATE + "\n", encoding="utf-8")
+
+
+# --------------------------------------------------------------------------- main
+
+
+def main() -> None:
+    build_product_descriptions(HERE / "product_descriptions.xlsx")
+    build_support_tickets(HERE / "support_tickets.xlsx")
+    build_translation(HERE / "translation.xlsx")
+    build_reviews(HERE / "reviews.csv", HERE / "reviews.prompt.txt")
+    for name in (
+        "product_descriptions.xlsx",
+        "support_tickets.xlsx",
+        "translation.xlsx",
+        "reviews.csv",
+        "reviews.prompt.txt",
+    ):
+        print(f"wrote {HERE / name}")
+
+
+if __name__ == "__main__":
+    main()
