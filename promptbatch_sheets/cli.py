@@ -51,7 +51,7 @@ def user_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except PromptBatchError as exc:
-            console.print(f"[bold red]Error:[/] {exc}")
+            console.print(f"[bold red]Error:[/] {exc}", soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]

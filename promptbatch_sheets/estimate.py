@@ -12,8 +12,9 @@ CHARS_PER_TOKEN = 4.0
 """English text averages about four characters per token in GPT and Llama tokenizers."""
 DEFAULT_ANSWER_TOKENS = 60
 """Assumed answer length when max_tokens is not set: a sentence or two."""
-SECONDS_PER_ANSWER_TOKEN = {"local": 0.008}
-"""Measured: the embedded model writes ~130 tokens/s on two cores."""
+LOCAL_SECONDS_PER_TOKEN = (0.001, 0.009)
+"""(prompt, answer) seconds per token of the embedded model on two cores, measured on the
+demo workbook; it is CPU-bound, so time does not shrink with concurrency."""
 HOSTED_LATENCY_S = 1.0
 """Typical time to a full short answer from a hosted API."""
 
@@ -57,8 +58,10 @@ def estimate(model: str, prompts: list[str], max_tokens: int | None,
     answer = max_tokens or DEFAULT_ANSWER_TOKENS
     prompt_tokens = sum(tokens(p) for p in prompts)
     completion_tokens = answer * len(prompts)
-    per_request = SECONDS_PER_ANSWER_TOKEN[provider] * answer \
-        if provider in SECONDS_PER_ANSWER_TOKEN else HOSTED_LATENCY_S
-    rounds = math.ceil(len(prompts) / max(1, concurrency))
+    if provider == "local":
+        seconds = (prompt_tokens * LOCAL_SECONDS_PER_TOKEN[0]
+                   + completion_tokens * LOCAL_SECONDS_PER_TOKEN[1])
+    else:
+        seconds = math.ceil(len(prompts) / max(1, concurrency)) * HOSTED_LATENCY_S
     return Estimate(prompt_tokens, completion_tokens,
-                    cost(model, prompt_tokens, completion_tokens), rounds * per_request)
+                    cost(model, prompt_tokens, completion_tokens), seconds)

@@ -63,5 +63,5 @@ def print_preview(console: Console, preview: Preview) -> None:
         console.print(prompt, markup=False)
     console.rule("estimate")
     console.print(f"~{est.prompt_tokens:,} prompt tokens + ~{est.completion_tokens:,} answer "
-                  f"tokens, cost {_money(est.cost_usd)}, about {est.seconds:,.0f} s. "
+                  f"tokens, cost {_money(est.cost_usd)}, about {est.seconds:,.1f} s. "
                   "No model was called.")

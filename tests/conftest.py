@@ -1,0 +1,57 @@
+"""Shared fixtures: an isolated cache and config for every test, and the sample workbooks."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from click.testing import Result
+from typer.testing import CliRunner
+
+from promptbatch_sheets import batch
+from promptbatch_sheets.cli import app
+from promptbatch_sheets.providers import RetryPolicy
+from tests.fakes.llm_server import FakeLLMConfig, FakeLLMServer
+
+SAMPLES = Path(__file__).resolve().parent.parent / "sample_workbooks"
+
+
+@pytest.fixture(autouse=True)
+def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
+    """No test reads or writes the user's real cache, config or keys."""
+    home = tmp_path / "home"
+    monkeypatch.setenv("PROMPTBATCH_HOME", str(home))
+    monkeypatch.setenv("PROMPTBATCH_CONFIG", str(home / "config.toml"))
+    for name in ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "PROMPTBATCH_API_KEY", "OLLAMA_HOST",
+                 "PROMPTBATCH_MODEL", "PROMPTBATCH_BASE_URL"):
+        monkeypatch.delenv(name, raising=False)
+    return home
+
+
+@pytest.fixture(autouse=True)
+def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Backoff starts at 10 ms instead of 500 ms; a server's retry-after still sets the floor."""
+    monkeypatch.setattr(batch, "RetryPolicy", functools.partial(RetryPolicy, base_delay=0.01))
+
+
+@pytest.fixture
+def samples() -> Path:
+    return SAMPLES
+
+
+@pytest.fixture
+def llm() -> Iterator[FakeLLMServer]:
+    """A fresh fake OpenAI/Anthropic server on 127.0.0.1 for one test."""
+    with FakeLLMServer(FakeLLMConfig()) as server:
+        yield server
+
+
+def cli(*args: str) -> Result:
+    """Run the promptbatch command in-process, as a user would type it."""
+    return CliRunner().invoke(app, list(args), catch_exceptions=False)
+
+
+def fake_model(server: FakeLLMServer) -> list[str]:
+    return ["--model", "openai-compatible:fake", "--base-url", server.base_url]
