@@ -19,7 +19,7 @@ demo: $(STAMP)
 	$(BIN)/promptbatch run sample_workbooks/product_descriptions.xlsx -o out/product_descriptions.answers.xlsx
 
 test: $(STAMP)
-	$(BIN)/ruff check promptbatch_sheets tests bench
+	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest -q
 
