@@ -1,7 +1,8 @@
-"""Excel files (.xlsx, .xlsm) through openpyxl, written to a new file beside the original.
+"""Excel files (.xlsx, .xlsm): read through openpyxl, written by patching the sheet's XML.
 
-openpyxl drops parts of many real workbooks on save, so the user's file is never the target
-by default; answers go to ``NAME.promptbatch.xlsx`` unless ``-o`` says otherwise.
+openpyxl drops parts of many real workbooks on save, so answers are written by ``xlsx_patch``,
+which changes the answer cells and nothing else. The user's file is still never the target by
+default; answers go to ``NAME.promptbatch.xlsx`` unless ``-o`` says otherwise.
 """
 
 from __future__ import annotations
@@ -14,23 +15,22 @@ from typing import Any
 import openpyxl
 from openpyxl.utils.cell import range_boundaries
 from openpyxl.workbook.workbook import Workbook
-from openpyxl.worksheet.table import TableColumn
 from openpyxl.worksheet.worksheet import Worksheet
 
 from ..errors import WorkbookError
-from ..sheet import Cell, SheetData, fit_cell
+from ..sheet import Cell, SheetData
 from ..table import Bounds, TemplateText, quote_sheet
 from .files import atomic_write, check_readable, default_output
+from .xlsx_patch import EXCEL_CELL_LIMIT as EXCEL_CELL_LIMIT  # other surfaces import it here
+from .xlsx_patch import check_package, check_writable, patch_workbook
 
-EXCEL_CELL_LIMIT = 32_767
 CONF_SHEET = "promptbatch.conf"
 TEMPLATE_NAME = "prompt_template"
 
 
-def _load(path: Path, values: bool) -> Workbook:
+def _load(path: Path) -> Workbook:
     try:
-        return openpyxl.load_workbook(path, data_only=values,
-                                      keep_vba=path.suffix.lower() == ".xlsm")
+        return openpyxl.load_workbook(path, data_only=True)
     except zipfile.BadZipFile:
         raise WorkbookError(f"{path} is not a readable .xlsx workbook (the zip is damaged or "
                             "it is another kind of file). Open it in Excel and save it as "
@@ -42,12 +42,14 @@ def _load(path: Path, values: bool) -> Workbook:
 class XlsxSurface:
     def __init__(self, path: Path, sheet: str | None = None, output: Path | None = None) -> None:
         check_readable(path)
+        check_package(path)
         self.path = path
         self.sheet_name = sheet
         self.output = output or default_output(path)
-        self._values = _load(path, values=True)
-        self._book: Workbook | None = None
+        self._values = _load(path)
         self._sheet = self._pick_sheet(self._values)
+        check_writable(path, self._sheet.title)  # refuse before any answer is paid for
+        self._written: list[Cell] = []
 
     def _pick_sheet(self, book: Workbook) -> Worksheet:
         names = [ws.title for ws in book.worksheets]
@@ -113,30 +115,11 @@ class XlsxSurface:
         return "" if value is None else str(value)
 
     def write(self, cells: Sequence[Cell]) -> None:
-        if self._book is None:
-            self._book = _load(self.path, values=False)
-        ws = self._book[self._sheet.title]
-        for row, col, text in cells:
-            cell = ws.cell(row=row + 1, column=col + 1)
-            cell.value = fit_cell(text, EXCEL_CELL_LIMIT)
-            cell.data_type = "s"  # an answer starting with "=" is text, not a formula
-        self._grow_table(ws, cells)
-
-    @staticmethod
-    def _grow_table(ws: Worksheet, cells: Sequence[Cell]) -> None:
-        """A new column right of an Excel Table becomes the table's last column."""
-        for table in ws.tables.values():
-            left, top, right, bottom = range_boundaries(table.ref)
-            header = next((t for r, c, t in cells if r == top - 1 and c == right), None)
-            if header is None:
-                continue
-            table.tableColumns.append(TableColumn(id=len(table.tableColumns) + 1, name=header))
-            table.ref = f"{ws.cell(top, left).coordinate}:{ws.cell(bottom, right + 1).coordinate}"
-            if table.autoFilter is not None:
-                table.autoFilter.ref = table.ref
+        """Kept until ``close``: the package is rewritten once, not once per block."""
+        self._written.extend(cells)
 
     def close(self) -> None:
-        book = self._book
-        if book is None:
+        if not self._written:
             return
-        atomic_write(self.output, lambda tmp: book.save(tmp))
+        title, written = self._sheet.title, list(self._written)
+        atomic_write(self.output, lambda tmp: patch_workbook(self.path, tmp, title, written))
