@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import WorkbookError
+from ..errors import ConfigError, WorkbookError
 from ..sheet import Surface
 from .csvfile import CsvSurface
 from .xlsx import XlsxSurface
@@ -19,8 +19,18 @@ UNSUPPORTED = {
 }
 
 
-def open_surface(source: str, sheet: str | None = None, output: str | None = None) -> Surface:
-    """The surface for a file path, chosen by its extension."""
+GOOGLE_SHEETS = ("gsheet:", "https://docs.google.com/spreadsheets/")
+
+
+def open_surface(source: str, sheet: str | None = None, output: str | None = None,
+                 credentials: str | None = None) -> Surface:
+    """The surface for a Google Sheet reference, or for a file path by its extension."""
+    if source.startswith(GOOGLE_SHEETS):
+        if output:
+            raise ConfigError("-o is for files: a Google Sheet gets its answers in place.")
+        from .gsheets import GSheetSurface  # gspread loads only for Google Sheets runs
+
+        return GSheetSurface(source, sheet, credentials)
     path = Path(source)
     out = Path(output) if output else None
     suffix = path.suffix.lower()
