@@ -1,0 +1,399 @@
+"""``promptbatch serve``: the HTTP API that the Apps Script bridge (addin/gsheets) calls.
+
+Apps Script cannot run Python, so the sheet sends rows here and gets answers back. The server
+holds the model choice, the API keys and the one answer cache; a request carries only the
+template, the rows and a few sampling options. A caller cannot pick the model or its base URL:
+whoever holds the token could otherwise aim our keys at any server, or at a pricier model.
+To offer two models, start two servers on two ports.
+
+Every route needs ``Authorization: Bearer TOKEN``; the token is made on first start and kept
+(mode 0600) beside the user config.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import hmac
+import json
+import os
+import secrets
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import uvicorn
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response
+from starlette.routing import Route
+
+from . import batch, userconfig
+from .engine import RowResult, error_text, run_jobs
+from .errors import PromptBatchError
+from .estimate import estimate
+from .plan import RowJob
+from .providers import ModelSpec, Params, Provider
+from .settings import Settings, resolve
+from .sheet import fit_cell
+from .store import Store, answer_key
+from .table import TemplateText, locate
+from .template import Template, display
+
+DEFAULT_HOST = "127.0.0.1"
+DEFAULT_PORT = 8787
+TOKEN_FILE = "serve-token"
+MAX_BODY = 5 * 1024 * 1024
+"""Bytes per request: a chunk of rows, never a whole workbook."""
+MAX_ROWS = 5000
+MAX_WAIT_S = 300.0
+CELL_LIMIT = 50_000
+"""Characters a Google Sheets cell holds."""
+PREVIEW_FIRST_MAX = 20
+Scalar = str | int | float | bool | None
+
+
+class BadRequest(Exception):
+    """The request itself is malformed; its text goes back with a 400 (or ``status``)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status
+
+
+def token_path() -> Path:
+    """``$PROMPTBATCH_HOME/serve-token``, else beside the user config file."""
+    home = os.environ.get("PROMPTBATCH_HOME")
+    folder = Path(home) if home else userconfig.config_path().parent
+    return folder / TOKEN_FILE
+
+
+def load_token(path: Path | None = None) -> tuple[str, bool]:
+    """The bearer token and whether it was just made; the file is readable by its owner only."""
+    path = path or token_path()
+    if path.is_file():
+        os.chmod(path, 0o600)
+        token = path.read_text(encoding="utf-8").strip()
+        if token:
+            return token, False
+    token = secrets.token_urlsafe(32)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w", encoding="utf-8") as handle:
+        handle.write(token + "\n")
+    return token, True
+
+
+class Backend:
+    """What all requests share: the model, the cache, and one provider opened on first need."""
+
+    def __init__(self, settings: Settings, store: Store) -> None:
+        self.settings = settings
+        self.spec = ModelSpec.parse(settings.model or batch.LOCAL, settings.base_url)
+        batch.api_key_for(self.spec)  # a missing key stops the server at start, not mid-run
+        self.model = f"{self.spec.provider}:{self.spec.model}"
+        self.store = store
+        self._open = batch.connector(self.spec, settings)
+        self._stack = AsyncExitStack()
+        self._provider: Provider | None = None
+        self._lock = asyncio.Lock()
+
+    @asynccontextmanager
+    async def connect(self) -> AsyncIterator[Provider]:
+        """The shared provider: one connection pool (and one embedded model) for every chunk."""
+        async with self._lock:
+            if self._provider is None:
+                self._provider = await self._stack.enter_async_context(self._open())
+        yield self._provider
+
+    async def close(self) -> None:
+        await self._stack.aclose()
+        self._provider = None
+        self.store.close()
+
+    def params(self, options: Mapping[str, Any]) -> Params:
+        s = self.settings
+        return Params(options.get("temperature", s.temperature),
+                      options.get("max_tokens", s.max_tokens), options.get("system", s.system))
+
+
+# --------------------------------------------------------------------------- request parsing
+
+
+def _fields(body: Any, required: set[str], optional: set[str]) -> dict[str, Any]:
+    if not isinstance(body, dict):
+        raise BadRequest("The request body must be a JSON object.")
+    unknown = sorted(set(body) - required - optional)
+    if unknown:
+        raise BadRequest(f"Unknown field(s) {', '.join(unknown)}. The model and its server "
+                         "are chosen where promptbatch serve runs, not per request.")
+    missing = sorted(required - set(body))
+    if missing:
+        raise BadRequest(f"Missing field(s) {', '.join(missing)}.")
+    return body
+
+
+def _text(value: Any, name: str) -> str:
+    if not isinstance(value, str):
+        raise BadRequest(f"{name} must be a string.")
+    return value
+
+
+def _number(value: Any, name: str, low: float, high: float) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
+        raise BadRequest(f"{name} must be a number from {low:g} to {high:g}.")
+    return float(value)
+
+
+def _cells(value: Any, name: str) -> list[Scalar]:
+    if not isinstance(value, list) or not all(
+            v is None or isinstance(v, (str, int, float, bool)) for v in value):
+        raise BadRequest(f"{name} must be a list of cell values (text, numbers, booleans).")
+    return value
+
+
+def _grid(value: Any, name: str) -> list[list[Scalar]]:
+    if not isinstance(value, list):
+        raise BadRequest(f"{name} must be a list of rows.")
+    if len(value) > MAX_ROWS:
+        raise BadRequest(f"{name} has {len(value):,} rows; send at most {MAX_ROWS:,} per "
+                         "request.", 413)
+    return [_cells(row, f"each row of {name}") for row in value]
+
+
+def _options(value: Any) -> dict[str, Any]:
+    """Sampling options a sheet may set; each is part of the answer's cache key."""
+    options = _fields(value if value is not None else {}, set(),
+                      {"temperature", "max_tokens", "system"})
+    out: dict[str, Any] = {}
+    if options.get("temperature") is not None:
+        out["temperature"] = _number(options["temperature"], "options.temperature", 0, 2)
+    if options.get("max_tokens") is not None:
+        out["max_tokens"] = int(_number(options["max_tokens"], "options.max_tokens", 1, 100_000))
+    if options.get("system") is not None:
+        out["system"] = _text(options["system"], "options.system")
+    return out
+
+
+@dataclass(frozen=True)
+class Rows:
+    """A template and rows to render with it, as every row route receives them."""
+
+    template: Template
+    headers: list[str]
+    rows: list[list[Scalar]]
+    params: Params
+
+
+def _rows_request(backend: Backend, body: dict[str, Any]) -> Rows:
+    template = Template.parse(_text(body["template"], "template"),
+                              _text(body.get("origin", "the template"), "origin"))
+    headers = [display(h).strip() for h in _cells(body["headers"], "headers")]
+    template.check_columns(headers)
+    return Rows(template, headers, _grid(body["rows"], "rows"),
+                backend.params(_options(body.get("options"))))
+
+
+def _render(rows: Rows) -> tuple[list[RowJob], dict[int, str]]:
+    """Prompts by row index, and the cells settled without a model: blanks and render errors."""
+    jobs: list[RowJob] = []
+    settled: dict[int, str] = {}
+    for i, cells in enumerate(rows.rows):
+        record = {h: (cells[c] if c < len(cells) else None)
+                  for c, h in enumerate(rows.headers) if h}
+        if all(display(v).strip() == "" for v in record.values()):
+            settled[i] = ""
+            continue
+        try:
+            jobs.append(RowJob(i, rows.template.render(record, "this row")))
+        except PromptBatchError as exc:
+            settled[i] = error_text(str(exc))
+    return jobs, settled
+
+
+# --------------------------------------------------------------------------- routes
+
+ROW_FIELDS = {"template", "headers", "rows"}
+
+
+async def complete(backend: Backend, body: Any) -> dict[str, Any]:
+    """Answers for a chunk of rows, from the cache first; ``null`` for rows past the wait."""
+    body = _fields(body, ROW_FIELDS, {"origin", "options", "wait_seconds"})
+    rows = _rows_request(backend, body)
+    wait = body.get("wait_seconds")
+    wait = None if wait is None else _number(wait, "wait_seconds", 1, MAX_WAIT_S)
+    jobs, settled = _render(rows)
+    answers: list[str | None] = [settled.get(i) for i in range(len(rows.rows))]
+    counts = {"cached": 0, "answered": 0, "failed": sum(1 for t in settled.values() if t)}
+
+    def deliver(result: RowResult) -> None:
+        answers[result.row] = fit_cell(result.text.strip(), CELL_LIMIT)
+        key = "cached" if result.cached else "answered" if result.ok else "failed"
+        counts[key] += 1
+
+    run = run_jobs(jobs, backend.spec.label, backend.connect, rows.params, backend.store,
+                   concurrency=backend.settings.concurrency, on_result=deliver)
+    with contextlib.suppress(asyncio.TimeoutError):  # what arrived is stored; ask again
+        await asyncio.wait_for(run, wait)
+    pending = sum(1 for a in answers if a is None)
+    return {"answers": answers, "model": backend.model, **counts, "pending": pending}
+
+
+async def preview(backend: Backend, body: Any) -> dict[str, Any]:
+    """Counts, first prompts and an estimate for rows to send; ``total`` scales a sample."""
+    body = _fields(body, ROW_FIELDS, {"origin", "options", "total", "first"})
+    rows = _rows_request(backend, body)
+    first = int(_number(body.get("first", 3), "first", 0, PREVIEW_FIRST_MAX))
+    jobs, settled = _render(rows)
+    keys = {job.row: answer_key(backend.spec.label, rows.params, job.prompt) for job in jobs}
+    hits = backend.store.get_many(keys.values())
+    fresh = list({keys[j.row]: j.prompt for j in jobs if keys[j.row] not in hits}.values())
+    errors = [t for t in settled.values() if t]
+    sent = len(jobs) + len(errors)
+    total = int(_number(body.get("total", sent), "total", sent, 10_000_000))
+    scale = total / sent if sent else 1.0
+    guess = estimate(backend.model, fresh, rows.params.max_tokens,
+                     backend.settings.concurrency)
+    cost = guess.cost_usd
+    return {
+        "model": backend.model,
+        "rows": total,
+        "sample": sent,
+        "cached": sum(1 for k in keys.values() if k in hits),
+        "to_send": sum(1 for k in keys.values() if k not in hits),
+        "unique_prompts": len(fresh),
+        "render_errors": len(errors),
+        "first_error": errors[0] if errors else None,
+        "first_prompts": [j.prompt for j in jobs[:first]],
+        "estimate": {
+            "prompt_tokens": round(guess.prompt_tokens * scale),
+            "completion_tokens": round(guess.completion_tokens * scale),
+            "cost_usd": None if cost is None else cost * scale,
+            "seconds": guess.seconds * scale,
+        },
+    }
+
+
+async def find_table(backend: Backend, body: Any) -> dict[str, Any]:
+    """Where the template, header row and output column sit, read by the CLI's own rules."""
+    body = _fields(body, {"sheet", "grid"}, {"template", "origin", "output_column"})
+    sheet = _text(body["sheet"], "sheet")
+    explicit = None
+    if body.get("template") is not None:
+        explicit = TemplateText(_text(body["template"], "template"),
+                                _text(body.get("origin", "prompt_template"), "origin"))
+    output = _text(body.get("output_column") or backend.settings.output_column, "output_column")
+    table = locate(_grid(body["grid"], "grid"), sheet, explicit=explicit, output_header=output)
+    template = Template.parse(table.template.text, table.template.origin)
+    template.check_columns(list(table.columns.values()))
+    return {
+        "template": table.template.text,
+        "origin": table.template.origin,
+        "header_row": table.header_row,
+        "columns": [[c, h] for c, h in table.columns.items()],
+        "output_col": table.output_col,
+        "output_header": table.output_header,
+        "output_exists": table.output_exists,
+    }
+
+
+async def health(backend: Backend, body: Any) -> dict[str, Any]:
+    return {"ok": True, "model": backend.model}
+
+
+# --------------------------------------------------------------------------- the app
+
+Handler = Callable[[Backend, Any], Awaitable[dict[str, Any]]]
+
+
+def _authorized(request: Request, token: bytes) -> bool:
+    scheme, _, given = request.headers.get("authorization", "").partition(" ")
+    return scheme.lower() == "bearer" and hmac.compare_digest(given.strip().encode(), token)
+
+
+async def _read_json(request: Request) -> Any:
+    """The body as JSON, refused past MAX_BODY bytes whatever Content-Length claims."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > MAX_BODY:
+        raise BadRequest(f"The request is larger than {MAX_BODY // 2**20} MB; send fewer "
+                         "rows per chunk.", 413)
+    raw = bytearray()
+    async for part in request.stream():
+        raw += part
+        if len(raw) > MAX_BODY:
+            raise BadRequest(f"The request is larger than {MAX_BODY // 2**20} MB; send fewer "
+                             "rows per chunk.", 413)
+    try:
+        return json.loads(raw) if raw else None
+    except ValueError:
+        raise BadRequest("The request body is not valid JSON.") from None
+
+
+def _route(path: str, handler: Handler, token: bytes, method: str = "POST") -> Route:
+    async def endpoint(request: Request) -> Response:
+        if not _authorized(request, token):
+            return JSONResponse({"error": "Missing or wrong bearer token."}, 401,
+                                headers={"www-authenticate": "Bearer"})
+        try:
+            body = await _read_json(request) if method == "POST" else None
+            return JSONResponse(await handler(request.app.state.backend, body))
+        except BadRequest as exc:
+            return JSONResponse({"error": str(exc)}, exc.status)
+        except PromptBatchError as exc:
+            return JSONResponse({"error": str(exc)}, 400)
+
+    return Route(path, endpoint, methods=[method])
+
+
+def create_app(token: str, settings: Settings | None = None,
+               store_path: Path | None = None) -> Starlette:
+    """The ASGI app; ``settings`` default to the environment and user config, as in the CLI."""
+    backend = Backend(settings or resolve({}, {}), Store(store_path))
+    secret = token.encode()
+
+    @asynccontextmanager
+    async def lifespan(app: Starlette) -> AsyncIterator[None]:
+        try:
+            yield
+        finally:
+            await backend.close()
+
+    app = Starlette(lifespan=lifespan, routes=[
+        _route("/v1/complete", complete, secret),
+        _route("/v1/preview", preview, secret),
+        _route("/v1/locate", find_table, secret),
+        _route("/v1/health", health, secret, method="GET"),
+    ])
+    app.state.backend = backend
+    return app
+
+
+def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
+          flags: dict[str, Any] | None = None, store_path: Path | None = None,
+          announce: Callable[[str], None] | None = None) -> None:
+    """Run until Ctrl-C; prints the address (the real port when ``port`` is 0) and the token."""
+    say = announce or (lambda line: print(line, flush=True))
+    token, created = load_token()
+    app = create_app(token, resolve(flags or {}, {}), store_path)
+    server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, access_log=False))
+
+    async def run() -> None:
+        task = asyncio.create_task(server.serve())
+        while not server.started and not task.done():
+            await asyncio.sleep(0.02)
+        if server.started:
+            bound = server.servers[0].sockets[0].getsockname()[1]
+            shown = f"[{host}]" if ":" in host else host
+            say(f"PromptBatch backend listening on http://{shown}:{bound} "
+                     f"(model {app.state.backend.model})")
+            say(f"Bearer token: {token}" if created else f"Bearer token: in {token_path()}")
+            if host not in ("127.0.0.1", "localhost", "::1"):
+                say("Warning: reachable beyond this machine. Use HTTPS in front of it; "
+                         "anyone with the token can spend your model credit.")
+        await task
+
+    asyncio.run(run())
+
