@@ -11,5 +11,14 @@ from .errors import PromptBatchError
 from .store import Store
 from .surfaces import open_surface
 
-__all__ = ["Prepared", "PromptBatchError", "RowResult", "Store", "Summary", "open_surface",
-           "prepare", "preview", "run"]
+__all__ = ["Prepared", "PromptBatchError", "RowResult", "Store", "Summary", "main",
+           "open_surface", "prepare", "preview", "run"]
+
+
+def main() -> None:
+    """The Excel ribbon's "Run batch" (xlwings RunPython): run the calling workbook's sheet."""
+    import xlwings as xw  # only Excel users install it; `import promptbatch_sheets` stays light
+
+    from .surfaces.excel import run_from_ribbon
+
+    run_from_ribbon(xw.Book.caller())

@@ -1,0 +1,249 @@
+"""A live Excel workbook through xlwings: what the ribbon's "Run batch" button runs.
+
+Every call into Excel crosses a process boundary (COM on Windows, AppleScript on macOS), so the
+sheet is read in one call and answers go back one block of adjacent cells per call. Only the
+BSD-licensed xlwings API is used; the workbook is never saved: that stays the user's decision.
+"""
+
+from __future__ import annotations
+
+import re
+import time
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from typing import Any
+
+import xlwings as xw
+
+from .. import batch
+from ..engine import RowResult, Summary
+from ..errors import PromptBatchError, WorkbookError
+from ..sheet import Cell, SheetData, fit_cell
+from ..store import Store
+from ..table import Bounds, TemplateText, quote_sheet
+from ..template import display
+from .xlsx import CONF_SHEET, EXCEL_CELL_LIMIT, TEMPLATE_NAME
+
+TEXT_PREFIX = "'"
+"""Excel keeps what follows an apostrophe as text (=, +, -, @, numbers, dates) and hides it.
+A text number format ("@") would do the same but shows answers over 255 characters as ####."""
+PROGRESS_SECONDS = 0.5
+"""The status bar is updated at most this often: each update is a call into Excel."""
+_CELL = re.compile(r"^\$?[A-Za-z]{1,3}\$?[0-9]{1,7}$")
+
+
+def blocks(cells: Sequence[Cell]) -> list[tuple[int, int, list[str]]]:
+    """(column, first row, texts) for each run of vertically adjacent cells; last write wins."""
+    latest = {(row, col): text for row, col, text in cells}
+    runs: list[tuple[int, int, list[str]]] = []
+    for row, col in sorted(latest, key=lambda rc: (rc[1], rc[0])):
+        if runs and runs[-1][0] == col and runs[-1][1] + len(runs[-1][2]) == row:
+            runs[-1][2].append(latest[row, col])
+        else:
+            runs.append((col, row, [latest[row, col]]))
+    return runs
+
+
+def as_text(text: str) -> str:
+    """What to put in a cell so that Excel stores ``text`` as text, whatever it looks like."""
+    text = fit_cell(text, EXCEL_CELL_LIMIT - len(TEXT_PREFIX))  # the entry counts the prefix
+    return TEXT_PREFIX + text if text else ""
+
+
+def _grid(sheet: xw.Sheet) -> list[list[Any]]:
+    """The used range in one read, padded so that indexes are sheet coordinates from A1."""
+    used = sheet.used_range
+    values: list[list[Any]] = used.options(ndim=2).value
+    top, left = used.row - 1, used.column - 1
+    width = left + max((len(row) for row in values), default=0)
+    return [[None] * width for _ in range(top)] + [[None] * left + list(r) for r in values]
+
+
+def _read_setting(app: xw.App, name: str) -> Any:
+    """An application setting, or None where the engine cannot read it (xlwings' remote one)."""
+    try:
+        return getattr(app, name)
+    except NotImplementedError:
+        return None
+
+
+class ExcelSurface:
+    """One sheet of an open workbook."""
+
+    def __init__(self, book: xw.Book, sheet: str | None = None) -> None:
+        self.book = book
+        self.sheet = self._pick_sheet(sheet)
+        self._table: Any = None
+        self._bounds: Bounds | None = None
+
+    def _pick_sheet(self, name: str | None) -> xw.Sheet:
+        sheets = list(self.book.sheets)
+        if name is not None:
+            match = next((s for s in sheets if s.name == name), None)
+            if match is None:
+                raise WorkbookError(f"{self.book.name} has no sheet {name!r}. Sheets: "
+                                    + ", ".join(repr(s.name) for s in sheets))
+            return match
+        active = self.book.sheets.active
+        if active.name.lower() != CONF_SHEET:
+            return active
+        others = [s for s in sheets if s.name.lower() != CONF_SHEET]
+        if not others:
+            raise WorkbookError(f"{self.book.name} has no worksheet to run.")
+        return others[0]
+
+    def read(self) -> SheetData:
+        self._bounds = self._table_bounds()
+        return SheetData(name=self.sheet.name, grid=_grid(self.sheet),
+                         template=self._defined_template(), bounds=self._bounds,
+                         settings=self._conf())
+
+    def _defined_template(self) -> TemplateText | None:
+        """The name ``prompt_template``: the run sheet's own name wins over the workbook's."""
+        scoped: dict[str, Any] = {}
+        for name in self.book.names:
+            scope, _, bare = name.name.rpartition("!")
+            if bare.lower() == TEMPLATE_NAME:
+                scoped.setdefault(scope.strip("'").replace("''", "'"), name)
+        found = scoped.get(self.sheet.name, scoped.get(""))
+        if found is None:
+            return None
+        refers_to = str(found.refers_to).lstrip("=")
+        if len(refers_to) >= 2 and refers_to[0] == refers_to[-1] == '"':
+            return TemplateText(refers_to[1:-1].replace('""', '"'), f"the name {TEMPLATE_NAME}")
+        sheet, _, coord = refers_to.rpartition("!")
+        ref = f"{sheet or quote_sheet(self.sheet.name)}!{coord.split(':')[0].replace('$', '')}"
+        return TemplateText(self.cell_text(ref), f"{ref} (the name {TEMPLATE_NAME})")
+
+    def _table_bounds(self) -> Bounds | None:
+        for table in self.sheet.tables:
+            rng = table.range
+            rows, cols = rng.shape
+            self._table = table
+            return Bounds(rng.row - 1, rng.column - 1, rng.row + rows - 2, rng.column + cols - 2)
+        return None
+
+    def _conf(self) -> dict[str, str]:
+        conf = next((s for s in self.book.sheets if s.name.lower() == CONF_SHEET), None)
+        if conf is None:
+            return {}
+        settings: dict[str, str] = {}
+        for row in _grid(conf):
+            key, value = (list(row[:2]) + [None, None])[:2]
+            if key is None or value is None or str(key).strip().lower() == "key":
+                continue
+            settings[str(key).strip().lower()] = display(value)
+        return settings
+
+    def cell_text(self, ref: str) -> str:
+        sheet, _, coord = ref.rpartition("!")
+        sheet = sheet.strip("'").replace("''", "'") if sheet else self.sheet.name
+        names = [s.name for s in self.book.sheets]
+        if sheet not in names:
+            raise WorkbookError(f"Cell {ref}: no sheet {sheet!r}. Sheets: "
+                                + ", ".join(repr(n) for n in names))
+        if not _CELL.match(coord):
+            raise WorkbookError(f"{ref} is not a cell reference; write it like 'Sheet 1'!B2.")
+        return display(self.book.sheets[sheet].range(coord.replace("$", "")).value)
+
+    def write(self, cells: Sequence[Cell]) -> None:
+        """One range assignment per block, drawn while screen updating is off."""
+        with _no_screen_updating(self.book.app):
+            for col, top, texts in blocks(cells):
+                target = self.sheet.range((top + 1, col + 1), (top + len(texts), col + 1))
+                target.value = [[as_text(t)] for t in texts]
+            self._grow_table(cells)
+
+    def _grow_table(self, cells: Sequence[Cell]) -> None:
+        """A new column right of an Excel Table becomes the table's last column."""
+        b = self._bounds
+        if b is None or not any(r == b.top and c == b.right + 1 for r, c, _ in cells):
+            return
+        self._table.resize(self.sheet.range((b.top + 1, b.left + 1), (b.bottom + 1, b.right + 2)))
+        self._bounds = Bounds(b.top, b.left, b.bottom, b.right + 1)
+
+    def close(self) -> None:
+        """Nothing to flush: every block is in the workbook once written."""
+
+
+@contextmanager
+def _no_screen_updating(app: xw.App) -> Iterator[None]:
+    before = _read_setting(app, "screen_updating")
+    if before:
+        app.screen_updating = False
+    try:
+        yield
+    finally:
+        if before:
+            app.screen_updating = before
+
+
+@contextmanager
+def _manual_calculation(app: xw.App) -> Iterator[None]:
+    """No recalculation per block while answers land; the user's mode is back afterwards."""
+    before = _read_setting(app, "calculation")
+    if before is not None and before != "manual":
+        app.calculation = "manual"
+    try:
+        yield
+    finally:
+        if before is not None and before != "manual":
+            app.calculation = before
+
+
+class StatusBar:
+    """Progress in Excel's status bar; what it showed before comes back at the end."""
+
+    def __init__(self, app: xw.App, total: int) -> None:
+        self.app = app
+        self.total = total
+        self.done = 0
+        self.shown = 0.0
+        try:
+            self.before = app.status_bar
+            self.enabled = True
+        except NotImplementedError:  # xlwings' remote engine has no status bar
+            self.enabled = False
+        self._show()
+
+    def step(self, _result: RowResult) -> None:
+        self.done += 1
+        if self.done == self.total or time.monotonic() - self.shown >= PROGRESS_SECONDS:
+            self._show()
+
+    def _show(self) -> None:
+        if self.enabled:
+            self.app.status_bar = f"PromptBatch: {self.done:,} of {self.total:,} rows answered"
+            self.shown = time.monotonic()
+
+    def restore(self) -> None:
+        if self.enabled:
+            self.app.status_bar = self.before
+
+
+def run_batch(book: xw.Book, sheet: str | None = None) -> Summary:
+    """Answer every row of ``sheet`` (default: the active one) that needs it, in place."""
+    app = book.app
+    surface = ExcelSurface(book, sheet)
+    with _manual_calculation(app):
+        prepared = batch.prepare(surface)
+        status = StatusBar(app, len(prepared.plan.jobs))
+        store = Store()
+        try:
+            return batch.run(prepared, surface, store, on_result=status.step)
+        finally:
+            store.close()
+            status.restore()
+
+
+def run_from_ribbon(book: xw.Book) -> None:
+    """``run_batch`` for a person at the ribbon: mistakes and failed rows come as a message."""
+    try:
+        summary = run_batch(book)
+    except PromptBatchError as exc:
+        book.app.alert(str(exc), title="PromptBatch")
+        return
+    if summary.failed:
+        first = f" The first error: {summary.errors[0]}" if summary.errors else ""
+        book.app.alert(f"{summary.failed} of {summary.rows} rows failed; their cells start with "
+                       f"#ERROR. Run the batch again to retry them.{first}", title="PromptBatch")

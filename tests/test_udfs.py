@@ -1,0 +1,171 @@
+"""=PROMPTBATCH() called as a plain function, as xlwings' COM server calls it on Windows."""
+
+from __future__ import annotations
+
+import importlib.util
+import io
+import sys
+import types
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+from typing import Any
+
+import openpyxl
+import pytest
+
+import promptbatch_sheets.udfs as udfs
+from promptbatch_sheets.udfs import PROMPTBATCH
+from tests.conftest import cli, fake_model
+from tests.fakes.llm_server import FakeLLMConfig, FakeLLMServer
+
+TEMPLATE = "Describe {{ name }} in {{ colour }}."
+
+
+@pytest.fixture
+def server(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeLLMServer]:
+    with FakeLLMServer(FakeLLMConfig()) as srv:
+        monkeypatch.setenv("PROMPTBATCH_MODEL", "openai-compatible:fake")
+        monkeypatch.setenv("PROMPTBATCH_BASE_URL", srv.base_url)
+        yield srv
+
+
+def answer(prompt: str) -> str:
+    return "Answer: " + prompt[:60]
+
+
+def test_table_with_header_row_spills_one_answer_per_row(server: FakeLLMServer) -> None:
+    table = [["Name", "Colour"], ["cup", "red"], [None, None], ["pot", 3.0]]
+    assert PROMPTBATCH(TEMPLATE, table) == [[answer("Describe cup in red.")], [""],
+                                           [answer("Describe pot in 3.")]]
+    assert sorted(server.prompts) == ["Describe cup in red.", "Describe pot in 3."]
+
+
+def test_one_row_with_headers_gives_one_answer(server: FakeLLMServer) -> None:
+    assert PROMPTBATCH(TEMPLATE, [["cup", "red"]], ["Name", "Colour"]) == answer(
+        "Describe cup in red.")
+    rows = PROMPTBATCH(TEMPLATE, [["cup", "red"], ["pot", "blue"]], ["Name", "Colour"])
+    assert rows == [[answer("Describe cup in red.")], [answer("Describe pot in blue.")]]
+
+
+def test_single_variable_takes_a_cell_or_a_column(server: FakeLLMServer) -> None:
+    assert PROMPTBATCH("Say {{ word }}", "hi") == answer("Say hi")
+    assert PROMPTBATCH("Say {{ word }}", [["hi"], ["yo"]]) == [[answer("Say hi")],
+                                                              [answer("Say yo")]]
+    assert PROMPTBATCH("Say {{ word }}", [["Word"], ["hi"]]) == [[answer("Say hi")]]
+
+
+def test_optional_arguments_reach_the_model(server: FakeLLMServer) -> None:
+    PROMPTBATCH("Say {{ word }}", "hi", None, None, 0.5, 12.0, "Be brief.")
+    body = server.requests[-1]["json"]
+    assert body["temperature"] == 0.5 and body["max_tokens"] == 12
+    assert body["messages"][0] == {"role": "system", "content": "Be brief."}
+    PROMPTBATCH("Say {{ word }}", "hi", None, None, 0.7)
+    assert len(server.requests) == 2  # another temperature is another question
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    (("{{ oops", "x"), "#ERROR: Template syntax error"),
+    ((TEMPLATE, [["Name"], ["cup"]]), "#ERROR: The template in the PROMPTBATCH template uses"),
+    ((TEMPLATE, [["Name", "Colour"]]), "#ERROR: PROMPTBATCH needs a header row"),
+    (("Say {{ word }}", "hi", None, "nope:x"), "#ERROR: Unknown provider 'nope'"),
+    (("", "hi"), "#ERROR: The template in the PROMPTBATCH template is empty"),
+])
+def test_mistakes_come_back_as_error_text(server: FakeLLMServer, args: tuple[Any, ...],
+                                          message: str) -> None:
+    result = PROMPTBATCH(*args)
+    assert isinstance(result, str) and result.startswith(message), result
+    assert not server.requests
+
+
+def test_a_row_that_cannot_render_says_so_in_its_cell(server: FakeLLMServer) -> None:
+    result = PROMPTBATCH("{{ 10 // (n | int) }}", [["N"], [0], [4]])
+    assert result[0][0].startswith("#ERROR: The template") and "data row 1" in result[0][0]
+    assert result[1] == [answer("2")]
+
+
+def test_failed_request_is_an_error_cell_and_is_retried_next_time(
+        server: FakeLLMServer) -> None:
+    server.config.faults = ["500"] * 6  # every attempt of one request
+    assert PROMPTBATCH("Say {{ word }}", "hi").startswith("#ERROR:")
+    assert PROMPTBATCH("Say {{ word }}", "hi") == answer("Say hi")
+
+
+def test_a_missing_api_key_is_an_error_cell(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PROMPTBATCH_MODEL", "openai:gpt-4o-mini")
+    result = PROMPTBATCH("Say {{ word }}", [["hi"], ["yo"]])
+    assert result[0][0].startswith("#ERROR:") and "OPENAI_API_KEY" in result[0][0]
+    assert result[1] == result[0]
+
+
+def test_recalculation_storm_sends_each_prompt_once(server: FakeLLMServer) -> None:
+    """5,000 cells recalculate at once on xlwings' worker threads; 250 distinct prompts."""
+    words = [f"word{i % 250}" for i in range(5000)]
+
+    def cell(word: str) -> Any:
+        return PROMPTBATCH("Say {{ word }}", word)
+
+    with ThreadPoolExecutor(16) as pool:
+        first = list(pool.map(cell, words))
+    assert first == [answer(f"Say {w}") for w in words]
+    assert len(server.requests) == 250
+    assert sorted(server.prompts) == sorted({f"Say {w}" for w in words})
+
+    with ThreadPoolExecutor(16) as pool:
+        again = list(pool.map(cell, words))
+    assert again == first
+    assert len(server.requests) == 250  # a second recalculation is free
+
+
+def test_answers_paid_for_in_the_cli_are_free_in_a_formula(samples: Path,
+                                                           server: FakeLLMServer) -> None:
+    book = samples / "product_descriptions.xlsx"
+    out = book.parent / "unused"
+    result = cli("run", str(book), "-o", str(out.with_suffix(".xlsx")), *fake_model(server))
+    out.with_suffix(".xlsx").unlink(missing_ok=True)
+    assert result.exit_code == 0, result.output
+    sent = len(server.requests)
+    ws = openpyxl.load_workbook(book, data_only=True)["Products"]
+    template = str(ws["B1"].value)
+    table = [list(r) for r in ws.iter_rows(min_row=3, max_col=4, values_only=True)]
+    assert all(t[0].startswith("Answer: ") for t in PROMPTBATCH(template, table))
+    assert len(server.requests) == sent
+
+
+def test_declared_for_xlwings_on_windows(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Load udfs.py with xlwings' Windows decorators (pywin32 stubbed) and generate its VBA."""
+    for name in ("pythoncom", "pywintypes", "win32com", "win32com.client"):
+        stub = types.ModuleType(name)
+        stub.Dispatch = object  # type: ignore[attr-defined]
+        stub.CoInitialize = object  # type: ignore[attr-defined]
+        monkeypatch.setitem(sys.modules, name, stub)
+    import xlwings as xw
+
+    monkeypatch.setattr(xw, "udfs", None, raising=False)  # both undone after the test
+    monkeypatch.setitem(sys.modules, "xlwings.udfs", None)
+    del sys.modules["xlwings.udfs"]
+    import xlwings.udfs as xludfs
+
+    monkeypatch.setattr(xw, "func", xludfs.xlfunc, raising=False)
+    monkeypatch.setattr(xw, "arg", xludfs.xlarg, raising=False)
+    monkeypatch.setattr(xw, "ret", xludfs.xlret, raising=False)
+    name = "promptbatch_sheets.udfs_on_windows"
+    spec = importlib.util.spec_from_file_location(name, udfs.__file__)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    monkeypatch.setitem(sys.modules, spec.name, module)
+    spec.loader.exec_module(module)
+
+    info = module.PROMPTBATCH.__xlfunc__
+    assert info["async_mode"] == "threading"
+    assert info["argmap"]["table"]["options"]["ndim"] == 2
+    assert info["argmap"]["headers"]["options"]["ndim"] == 1
+    vba = io.StringIO()
+    xludfs.generate_vba_wrapper("promptbatch_sheets.udfs", module, vba,
+                                types.SimpleNamespace(Name="Book1.xlsx"))
+    assert ("Function PROMPTBATCH(template, table, Optional headers, Optional model, "
+            "Optional temperature, Optional max_tokens, Optional system)") in vba.getvalue()
+
+
+def test_one_header_may_be_a_single_cell(server: FakeLLMServer) -> None:
+    assert PROMPTBATCH("Say {{ word }}", [["hi"]], "Word") == answer("Say hi")
