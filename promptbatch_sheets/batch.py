@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from . import userconfig
-from .engine import RowResult, Summary, run_jobs
+from .budget import Budget
+from .engine import RowResult, Summary, error_text, run_jobs
 from .errors import ConfigError
 from .estimate import Estimate, cost, estimate
 from .plan import Plan, make_plan
@@ -112,7 +113,8 @@ def connector(
     def connect() -> AbstractAsyncContextManager[Provider]:
         return open_provider(spec, api_key=api_key_for(spec), concurrency=settings.concurrency,
                              timeout=settings.timeout,
-                             policy=RetryPolicy(attempts=settings.retries), on_retry=on_retry)
+                             policy=RetryPolicy(attempts=settings.retries), on_retry=on_retry,
+                             rpm=settings.rpm, tpm=settings.tpm)
 
     return connect
 
@@ -145,8 +147,11 @@ def run(prepared: Prepared, surface: Surface, store: Store,
     table = prepared.plan.table
     settings = prepared.settings
     writer = BlockWriter(surface, table.output_col)
-    if not table.output_exists:
-        surface.write([(table.header_row, table.output_col, table.output_header)])
+    first: list[Cell] = [] if table.output_exists else [
+        (table.header_row, table.output_col, table.output_header)]
+    first += [(row, table.output_col, error_text(reason)) for row, reason in prepared.plan.refused]
+    if first:
+        surface.write(first)
     retries = 0
 
     def count_retry(reason: str) -> None:
@@ -161,11 +166,12 @@ def run(prepared: Prepared, surface: Surface, store: Store,
             on_result(result)
 
     connect = connector(prepared.spec, settings, count_retry)
+    budget = make_budget(prepared)
 
     async def go() -> Summary:
         return await run_jobs(prepared.plan.jobs, prepared.spec.label, connect, prepared.params,
                               store, concurrency=settings.concurrency, on_result=deliver,
-                              use_cache=settings.use_cache)
+                              use_cache=settings.use_cache, budget=budget)
 
     try:
         summary = asyncio.run(go())
@@ -174,7 +180,25 @@ def run(prepared: Prepared, surface: Surface, store: Store,
         surface.close()
     summary.retries = retries
     summary.kept = prepared.plan.kept
+    summary.failed += len(prepared.plan.refused)
+    summary.errors += [reason for _, reason in prepared.plan.refused[:5]]
     return summary
+
+
+def make_budget(prepared: Prepared) -> Budget | None:
+    """The run's spending cap, if one is set; refused when the price is unknown."""
+    limit = prepared.settings.budget
+    if limit is None:
+        return None
+    label = prepared.price_label
+    if cost(label, 0, 0) is None:
+        raise ConfigError(f"--budget needs the price of {label}, which is not in the price "
+                          "table. Add it to prices.json, or run without --budget.")
+
+    def price(prompt_tokens: int, completion_tokens: int) -> float:
+        return cost(label, prompt_tokens, completion_tokens) or 0.0
+
+    return Budget(limit, price, prepared.settings.max_tokens)
 
 
 def summary_cost(prepared: Prepared, summary: Summary) -> float | None:

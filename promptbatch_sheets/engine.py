@@ -13,6 +13,8 @@ from collections.abc import Callable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 
+from .budget import Budget
+from .estimate import tokens
 from .plan import ERROR_PREFIX, RowJob
 from .providers import Completion, Params, Provider, ProviderError
 from .store import Store, answer_key
@@ -36,6 +38,8 @@ class Summary:
     cached: int = 0
     failed: int = 0
     kept: int = 0
+    unsent: int = 0
+    """Rows a budget stopped before they were sent; their cells stay empty."""
     requests: int = 0
     retries: int = 0
     prompt_tokens: int = 0
@@ -59,6 +63,7 @@ async def run_jobs(
     concurrency: int,
     on_result: Callable[[RowResult], None],
     use_cache: bool = True,
+    budget: Budget | None = None,
 ) -> Summary:
     """Answer every job; ``on_result`` is called once per row, in completion order.
 
@@ -97,7 +102,11 @@ async def run_jobs(
 
     async def worker(provider: Provider) -> None:
         while queue:
-            key = queue.pop()
+            key = queue[-1]
+            reservation = budget.reserve(tokens(prompt_by_key[key])) if budget else 0.0
+            if reservation is None:
+                return
+            queue.pop()
             summary.requests += 1
             try:
                 result: Completion | str = await provider.complete(prompt_by_key[key], params)
@@ -105,6 +114,8 @@ async def run_jobs(
                 result = str(exc)
                 if len(summary.errors) < 5:
                     summary.errors.append(result)
+            if budget is not None:
+                budget.settle(reservation, result if isinstance(result, Completion) else None)
             deliver(key, result)
 
     queue.reverse()  # pop() from the end keeps the sheet's order
@@ -112,5 +123,6 @@ async def run_jobs(
         async with connect() as provider:
             workers = max(1, min(concurrency, len(queue)))
             await asyncio.gather(*(worker(provider) for _ in range(workers)))
+    summary.unsent = sum(len(rows_by_key[k]) for k in queue)
     summary.seconds = time.perf_counter() - started
     return summary

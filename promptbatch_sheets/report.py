@@ -34,6 +34,10 @@ def print_summary(console: Console, prepared: Prepared, summary: Summary,
     console.print(table)
     for error in summary.errors:
         console.print(f"[red]#ERROR:[/] {error}")
+    if summary.unsent:
+        console.print(f"Budget ${prepared.settings.budget:,.4f} reached: {summary.unsent:,} rows "
+                      "were not sent and stay empty; run again with a larger --budget to "
+                      "finish them.")
     if summary.failed:
         console.print("Failed rows hold '#ERROR: ...'; run the same command again to retry "
                       "them (answers already received are kept).")
@@ -53,6 +57,8 @@ def print_preview(console: Console, preview: Preview) -> None:
     console.print(f"Rows: {preview.rows:,} in the table, {plan.kept:,} already answered, "
                   f"{preview.cached:,} answered from cache, [bold]{preview.to_send:,} to send[/] "
                   f"({preview.unique_prompts:,} distinct prompts).")
+    for row, reason in plan.refused[:5]:
+        console.print(f"Row {row + 1} will not be sent: {reason}.")
     variables = Table("column", "variable", "used by template")
     for header in columns:
         name = variable_name(header)

@@ -24,13 +24,17 @@ class Settings:
     concurrency: int = 8
     timeout: float = 120.0
     retries: int = 6
+    rpm: float | None = None
+    tpm: float | None = None
+    budget: float | None = None
     output_column: str = "response"
     rerun: Rerun = Rerun.MISSING
     use_cache: bool = True
 
 
 NUMBERS: dict[str, type] = {"temperature": float, "max_tokens": int, "concurrency": int,
-                            "timeout": float, "retries": int}
+                            "timeout": float, "retries": int, "rpm": float, "tpm": float,
+                            "budget": float}
 NAMES = {f.name for f in fields(Settings)}
 
 
@@ -41,7 +45,8 @@ def _coerce(name: str, value: Any, where: str) -> Any:
         except (TypeError, ValueError):
             raise ConfigError(f"Setting {name!r} in {where} must be a number, not {value!r}."
                               ) from None
-        if number < 0 or (name in ("concurrency", "retries", "max_tokens") and number < 1):
+        if number < 0 or (name in ("concurrency", "retries", "max_tokens", "rpm", "tpm")
+                          and number < 1):
             raise ConfigError(f"Setting {name!r} in {where} is out of range: {value!r}.")
         return number
     if name == "rerun":

@@ -16,8 +16,10 @@ from urllib.parse import urlparse
 import httpx
 
 from ..errors import ConfigError
+from ..limits import Limiter
 from .anthropic import AnthropicMessages
 from .base import Completion, Params, Provider, ProviderError
+from .http import HTTPProvider
 from .local import MODEL_NAME, EmbeddedServer
 from .openai import OpenAICompatible
 from .retry import RetryPolicy
@@ -109,26 +111,27 @@ def _ollama_url(host: str) -> str:
 async def open_provider(
     spec: ModelSpec, *, api_key: str | None, concurrency: int, timeout: float,
     policy: RetryPolicy, on_retry: Callable[[str], None] | None = None,
+    rpm: float | None = None, tpm: float | None = None,
 ) -> AsyncIterator[Provider]:
-    """A ready provider for one run: one pooled HTTP client, the embedded server if needed."""
+    """A ready provider for one run: one pooled HTTP client, one limiter, the embedded server
+    if needed."""
     limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
     timeouts = httpx.Timeout(timeout, connect=min(timeout, 10.0))
+    limiter = Limiter(concurrency, rpm, tpm)
     async with httpx.AsyncClient(timeout=timeouts, limits=limits) as client:
-        if spec.provider == "anthropic":
-            assert spec.base_url and api_key
-            yield AnthropicMessages(client, label=spec.label, base_url=spec.base_url,
-                                    model=spec.model, api_key=api_key, policy=policy,
-                                    on_retry=on_retry)
-        elif spec.provider == "local":
+
+        def make(kind: type[HTTPProvider], base_url: str) -> HTTPProvider:
+            return kind(client, label=spec.label, base_url=base_url, model=spec.model,
+                        api_key=api_key, policy=policy, on_retry=on_retry, limiter=limiter)
+
+        if spec.provider == "local":
             server = EmbeddedServer(parallel=min(concurrency, 4))
             base_url = await asyncio.to_thread(server.start)
             try:
-                yield OpenAICompatible(client, label=spec.label, base_url=base_url,
-                                       model=spec.model, policy=policy, on_retry=on_retry)
+                yield make(OpenAICompatible, base_url)
             finally:
                 server.stop()
-        else:
-            assert spec.base_url
-            yield OpenAICompatible(client, label=spec.label, base_url=spec.base_url,
-                                   model=spec.model, api_key=api_key, policy=policy,
-                                   on_retry=on_retry)
+            return
+        assert spec.base_url
+        yield make(AnthropicMessages if spec.provider == "anthropic" else OpenAICompatible,
+                   spec.base_url)

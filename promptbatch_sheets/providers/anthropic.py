@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
-
-import httpx
 
 from .base import Completion, Params
 from .http import HTTPProvider
-from .retry import Retryable, RetryPolicy
+from .retry import Retryable
 
 ANTHROPIC_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 1024
@@ -17,15 +14,12 @@ DEFAULT_MAX_TOKENS = 1024
 
 
 class AnthropicMessages(HTTPProvider):
-    def __init__(
-        self, client: httpx.AsyncClient, *, label: str, base_url: str, model: str,
-        api_key: str, policy: RetryPolicy | None = None,
-        on_retry: Callable[[str], None] | None = None,
-    ) -> None:
-        headers = {"x-api-key": api_key, "anthropic-version": ANTHROPIC_VERSION}
-        super().__init__(client, label=label, url=base_url.rstrip("/") + "/v1/messages",
-                         model=model, headers=headers, api_key=api_key, policy=policy,
-                         on_retry=on_retry)
+    """POST {base_url}/v1/messages; the key goes in x-api-key, not a bearer token."""
+
+    path = "/v1/messages"
+
+    def auth_headers(self, api_key: str | None) -> dict[str, str]:
+        return {"x-api-key": api_key or "", "anthropic-version": ANTHROPIC_VERSION}
 
     async def complete(self, prompt: str, params: Params) -> Completion:
         payload: dict[str, Any] = {

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import json
+from abc import ABC, abstractmethod
 from collections.abc import Callable
 from typing import Any
 
 import httpx
 
-from .base import Completion, ProviderError
+from ..limits import Limiter, request_tokens
+from .base import Completion, Params, ProviderError
 from .retry import RETRY_STATUSES, Retryable, RetryPolicy, server_wait, with_retries
 
 
@@ -31,22 +33,34 @@ def error_message(response: httpx.Response) -> str:
     return response.text[:200].strip()
 
 
-class HTTPProvider:
-    """Base of the wire-protocol providers: subclasses build the payload and parse the body."""
+class HTTPProvider(ABC):
+    """Base of the wire-protocol providers: subclasses name the endpoint and the auth headers,
+    build the payload and parse the body; retries, limits and errors live here once."""
+
+    path = ""
 
     def __init__(
-        self, client: httpx.AsyncClient, *, label: str, url: str, model: str,
-        headers: dict[str, str], api_key: str | None = None,
-        policy: RetryPolicy | None = None, on_retry: Callable[[str], None] | None = None,
+        self, client: httpx.AsyncClient, *, label: str, base_url: str, model: str,
+        api_key: str | None = None, policy: RetryPolicy | None = None,
+        on_retry: Callable[[str], None] | None = None, limiter: Limiter | None = None,
     ) -> None:
         self.label = label
         self.model = model
+        self.limiter = limiter or Limiter(max_concurrency=64)
         self._client = client
-        self._url = url
-        self._headers = headers
+        self._url = base_url.rstrip("/") + self.path
+        self._headers = self.auth_headers(api_key)
         self._key = api_key
         self._policy = policy or RetryPolicy()
         self._on_retry = on_retry
+
+    def auth_headers(self, api_key: str | None) -> dict[str, str]:
+        """Headers that carry the key; never logged."""
+        return {"authorization": f"Bearer {api_key}"} if api_key else {}
+
+    @abstractmethod
+    async def complete(self, prompt: str, params: Params) -> Completion:
+        """Build this protocol's payload for ``prompt`` and ``send`` it."""
 
     async def send(
         self, payload: dict[str, Any], parse: Callable[[dict[str, Any]], Completion]
@@ -60,11 +74,20 @@ class HTTPProvider:
 
     async def _post(self, payload: dict[str, Any]) -> dict[str, Any]:
         """Return the JSON body; raise Retryable for passing faults, ProviderError otherwise."""
-        response = await self._client.post(self._url, json=payload, headers=self._headers)
+        await self.limiter.acquire(request_tokens(payload))
+        try:
+            response = await self._client.post(self._url, json=payload, headers=self._headers)
+        finally:
+            await self.limiter.release()
         status = response.status_code
         if status in RETRY_STATUSES:
             reason = redact(error_message(response), self._key)
-            raise Retryable(f"HTTP {status}: {reason}", server_wait(response.headers))
+            wait = server_wait(response.headers)
+            if status == 529:
+                self.limiter.overloaded(wait)
+            elif status in (429, 503):
+                self.limiter.throttled_by_server(response.headers, wait)
+            raise Retryable(f"HTTP {status}: {reason}", wait)
         if status >= 400:
             refused = " (the server refused the API key)" if status in (401, 403) else ""
             reason = redact(error_message(response), self._key)
@@ -75,4 +98,5 @@ class HTTPProvider:
             raise Retryable("the server sent a body that is not JSON") from None
         if not isinstance(body, dict):
             raise Retryable("the server sent JSON that is not an object")
+        self.limiter.succeeded(response.headers)
         return body

@@ -2,28 +2,17 @@
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from typing import Any
-
-import httpx
 
 from .base import Completion, Params
 from .http import HTTPProvider
-from .retry import Retryable, RetryPolicy
+from .retry import Retryable
 
 
 class OpenAICompatible(HTTPProvider):
     """POST {base_url}/chat/completions, one prompt as one user message."""
 
-    def __init__(
-        self, client: httpx.AsyncClient, *, label: str, base_url: str, model: str,
-        api_key: str | None = None, policy: RetryPolicy | None = None,
-        on_retry: Callable[[str], None] | None = None,
-    ) -> None:
-        headers = {"authorization": f"Bearer {api_key}"} if api_key else {}
-        super().__init__(client, label=label, url=base_url.rstrip("/") + "/chat/completions",
-                         model=model, headers=headers, api_key=api_key, policy=policy,
-                         on_retry=on_retry)
+    path = "/chat/completions"
 
     async def complete(self, prompt: str, params: Params) -> Completion:
         messages = [{"role": "system", "content": params.system}] if params.system else []

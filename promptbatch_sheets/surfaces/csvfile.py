@@ -10,7 +10,7 @@ from typing import Any
 
 from ..errors import WorkbookError
 from ..sheet import Cell, SheetData
-from .files import atomic_write, check_readable, default_output
+from .files import SaveSchedule, atomic_write, check_readable, default_output
 
 
 class CsvSurface:
@@ -20,6 +20,8 @@ class CsvSurface:
         self.output = output or default_output(path)
         self._rows: list[list[Any]] = []
         self._dialect: type[csv.Dialect] | csv.Dialect = csv.excel
+        self._schedule = SaveSchedule()
+        self._dirty = False
 
     def read(self) -> SheetData:
         try:
@@ -44,10 +46,19 @@ class CsvSurface:
             cells_in_row = self._rows[row]
             cells_in_row.extend([""] * (col + 1 - len(cells_in_row)))
             cells_in_row[col] = text
+        self._dirty = True
+        self._schedule.maybe(self._save)
 
     def close(self) -> None:
+        if self._dirty:
+            self._schedule.now(self._save)
+
+    def _save(self) -> None:
+        width = max((len(r) for r in self._rows), default=0)
+
         def save(tmp: Path) -> None:
             with tmp.open("w", encoding="utf-8", newline="") as handle:
-                csv.writer(handle, dialect=self._dialect).writerows(self._rows)
+                csv.writer(handle, dialect=self._dialect).writerows(
+                    r + [""] * (width - len(r)) for r in self._rows)
 
         atomic_write(self.output, save)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import tempfile
+import time
 from collections.abc import Callable
 from pathlib import Path
 
@@ -43,3 +44,24 @@ def atomic_write(target: Path, write: Callable[[Path], None]) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+class SaveSchedule:
+    """Saves a file while a run goes on, so answers appear in it as they arrive; a save that
+    takes long (a big workbook) is repeated less often, spending at most ``share`` of the run
+    on saving."""
+
+    def __init__(self, share: float = 0.1) -> None:
+        self.share = share
+        self.last_end = time.monotonic()
+        self.last_cost = 0.0
+
+    def maybe(self, save: Callable[[], None]) -> None:
+        if time.monotonic() - self.last_end >= self.last_cost / self.share:
+            self.now(save)
+
+    def now(self, save: Callable[[], None]) -> None:
+        started = time.monotonic()
+        save()
+        self.last_end = time.monotonic()
+        self.last_cost = self.last_end - started

@@ -9,6 +9,9 @@ Routes
 * ``POST /v1/messages`` -- Anthropic Messages API (requires ``x-api-key`` and
   ``anthropic-version`` headers; a missing one gives 400 ``invalid_request_error``).
 * ``GET /v1/models`` -- OpenAI-style model list.
+* ``GET /_fake/stats`` -- the counters and the latency draws as JSON (``count_ok``,
+  ``count_429``, ``requests``, ``latencies``, ``time_scale``), so a client in another process
+  (the benchmark) can read them. Not recorded in ``requests``.
 
 Request handling order for the two chat routes
 ----------------------------------------------
@@ -56,6 +59,7 @@ import itertools
 import json
 import math
 import random
+import signal
 import socket
 import struct
 import sys
@@ -95,6 +99,10 @@ class FakeLLMConfig:
     faults: list[str] = field(default_factory=list)
     send_ratelimit_headers: bool = True
     fault_for: Callable[[str], str | None] | None = None
+    scale_ratelimit_headers: bool = False
+    """Under ``time_scale``, report ``x-ratelimit-limit-*`` per *real* minute
+    (``rpm * time_scale``), consistent with the real-second ``reset`` and ``retry-after``
+    values; off by default, when they carry the configured (simulated) ``rpm``/``tpm``."""
 
 
 # --------------------------------------------------------------------------- helpers
@@ -263,17 +271,17 @@ class _WindowLimiter:
         )
 
 
-def _ratelimit_headers(adm: _Admission) -> dict[str, str]:
-    """OpenAI ``x-ratelimit-*`` headers. ``limit`` is the per-minute figure (rpm/tpm);
-    ``remaining`` and ``reset`` describe the current one-second window."""
+def _ratelimit_headers(adm: _Admission, limit_scale: float = 1.0) -> dict[str, str]:
+    """OpenAI ``x-ratelimit-*`` headers. ``limit`` is the per-minute figure (rpm/tpm, times
+    ``limit_scale``); ``remaining`` and ``reset`` describe the current one-second window."""
     headers: dict[str, str] = {}
     reset = _format_reset(adm.reset_s)
     if adm.req_limit is not None:
-        headers["x-ratelimit-limit-requests"] = str(adm.req_limit)
+        headers["x-ratelimit-limit-requests"] = f"{round(adm.req_limit * limit_scale)}"
         headers["x-ratelimit-remaining-requests"] = str(adm.req_remaining)
         headers["x-ratelimit-reset-requests"] = reset
     if adm.tok_limit is not None:
-        headers["x-ratelimit-limit-tokens"] = str(adm.tok_limit)
+        headers["x-ratelimit-limit-tokens"] = f"{round(adm.tok_limit * limit_scale)}"
         headers["x-ratelimit-remaining-tokens"] = str(adm.tok_remaining)
         headers["x-ratelimit-reset-tokens"] = reset
     return headers
@@ -320,6 +328,7 @@ class FakeLLMServer:
                 Route("/v1/chat/completions", self._openai_chat, methods=["POST"]),
                 Route("/v1/messages", self._anthropic_messages, methods=["POST"]),
                 Route("/v1/models", self._models, methods=["GET"]),
+                Route("/_fake/stats", self._stats, methods=["GET"]),
             ]
         )
 
@@ -513,7 +522,8 @@ class FakeLLMServer:
         headers: dict[str, str] = {}
         if admission is not None:
             if self.config.send_ratelimit_headers:
-                headers = _ratelimit_headers(admission)
+                scale = self.config.time_scale if self.config.scale_ratelimit_headers else 1.0
+                headers = _ratelimit_headers(admission, scale)
             if not admission.ok:
                 with self._lock:
                     self.count_429 += 1
@@ -717,6 +727,17 @@ class FakeLLMServer:
         )
         return self._finish(record, response)
 
+    async def _stats(self, request: Request) -> Response:
+        with self._lock:
+            payload = {
+                "count_ok": self.count_ok,
+                "count_429": self.count_429,
+                "requests": len(self.requests),
+                "time_scale": self.config.time_scale,
+                "latencies": list(self.latencies),
+            }
+        return _json_response(payload)
+
     async def _models(self, request: Request) -> Response:
         record = self._record(request, None)
         payload = {
@@ -744,6 +765,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--time-scale", type=float, default=1.0)
     parser.add_argument("--completion-tokens", type=int, default=None)
     parser.add_argument("--no-ratelimit-headers", action="store_true")
+    parser.add_argument(
+        "--scale-ratelimit-headers",
+        action="store_true",
+        help="report x-ratelimit-limit-* per real minute (limit * time-scale)",
+    )
     args = parser.parse_args(argv)
     config = FakeLLMConfig(
         latency_median_s=args.latency_median,
@@ -754,14 +780,22 @@ def main(argv: Sequence[str] | None = None) -> int:
         tpm=args.tpm,
         completion_tokens=args.completion_tokens,
         send_ratelimit_headers=not args.no_ratelimit_headers,
+        scale_ratelimit_headers=args.scale_ratelimit_headers,
     )
     server = FakeLLMServer(config, host=args.host, port=args.port).start()
+    done = threading.Event()
+
+    def _on_signal(signum: int, frame: object) -> None:
+        done.set()
+
+    # SIGINT (Ctrl-C) and SIGTERM (Popen.terminate()) both stop the server cleanly; SIGINT is
+    # installed explicitly because shells start background jobs with SIGINT ignored.
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, _on_signal)
     print(server.base_url, flush=True)
     try:
-        while True:
-            time.sleep(3600)
-    except KeyboardInterrupt:
-        pass
+        while not done.wait(0.5):
+            pass
     finally:
         server.stop()
         print(
