@@ -63,19 +63,36 @@ class Store:
     def __init__(self, path: Path | None = None) -> None:
         self.path = path or default_path()
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute("PRAGMA synchronous=NORMAL")
-        self._db.execute("PRAGMA busy_timeout=10000")
+        self._db = sqlite3.connect(self.path, isolation_level=None, check_same_thread=False,
+                                   timeout=30)
         self._migrate()
+        self._use_wal()
+        self._db.execute("PRAGMA synchronous=NORMAL")
+
+    def _use_wal(self) -> None:
+        """WAL lets readers and one writer share the file; the mode is stored in the file, and
+        switching to it fails at once (no busy wait) while another opener holds it, so retry."""
+        for _ in range(100):
+            try:
+                if self._db.execute("PRAGMA journal_mode=WAL").fetchone()[0] == "wal":
+                    return
+            except sqlite3.OperationalError:
+                pass
+            time.sleep(0.05)
 
     def _migrate(self) -> None:
-        done = int(self._db.execute("PRAGMA user_version").fetchone()[0])
-        for number, migration in enumerate(MIGRATIONS[done:], start=done + 1):
-            with self._db:
-                self._db.execute("BEGIN IMMEDIATE")
+        """Run the migrations this file lacks; the version is read under the write lock, so
+        two processes opening a new cache at once do not both create its tables."""
+        self._db.execute("BEGIN IMMEDIATE")
+        try:
+            done = int(self._db.execute("PRAGMA user_version").fetchone()[0])
+            for number, migration in enumerate(MIGRATIONS[done:], start=done + 1):
                 migration(self._db)
                 self._db.execute(f"PRAGMA user_version={number}")
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
 
     def get_many(self, keys: Iterable[str]) -> dict[str, Completion]:
         found: dict[str, Completion] = {}

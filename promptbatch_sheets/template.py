@@ -56,6 +56,8 @@ class Template:
     source: str
     origin: str
     variables: frozenset[str]
+    uses_row: bool
+    """The template reads ``row[...]``, so any column may matter."""
     _compiled: jinja2.Template
 
     @classmethod
@@ -71,8 +73,8 @@ class Template:
             raise TemplateError(
                 f"Template syntax error in {origin}, line {exc.lineno}: {exc.message}"
             ) from None
-        variables = frozenset(meta.find_undeclared_variables(ast)) - {"row"}
-        return cls(source, origin, variables, compiled)
+        names = frozenset(meta.find_undeclared_variables(ast))
+        return cls(source, origin, names - {"row"}, "row" in names, compiled)
 
     def check_columns(self, headers: Sequence[str]) -> None:
         """Fail before any model call if the template names a variable no header provides."""

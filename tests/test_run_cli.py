@@ -209,3 +209,20 @@ def test_user_mistakes_get_one_clear_message_and_no_call(
     sheet = cli("run", str(SAMPLES / "translation.xlsx"), "--sheet", "Nope")
     assert sheet.exit_code == 2 and "Sheets: 'Phrases', 'promptbatch.conf'" in sheet.output
     assert chat_requests(llm) == []
+
+
+def test_error_values_in_variables_are_not_sent(tmp_path: Path, llm: FakeLLMServer) -> None:
+    book = tmp_path / "b.xlsx"
+    wb = openpyxl.Workbook()
+    wb.active.title = "S"
+    for row in (["Name", "Price"], ["mug", 3], ["cap", "#N/A"], ["pen", "#DIV/0!"]):
+        wb.active.append(row)
+    wb.save(book)
+    result = cli("run", str(book), "--template", "{{ name }} costs {{ price }}", "-o",
+                 str(tmp_path / "o.xlsx"), *fake_model(llm))
+    assert result.exit_code == 1
+    ws = openpyxl.load_workbook(tmp_path / "o.xlsx")["S"]
+    assert ws["C2"].value == "Answer: mug costs 3"
+    assert ws["C3"].value == "#ERROR: 'S'!B3 holds #N/A; fix that cell and run again"
+    assert ws["C4"].value.startswith("#ERROR: 'S'!B4 holds #DIV/0!")
+    assert len(chat_requests(llm)) == 1
