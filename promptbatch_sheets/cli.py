@@ -12,6 +12,7 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from . import batch, report, userconfig
+from .addin import addin_app
 from .errors import PromptBatchError
 from .plan import Rerun
 from .store import Store
@@ -22,10 +23,12 @@ app = typer.Typer(help="Run one prompt template over every row of a spreadsheet.
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
 keys_app = typer.Typer(help="Store API keys in your user config file (mode 0600).")
 app.add_typer(keys_app, name="keys")
+app.add_typer(addin_app, name="addin")
 console = Console(stderr=True, highlight=False)
 F = TypeVar("F", bound=Callable[..., Any])
 
-Book = Annotated[str, typer.Argument(help="A .xlsx, .xlsm or .csv file.")]
+Book = Annotated[str, typer.Argument(help="A .xlsx, .xlsm or .csv file, or a Google Sheet: "
+                                       "gsheet:ID[/SHEET] or its URL.")]
 SheetOpt = Annotated[str | None, typer.Option("--sheet", help="Sheet to run (default: active).")]
 ModelOpt = Annotated[str | None, typer.Option(
     "--model", "-m", help="provider:model, e.g. openai:gpt-4o-mini, anthropic:claude-haiku-4-5, "
@@ -41,6 +44,10 @@ RerunOpt = Annotated[Rerun | None, typer.Option(
 TemperatureOpt = Annotated[float | None, typer.Option(help="Sampling temperature.")]
 MaxTokensOpt = Annotated[int | None, typer.Option(help="Longest answer, in tokens.")]
 SystemOpt = Annotated[str | None, typer.Option(help="System prompt sent with every row.")]
+RpmOpt = Annotated[float | None, typer.Option(help="Cap on requests per minute.")]
+TpmOpt = Annotated[float | None, typer.Option(help="Cap on tokens per minute.")]
+CredentialsOpt = Annotated[str | None, typer.Option(help="Google service-account key (JSON) "
+                           "for a Google Sheet.")]
 
 
 def user_errors(command: F) -> F:
@@ -70,8 +77,8 @@ def _template(text: str | None, file: Path | None) -> TemplateText | None:
 
 def _prepare(book: str, sheet: str | None, output: str | None, flags: dict[str, Any],
              template: str | None, template_file: Path | None,
-             template_cell: str | None) -> tuple[Any, batch.Prepared]:
-    surface = open_surface(book, sheet, output)
+             template_cell: str | None, credentials: str | None) -> tuple[Any, batch.Prepared]:
+    surface = open_surface(book, sheet, output, credentials)
     prepared = batch.prepare(surface, flags, _template(template, template_file), template_cell)
     if prepared.model_defaulted:
         console.print("No model given: using the embedded local model "
@@ -91,17 +98,21 @@ def run(
     template_cell: TemplateCellOpt = None, output_column: OutputColOpt = None,
     base_url: BaseUrlOpt = None, temperature: TemperatureOpt = None,
     max_tokens: MaxTokensOpt = None, system: SystemOpt = None,
+    rpm: RpmOpt = None, tpm: TpmOpt = None, credentials: CredentialsOpt = None,
+    budget: Annotated[float | None, typer.Option(help="Stop sending before the cost in USD "
+                      "could pass this; unsent rows stay empty.")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Ask the model again even "
                         "for answers already stored (they are replaced).")] = False,
 ) -> None:
     """Answer every row that needs it and write the answers next to the table."""
     flags = dict(model=model, concurrency=concurrency, rerun=rerun, output_column=output_column,
                  base_url=base_url, temperature=temperature, max_tokens=max_tokens,
-                 system=system, use_cache=False if no_cache else None)
+                 system=system, rpm=rpm, tpm=tpm, budget=budget,
+                 use_cache=False if no_cache else None)
     surface, prepared = _prepare(book, sheet, output, flags, template, template_file,
-                                 template_cell)
+                                 template_cell, credentials)
     jobs = prepared.plan.jobs
-    if not jobs:
+    if not jobs and not prepared.plan.refused:
         console.print(f"All {prepared.plan.kept} rows already have answers; nothing to send. "
                       "Use --rerun all to ask again.")
         return
@@ -115,7 +126,7 @@ def run(
                             on_result=lambda _r: progress.advance(task))
     store.close()
     report.print_summary(console, prepared, summary, getattr(surface, "output", None))
-    if summary.failed:
+    if summary.failed or summary.unsent:
         raise typer.Exit(1)
 
 
@@ -127,18 +138,32 @@ def preview(
     template_cell: TemplateCellOpt = None, output_column: OutputColOpt = None,
     base_url: BaseUrlOpt = None, concurrency: ConcurrencyOpt = None, rerun: RerunOpt = None,
     max_tokens: MaxTokensOpt = None, temperature: TemperatureOpt = None,
-    system: SystemOpt = None,
+    system: SystemOpt = None, credentials: CredentialsOpt = None,
     first: Annotated[int, typer.Option(help="How many rendered prompts to show.")] = 3,
 ) -> None:
     """Dry run: rows to send, the first prompts, variables vs columns, estimated cost. No calls."""
     flags = dict(model=model, concurrency=concurrency, rerun=rerun, output_column=output_column,
                  base_url=base_url, temperature=temperature, max_tokens=max_tokens,
                  system=system)
-    _, prepared = _prepare(book, sheet, None, flags, template, template_file, template_cell)
+    _, prepared = _prepare(book, sheet, None, flags, template, template_file, template_cell,
+                           credentials)
     store = Store()
     result = batch.preview(prepared, store, first)
     store.close()
     report.print_preview(Console(highlight=False), result)
+
+
+@app.command()
+@user_errors
+def serve(
+    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="Port; 0 picks a free one.")] = 8787,
+    model: ModelOpt = None, base_url: BaseUrlOpt = None,
+) -> None:
+    """Serve the HTTP API the Google Sheets script (addin/gsheets) calls."""
+    from . import server  # imported here: only this command needs uvicorn
+
+    server.serve(host, port, dict(model=model, base_url=base_url))
 
 
 @keys_app.command("set")
@@ -156,3 +181,7 @@ def keys_set(provider: Annotated[str, typer.Argument(help="openai, anthropic, ..
 def keys_path() -> None:
     """Print where the user config file lives."""
     print(userconfig.config_path())
+
+
+if __name__ == "__main__":  # python -m promptbatch_sheets.cli, as the console script does
+    app()
