@@ -12,6 +12,7 @@ import threading
 import time
 from pathlib import Path
 
+import openpyxl
 import pytest
 
 from promptbatch_sheets.estimate import cost
@@ -124,3 +125,33 @@ def test_answers_reach_the_file_while_the_run_goes_on(tmp_path: Path) -> None:
         watcher.join()
     assert result.exit_code == 0
     assert any(0 < n < 40 for n in seen)  # a partial file, readable, before the end
+
+
+def test_xlsx_answers_reach_the_workbook_while_the_run_goes_on(tmp_path: Path) -> None:
+    book = tmp_path / "b.xlsx"
+    wb = openpyxl.Workbook()
+    wb.active.append(["item"])
+    for i in range(30):
+        wb.active.append([f"item {i}"])
+    wb.save(book)
+    out = tmp_path / "b.promptbatch.xlsx"
+    seen: list[int] = []
+    done = threading.Event()
+
+    def watch() -> None:
+        while not done.is_set():
+            if out.exists():
+                ws = openpyxl.load_workbook(out, read_only=True).active
+                seen.append(sum(1 for (v,) in ws.iter_rows(min_row=2, min_col=2, max_col=2,
+                                                           values_only=True) if v))
+            time.sleep(0.2)
+
+    with FakeLLMServer(FakeLLMConfig(latency_median_s=0.3)) as server:
+        watcher = threading.Thread(target=watch)
+        watcher.start()
+        result = cli("run", str(book), "--template", "{{ item }}", "--concurrency", "2",
+                     "--model", "openai-compatible:fake", "--base-url", server.base_url)
+        done.set()
+        watcher.join()
+    assert result.exit_code == 0
+    assert any(0 < n < 30 for n in seen)

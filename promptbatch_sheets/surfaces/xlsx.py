@@ -20,7 +20,7 @@ from openpyxl.worksheet.worksheet import Worksheet
 from ..errors import WorkbookError
 from ..sheet import Cell, SheetData
 from ..table import Bounds, TemplateText, quote_sheet
-from .files import atomic_write, check_readable, default_output
+from .files import SaveSchedule, atomic_write, check_readable, default_output
 from .xlsx_patch import EXCEL_CELL_LIMIT as EXCEL_CELL_LIMIT  # other surfaces import it here
 from .xlsx_patch import check_package, check_writable, patch_workbook
 
@@ -50,6 +50,7 @@ class XlsxSurface:
         self._sheet = self._pick_sheet(self._values)
         check_writable(path, self._sheet.title)  # refuse before any answer is paid for
         self._written: list[Cell] = []
+        self._schedule = SaveSchedule()
 
     def _pick_sheet(self, book: Workbook) -> Worksheet:
         names = [ws.title for ws in book.worksheets]
@@ -115,11 +116,15 @@ class XlsxSurface:
         return "" if value is None else str(value)
 
     def write(self, cells: Sequence[Cell]) -> None:
-        """Kept until ``close``: the package is rewritten once, not once per block."""
+        """Answers reach the file as they arrive; a big workbook is patched less often."""
         self._written.extend(cells)
+        self._schedule.maybe(self._save)
 
     def close(self) -> None:
-        if not self._written:
-            return
+        if self._written:
+            self._schedule.now(self._save)
+
+    def _save(self) -> None:
+        """Patch every answer so far into a fresh copy of the source, then swap it in."""
         title, written = self._sheet.title, list(self._written)
         atomic_write(self.output, lambda tmp: patch_workbook(self.path, tmp, title, written))
