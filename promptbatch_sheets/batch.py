@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from . import userconfig
@@ -23,6 +24,7 @@ from .providers import ModelSpec, Params, Provider, RetryPolicy, open_provider
 from .settings import Settings, resolve
 from .sheet import Cell, SheetData, Surface
 from .store import Store, answer_key
+from .surfaces.files import check_output
 from .table import TemplateText, locate, quote_sheet
 
 FLUSH_SECONDS = 2.0
@@ -68,8 +70,10 @@ def prepare(surface: Surface, flags: dict[str, Any] | None = None,
     fallback = TemplateText(conf_template, f"{quote_sheet('promptbatch.conf')} (key template)"
                             ) if conf_template else None
     table = locate(data.grid, data.name, explicit=template or data.template, fallback=fallback,
-                   bounds=data.bounds, output_header=settings.output_column)
-    plan = make_plan(table, data.grid, settings.rerun)
+                   bounds=data.bounds, output_header=settings.output_column,
+                   skip_rows=data.hidden_rows if settings.skip_hidden else frozenset(),
+                   merged=data.merged)
+    plan = make_plan(table, data.grid, settings.rerun, data.uncalculated)
     spec = ModelSpec.parse(settings.model or LOCAL, settings.base_url)
     params = Params(settings.temperature, settings.max_tokens, settings.system)
     return Prepared(data, plan, settings, spec, params, model_defaulted=not settings.model)
@@ -146,6 +150,9 @@ def run(prepared: Prepared, surface: Surface, store: Store,
     """Run a prepared batch; answers reach the surface in blocks, and all of them on exit."""
     table = prepared.plan.table
     settings = prepared.settings
+    output = getattr(surface, "output", None)  # file surfaces: prove it writable before paying
+    if isinstance(output, Path):
+        check_output(output)
     writer = BlockWriter(surface, table.output_col)
     first: list[Cell] = [] if table.output_exists else [
         (table.header_row, table.output_col, table.output_header)]

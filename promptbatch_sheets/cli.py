@@ -46,6 +46,8 @@ MaxTokensOpt = Annotated[int | None, typer.Option(help="Longest answer, in token
 SystemOpt = Annotated[str | None, typer.Option(help="System prompt sent with every row.")]
 RpmOpt = Annotated[float | None, typer.Option(help="Cap on requests per minute.")]
 TpmOpt = Annotated[float | None, typer.Option(help="Cap on tokens per minute.")]
+SkipHiddenOpt = Annotated[bool, typer.Option(
+    "--skip-hidden", help="Leave out rows hidden in the sheet (also rows a filter hides).")]
 CredentialsOpt = Annotated[str | None, typer.Option(help="Google service-account key (JSON) "
                            "for a Google Sheet.")]
 
@@ -99,6 +101,7 @@ def run(
     base_url: BaseUrlOpt = None, temperature: TemperatureOpt = None,
     max_tokens: MaxTokensOpt = None, system: SystemOpt = None,
     rpm: RpmOpt = None, tpm: TpmOpt = None, credentials: CredentialsOpt = None,
+    skip_hidden: SkipHiddenOpt = False,
     budget: Annotated[float | None, typer.Option(help="Stop sending before the cost in USD "
                       "could pass this; unsent rows stay empty.")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Ask the model again even "
@@ -108,7 +111,7 @@ def run(
     flags = dict(model=model, concurrency=concurrency, rerun=rerun, output_column=output_column,
                  base_url=base_url, temperature=temperature, max_tokens=max_tokens,
                  system=system, rpm=rpm, tpm=tpm, budget=budget,
-                 use_cache=False if no_cache else None)
+                 use_cache=False if no_cache else None, skip_hidden=skip_hidden or None)
     surface, prepared = _prepare(book, sheet, output, flags, template, template_file,
                                  template_cell, credentials)
     jobs = prepared.plan.jobs
@@ -139,12 +142,13 @@ def preview(
     base_url: BaseUrlOpt = None, concurrency: ConcurrencyOpt = None, rerun: RerunOpt = None,
     max_tokens: MaxTokensOpt = None, temperature: TemperatureOpt = None,
     system: SystemOpt = None, credentials: CredentialsOpt = None,
+    skip_hidden: SkipHiddenOpt = False,
     first: Annotated[int, typer.Option(help="How many rendered prompts to show.")] = 3,
 ) -> None:
     """Dry run: rows to send, the first prompts, variables vs columns, estimated cost. No calls."""
     flags = dict(model=model, concurrency=concurrency, rerun=rerun, output_column=output_column,
                  base_url=base_url, temperature=temperature, max_tokens=max_tokens,
-                 system=system)
+                 system=system, skip_hidden=skip_hidden or None)
     _, prepared = _prepare(book, sheet, None, flags, template, template_file, template_cell,
                            credentials)
     store = Store()

@@ -30,11 +30,14 @@ class Settings:
     output_column: str = "response"
     rerun: Rerun = Rerun.MISSING
     use_cache: bool = True
+    skip_hidden: bool = False
+    """Leave out rows hidden in the sheet (filtered rows are hidden rows)."""
 
 
 NUMBERS: dict[str, type] = {"temperature": float, "max_tokens": int, "concurrency": int,
                             "timeout": float, "retries": int, "rpm": float, "tpm": float,
                             "budget": float}
+BOOLS = frozenset({"use_cache", "skip_hidden"})
 NAMES = {f.name for f in fields(Settings)}
 
 
@@ -55,7 +58,7 @@ def _coerce(name: str, value: Any, where: str) -> Any:
         except ValueError:
             choices = ", ".join(r.value for r in Rerun)
             raise ConfigError(f"Setting 'rerun' in {where} must be one of {choices}.") from None
-    if name == "use_cache":
+    if name in BOOLS:
         return str(value).strip().lower() not in ("0", "false", "no", "off")
     return str(value)
 

@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Protocol
 
-from .table import Bounds, TemplateText
+from .table import Bounds, Grid, TemplateText
 
 
 @dataclass(frozen=True)
@@ -15,13 +15,19 @@ class SheetData:
     """One sheet as values, plus what the workbook around it says about the batch."""
 
     name: str
-    grid: list[list[Any]]
+    grid: Grid
     template: TemplateText | None = None
     """From the workbook-level name ``prompt_template``, resolved to its cell's text."""
     bounds: Bounds | None = None
     """The Excel Table (ListObject) on the sheet, if there is one."""
     settings: dict[str, str] = field(default_factory=dict)
     """Key/value rows of a ``promptbatch.conf`` sheet."""
+    hidden_rows: frozenset[int] = frozenset()
+    """Grid rows hidden in the sheet (filtered rows are hidden rows), for ``skip_hidden``."""
+    merged: tuple[Bounds, ...] = ()
+    """Merged ranges; their value is already copied into every cell of ``grid``."""
+    uncalculated: frozenset[tuple[int, int]] = frozenset()
+    """(row, column) of formulas saved without a value: the grid holds None there."""
 
 
 Cell = tuple[int, int, str]

@@ -32,6 +32,12 @@ def variable_name(header: str) -> str:
     return name
 
 
+def _spelling(header: str) -> str:
+    """How a template names a header; punctuation-only headers exist only as ``row[...]``."""
+    name = variable_name(header)
+    return f"{header!r} ({{{{ {name} }}}})" if name else f"{header!r} ({{{{ row[{header!r}] }}}})"
+
+
 def display(value: Any) -> str:
     """A cell value as a person reads it: 3 not 3.0, dates without midnight, empty for None."""
     if value is None:
@@ -82,7 +88,7 @@ class Template:
         missing = sorted(self.variables - known)
         if missing:
             names = ", ".join(f"{{{{ {m} }}}}" for m in missing)
-            columns = ", ".join(f"{h!r} ({{{{ {variable_name(h)} }}}})" for h in headers if h)
+            columns = ", ".join(_spelling(h) for h in headers if h)
             raise TemplateError(
                 f"The template in {self.origin} uses {names}, but the header row has no such "
                 f"column. Columns present: {columns or 'none'}. "

@@ -23,16 +23,35 @@ def check_readable(path: Path) -> None:
         raise WorkbookError(f"{path} is a folder, not a workbook.")
 
 
-def atomic_write(target: Path, write: Callable[[Path], None]) -> None:
-    """Write to a temporary file beside ``target``, then rename: never a half-written file."""
+def check_output(target: Path) -> None:
+    """Fail before the first paid answer if ``target`` cannot be written.
+
+    Creates and removes a temporary file where the answers will go: a permission check alone
+    is wrong for root, read-only mounts and /proc.
+    """
+    if target.is_dir():
+        raise WorkbookError(f"Cannot write {target}: it is a folder. Give a file name with -o.")
+    os.unlink(_temporary(target))
+
+
+def _temporary(target: Path) -> str:
+    """A new empty file beside ``target`` (its folder created if missing), named to be found."""
     folder = target.parent if str(target.parent) else Path(".")
     try:
         folder.mkdir(parents=True, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
     except OSError as exc:
-        raise WorkbookError(f"Cannot write {target}: {exc.strerror}. Choose another folder "
-                            "with -o.") from None
+        blocker = next((p for p in target.parents if p.exists() and not p.is_dir()), None)
+        reason = f"{blocker} is a file, not a folder" if blocker else exc.strerror or str(exc)
+        raise WorkbookError(f"Cannot write {target}: {reason}. Choose another place for the "
+                            "answers with -o.") from None
     os.close(fd)
+    return tmp
+
+
+def atomic_write(target: Path, write: Callable[[Path], None]) -> None:
+    """Write to a temporary file beside ``target``, then rename: never a half-written file."""
+    tmp = _temporary(target)
     try:
         write(Path(tmp))
         if target.exists():

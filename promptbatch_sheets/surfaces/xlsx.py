@@ -7,36 +7,122 @@ default; answers go to ``NAME.promptbatch.xlsx`` unless ``-o`` says otherwise.
 
 from __future__ import annotations
 
+import re
 import zipfile
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import openpyxl
-from openpyxl.utils.cell import range_boundaries
+from openpyxl.utils.cell import column_index_from_string, range_boundaries
 from openpyxl.workbook.workbook import Workbook
 from openpyxl.worksheet.worksheet import Worksheet
 
-from ..errors import WorkbookError
+from ..errors import PromptBatchError, WorkbookError
 from ..sheet import Cell, SheetData
 from ..table import Bounds, TemplateText, quote_sheet
 from .files import SaveSchedule, atomic_write, check_readable, default_output
 from .xlsx_patch import EXCEL_CELL_LIMIT as EXCEL_CELL_LIMIT  # other surfaces import it here
-from .xlsx_patch import check_package, check_writable, patch_workbook
+from .xlsx_patch import check_package, check_writable, locate_parts, patch_workbook
 
 CONF_SHEET = "promptbatch.conf"
 TEMPLATE_NAME = "prompt_template"
 
 
-def _load(path: Path) -> Workbook:
+_FORMULA = re.compile(rb"<(?:[\w.-]+:)?f[\s>/]")
+_CELL = re.compile(rb"<((?:[\w.-]+:)?)c\b([^>]*?)(?:/>|>(.*?)</\1c>)", re.S)
+_VALUE = re.compile(rb"<(?:[\w.-]+:)?v\s*>[^<]")
+_REF = re.compile(rb"""\sr\s*=\s*["']([A-Za-z]{1,3})([0-9]{1,7})["']""")
+_TEXT_TYPE = re.compile(rb"""\st\s*=\s*["']str["']""")
+EMPTY_ROW: tuple[Any, ...] = ()
+"""Every blank row of a grid is this one tuple: a sheet reaching row 1,048,576 stays small."""
+
+
+@contextmanager
+def _unreadable(path: Path) -> Iterator[None]:
+    """openpyxl raises whatever its parsers meet in a damaged file; the user gets one message.
+
+    Caught broadly on purpose: this wraps only reading a file the user gave us, and any
+    failure there means the same thing to them.
+    """
     try:
-        return openpyxl.load_workbook(path, data_only=True)
+        yield
+    except PromptBatchError:
+        raise
     except zipfile.BadZipFile:
         raise WorkbookError(f"{path} is not a readable .xlsx workbook (the zip is damaged or "
                             "it is another kind of file). Open it in Excel and save it as "
                             ".xlsx.") from None
-    except (KeyError, ValueError, TypeError, OSError) as exc:
-        raise WorkbookError(f"{path} could not be read as a workbook: {exc}") from None
+    except Exception as exc:  # broad on purpose: see the docstring
+        raise WorkbookError(f"{path} could not be read as a workbook ({type(exc).__name__}: "
+                            f"{str(exc)[:200]}). Open it in Excel and save it again.") from None
+
+
+def _load(path: Path) -> Workbook:
+    with _unreadable(path):
+        return openpyxl.load_workbook(path, data_only=True)
+
+
+def _grid(ws: Worksheet) -> list[Sequence[Any]]:
+    """The sheet's values by row, built from the cells the file holds.
+
+    ``iter_rows`` would create a cell object for every empty position up to the last one; a
+    value in row 1,048,576 would cost gigabytes. Blank rows share one empty tuple instead.
+    """
+    cells: dict[tuple[int, int], Any] = ws._cells  # openpyxl keeps only stored cells here
+    grid: list[Sequence[Any]] = [EMPTY_ROW] * max((r for r, _ in cells), default=0)
+    for (row, col), cell in cells.items():
+        if cell.value is not None:
+            _put(grid, row - 1, col - 1, cell.value)
+    return grid
+
+
+def _put(grid: list[Sequence[Any]], row: int, col: int, value: Any) -> None:
+    current = grid[row]
+    cells = current if isinstance(current, list) else list(current)
+    cells.extend([None] * (col + 1 - len(cells)))
+    cells[col] = value
+    grid[row] = cells
+
+
+def _fill_merged(grid: list[Sequence[Any]], ws: Worksheet) -> tuple[Bounds, ...]:
+    """Give every cell of a merged range its value, so each row of a merged category reads it
+    (openpyxl keeps the value only in the top-left cell)."""
+    merged: list[Bounds] = []
+    for rng in ws.merged_cells.ranges:
+        top, left, bottom, right = rng.min_row - 1, rng.min_col - 1, rng.max_row - 1, \
+            rng.max_col - 1
+        merged.append(Bounds(top, left, bottom, right))
+        first = grid[top] if top < len(grid) else EMPTY_ROW
+        value = first[left] if left < len(first) else None
+        if value is None:
+            continue
+        for row in range(top, min(bottom + 1, len(grid))):
+            for col in range(left, right + 1):
+                _put(grid, row, col, value)
+    return tuple(merged)
+
+
+def _uncalculated(path: Path, sheet: str) -> frozenset[tuple[int, int]]:
+    """Cells holding a formula but no saved value (openpyxl and other writers that do not
+    calculate leave ``<v>`` out or empty); data_only reading gives None for them.
+
+    The sheet's XML is scanned cell by cell only when it holds a formula at all.
+    """
+    with zipfile.ZipFile(path) as zf:
+        xml = zf.read(locate_parts(zf, path, sheet).sheet)
+    if not _FORMULA.search(xml):
+        return frozenset()
+    found: set[tuple[int, int]] = set()
+    for cell in _CELL.finditer(xml):
+        body, attrs = cell.group(3) or b"", cell.group(2)
+        ref = _REF.search(attrs)
+        if ref and _FORMULA.search(body) and not _VALUE.search(body) \
+                and not _TEXT_TYPE.search(attrs):
+            col = column_index_from_string(ref.group(1).decode().upper())
+            found.add((int(ref.group(2)) - 1, col - 1))
+    return frozenset(found)
 
 
 class XlsxSurface:
@@ -69,9 +155,14 @@ class XlsxSurface:
 
     def read(self) -> SheetData:
         ws = self._sheet
-        grid = [list(row) for row in ws.iter_rows(values_only=True)]
-        return SheetData(name=ws.title, grid=grid, template=self._defined_template(),
-                         bounds=self._table_bounds(ws), settings=self._conf())
+        with _unreadable(self.path):
+            grid = _grid(ws)
+            merged = _fill_merged(grid, ws)
+            hidden = frozenset(r - 1 for r, dim in ws.row_dimensions.items() if dim.hidden)
+            return SheetData(name=ws.title, grid=grid, template=self._defined_template(),
+                             bounds=self._table_bounds(ws), settings=self._conf(),
+                             hidden_rows=hidden, merged=merged,
+                             uncalculated=_uncalculated(self.path, ws.title))
 
     def _defined_template(self) -> TemplateText | None:
         names = dict(self._values.defined_names.items())

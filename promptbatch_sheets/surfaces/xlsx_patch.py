@@ -49,7 +49,7 @@ _DROPPED_CELL_ATTRS = {b"t", b"cm", b"vm"}
 
 
 @dataclass(frozen=True)
-class _Parts:
+class SheetParts:
     """Where one worksheet and its Excel Tables live in the zip."""
 
     sheet: str
@@ -90,7 +90,7 @@ def check_writable(path: Path, sheet: str) -> None:
     """Everything ``patch_workbook`` would refuse for, found before any answer is bought."""
     check_package(path)
     with _damage_reported(path), zipfile.ZipFile(path) as zf:
-        parts = _locate(zf, path, sheet)
+        parts = locate_parts(zf, path, sheet)
         _refuse_unpatchable(zf.read(parts.sheet), path, sheet)
 
 
@@ -103,7 +103,7 @@ def patch_workbook(source: Path, target: Path, sheet: str, cells: Iterable[Cell]
     answers = _answers(cells)
     check_package(source)
     with _damage_reported(source), zipfile.ZipFile(source) as zf:
-        parts = _locate(zf, source, sheet)
+        parts = locate_parts(zf, source, sheet)
         xml = zf.read(parts.sheet)
         _refuse_unpatchable(xml, source, sheet)
         changed = _grow_tables(zf, parts.tables, answers)
@@ -161,7 +161,7 @@ def _relationships(zf: zipfile.ZipFile, part: str) -> dict[str, tuple[str, str]]
     return found
 
 
-def _locate(zf: zipfile.ZipFile, path: Path, sheet: str) -> _Parts:
+def locate_parts(zf: zipfile.ZipFile, path: Path, sheet: str) -> SheetParts:
     """workbook.xml ``<sheet name r:id>`` -> workbook rels -> the worksheet and its tables."""
     book = next((m for kind, m in _relationships(zf, "").values()
                  if kind.endswith("/officeDocument")), None)
@@ -184,7 +184,7 @@ def _locate(zf: zipfile.ZipFile, path: Path, sheet: str) -> _Parts:
             raise WorkbookError(f"Sheet {sheet!r} of {path} is not a worksheet (a chart, macro "
                                 "or dialog sheet); choose a worksheet with --sheet.")
         tables = tuple(m for k, m in _relationships(zf, member).values() if k.endswith("/table"))
-        return _Parts(member, tables)
+        return SheetParts(member, tables)
     raise WorkbookError(f"{path} has no sheet {sheet!r}. Sheets: "
                         + ", ".join(repr(n) for n in names))
 
