@@ -11,7 +11,6 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 from . import userconfig
@@ -24,7 +23,6 @@ from .providers import ModelSpec, Params, Provider, RetryPolicy, open_provider
 from .settings import Settings, resolve
 from .sheet import Cell, SheetData, Surface
 from .store import Store, answer_key
-from .surfaces.files import check_output
 from .table import TemplateText, locate, quote_sheet
 
 FLUSH_SECONDS = 2.0
@@ -150,9 +148,7 @@ def run(prepared: Prepared, surface: Surface, store: Store,
     """Run a prepared batch; answers reach the surface in blocks, and all of them on exit."""
     table = prepared.plan.table
     settings = prepared.settings
-    output = getattr(surface, "output", None)  # file surfaces: prove it writable before paying
-    if isinstance(output, Path):
-        check_output(output)
+    surface.ready()
     writer = BlockWriter(surface, table.output_col)
     first: list[Cell] = [] if table.output_exists else [
         (table.header_row, table.output_col, table.output_header)]

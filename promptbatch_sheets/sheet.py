@@ -45,6 +45,10 @@ class Surface(Protocol):
         """The text of a cell given as ``Sheet!A1`` (for ``--template-cell``)."""
         ...
 
+    def ready(self) -> None:
+        """Fail before the first paid answer if answers could not be written."""
+        ...
+
     def write(self, cells: Sequence[Cell]) -> None:
         """Put a block of answers in place; they must land as text, never as formulas."""
         ...

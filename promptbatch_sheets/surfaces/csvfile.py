@@ -10,7 +10,7 @@ from typing import Any
 
 from ..errors import WorkbookError
 from ..sheet import Cell, SheetData
-from .files import SaveSchedule, atomic_write, check_readable, default_output
+from .files import SaveSchedule, atomic_write, check_output, check_readable, default_output
 
 
 class CsvSurface:
@@ -40,6 +40,9 @@ class CsvSurface:
     def cell_text(self, ref: str) -> str:
         raise WorkbookError(f"--template-cell {ref} needs a workbook; a CSV file has no cell "
                             "names. Use --template or --template-file.")
+
+    def ready(self) -> None:
+        check_output(self.output)
 
     def write(self, cells: Sequence[Cell]) -> None:
         for row, col, text in cells:

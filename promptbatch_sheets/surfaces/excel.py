@@ -146,6 +146,9 @@ class ExcelSurface:
             raise WorkbookError(f"{ref} is not a cell reference; write it like 'Sheet 1'!B2.")
         return display(self.book.sheets[sheet].range(coord.replace("$", "")).value)
 
+    def ready(self) -> None:
+        """Nothing to prove in advance: Excel itself refuses a protected cell, and says so."""
+
     def write(self, cells: Sequence[Cell]) -> None:
         """One range assignment per block, drawn while screen updating is off."""
         with _no_screen_updating(self.book.app):

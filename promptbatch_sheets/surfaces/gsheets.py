@@ -191,6 +191,10 @@ class GSheetSurface:
 
     # ---------------------------------------------------------------- writing
 
+    def ready(self) -> None:
+        """Nothing to prove in advance: a sheet shared read-only fails on the first write,
+        with a message that says whom to share it with."""
+
     def write(self, cells: Sequence[Cell]) -> None:
         """Queue a block; the sender thread takes everything queued when its turn comes."""
         with self._wake:

@@ -22,7 +22,7 @@ from openpyxl.worksheet.worksheet import Worksheet
 from ..errors import PromptBatchError, WorkbookError
 from ..sheet import Cell, SheetData
 from ..table import Bounds, TemplateText, quote_sheet
-from .files import SaveSchedule, atomic_write, check_readable, default_output
+from .files import SaveSchedule, atomic_write, check_output, check_readable, default_output
 from .xlsx_patch import EXCEL_CELL_LIMIT as EXCEL_CELL_LIMIT  # other surfaces import it here
 from .xlsx_patch import check_package, check_writable, locate_parts, patch_workbook
 
@@ -205,6 +205,9 @@ class XlsxSurface:
             raise WorkbookError(f"{ref} is not a cell reference; write it like 'Sheet 1'!B2."
                                 ) from None
         return "" if value is None else str(value)
+
+    def ready(self) -> None:
+        check_output(self.output)
 
     def write(self, cells: Sequence[Cell]) -> None:
         """Answers reach the file as they arrive; a big workbook is patched less often."""
