@@ -17,8 +17,6 @@ from typing import Any
 
 import httpx
 
-INITIAL_WINDOW = 8.0
-"""Requests in flight at the start; the window then grows by one per window of answers."""
 ASSUMED_ANSWER_TOKENS = 256
 """Token-bucket charge for the answer when a request sets no max_tokens."""
 
@@ -30,10 +28,20 @@ def request_tokens(payload: dict[str, Any]) -> int:
     return chars // 4 + 1 + int(payload.get("max_tokens") or ASSUMED_ANSWER_TOKENS)
 
 
+BURST_SECONDS = 0.2
+"""A bucket holds this many seconds' worth: providers enforce per-minute limits in short
+slices, and a full second's burst landing late in one slice doubles up with the next."""
+
+
+PROBE_WINDOW = 8.0
+"""Requests in flight until the first answer: it brings the provider's limit headers, so the
+buckets can pace the rest instead of a blind burst of the whole concurrency."""
+
+
 @dataclass
 class Bucket:
-    """Units per minute, refilled continuously; capacity of one second's worth, as providers
-    enforce per-minute limits in short slices."""
+    """Units per minute, refilled continuously, starting empty: it is made when a run is
+    already sending, or from a cap that should not be spent in one burst."""
 
     per_minute: float
     level: float = 0.0
@@ -42,9 +50,9 @@ class Bucket:
     def wait_for(self, units: float, now: float) -> float:
         """Seconds until ``units`` are available; takes them (possibly into debt) at once."""
         rate = self.per_minute / 60.0
-        capacity = max(rate, units)
+        capacity = max(rate * BURST_SECONDS, units)
         if self.stamp == 0.0:
-            self.level, self.stamp = capacity, now
+            self.stamp = now
         self.level = min(capacity, self.level + (now - self.stamp) * rate)
         self.stamp = now
         self.level -= units
@@ -82,7 +90,8 @@ class Limiter:
     def __init__(self, max_concurrency: int, rpm: float | None = None,
                  tpm: float | None = None) -> None:
         self.max_concurrency = max_concurrency
-        self.window = min(float(max_concurrency), INITIAL_WINDOW)
+        self.window = min(float(max_concurrency), PROBE_WINDOW)
+        self.opened = False
         self.in_flight = 0
         self.user_rpm, self.user_tpm = rpm, tpm
         self.requests = Bucket(rpm) if rpm else None
@@ -112,20 +121,30 @@ class Limiter:
             self._changed.notify_all()
 
     def succeeded(self, headers: httpx.Headers) -> None:
-        """Grow the window by about one per window of answers; learn limits from headers."""
-        self.window = min(float(self.max_concurrency), self.window + 1.0 / self.window)
+        """Open the window after the first answer, then grow a cut window back by one per
+        window of answers (AIMD); learn limits from headers."""
         self._learn(headers)
+        if not self.opened:
+            self.opened = True
+            self.window = float(self.max_concurrency)
+        self.window = min(float(self.max_concurrency), self.window + 1.0 / self.window)
 
     def throttled_by_server(self, headers: httpx.Headers, wait: float | None) -> None:
-        """A 429 (or a headerless 503): halve the window, once per burst, and pause everyone."""
+        """A 429 (or a headerless 503): pause everyone for the server's wait. Where the limits
+        are known, the buckets set the pace, so they are emptied; where they are not, the
+        window is halved, once per burst (AIMD)."""
         self.throttled += 1
         now = time.monotonic()
-        if now - self.last_cut > 1.0:
+        self._learn(headers)
+        buckets = [b for b in (self.requests, self.tokens) if b is not None]
+        for bucket in buckets:
+            bucket.level, bucket.stamp = min(bucket.level, 0.0), now
+        if not buckets and now - self.last_cut > 1.0:
             self.window = max(1.0, self.window / 2)
             self.last_cut = now
+            self.opened = True  # a server that pushes back before answering is not opened wide
         if wait:
             self.paused_until = max(self.paused_until, now + wait)
-        self._learn(headers)
 
     def overloaded(self, wait: float | None) -> None:
         """Anthropic's 529 is everyone's overload: pause, but keep the learned rate."""

@@ -8,6 +8,7 @@ import time
 from pathlib import Path
 
 import httpx
+import pytest
 
 from promptbatch_sheets.limits import Bucket, Limiter, reset_seconds
 from tests.conftest import cli, fake_model
@@ -32,14 +33,28 @@ def test_rate_limited_server_is_paced_not_hammered(tmp_path: Path) -> None:
 
 def test_window_halves_on_429_and_grows_back() -> None:
     limiter = Limiter(max_concurrency=64)
-    start = limiter.window
-    limiter.throttled_by_server(httpx.Headers(), wait=0.01)
-    assert limiter.window == start / 2
+    assert limiter.window == 8  # a probe until the first answer brings the limit headers
+    limiter.succeeded(httpx.Headers())
+    assert int(limiter.window) == 64  # then the user's concurrency
+    limiter.throttled_by_server(httpx.Headers(), wait=0.01)  # a server with no limit headers
+    assert limiter.window == 32
     limiter.throttled_by_server(httpx.Headers(), wait=0.01)  # same burst: not cut again
-    assert limiter.window == start / 2
-    for _ in range(200):
+    assert limiter.window == 32
+    for _ in range(32):  # then one more per window of answers, up to the concurrency
         limiter.succeeded(httpx.Headers())
-    assert limiter.window > start
+    assert 32.9 <= limiter.window < 34
+    for _ in range(10_000):
+        limiter.succeeded(httpx.Headers())
+    assert limiter.window == 64
+
+
+def test_429_under_known_limits_empties_the_buckets_not_the_window() -> None:
+    limiter = Limiter(max_concurrency=64, rpm=600)
+    limiter.succeeded(httpx.Headers())
+    window = limiter.window
+    limiter.throttled_by_server(httpx.Headers(), wait=None)
+    assert limiter.window == window
+    assert limiter.requests is not None and limiter.requests.level <= 0
 
 
 def test_overload_pauses_without_lowering_the_rate() -> None:
@@ -67,9 +82,11 @@ def test_user_caps_win_over_learned_limits() -> None:
     assert limiter.tokens is not None and limiter.tokens.per_minute == 90000
 
 
-def test_bucket_refills_per_second_slices() -> None:
-    bucket = Bucket(per_minute=120)  # 2 a second
-    assert bucket.wait_for(1, now=100.0) == 0
-    assert bucket.wait_for(1, now=100.0) == 0
-    assert bucket.wait_for(1, now=100.0) == 0.5
+def test_bucket_paces_evenly_from_the_start() -> None:
+    bucket = Bucket(per_minute=600)  # 10 a second, bursts of at most 2
+    waits = [bucket.wait_for(1, now=100.0) for _ in range(4)]
+    assert waits == pytest.approx([0.1, 0.2, 0.3, 0.4])
+    assert bucket.wait_for(1, now=101.0) == 0  # a second later: refilled, capped at the burst
+    assert bucket.wait_for(1, now=101.0) == 0
+    assert bucket.wait_for(1, now=101.0) == pytest.approx(0.1)
     assert reset_seconds("6m0s") == 360 and reset_seconds("120ms") == 0.12

@@ -23,7 +23,7 @@ def test_embedded_model_answers_real_prompts() -> None:
 
     async def ask() -> list[object]:
         async with httpx.AsyncClient(timeout=60) as client:
-            model = OpenAICompatible(client, label="local", base_url=base_url, model="smollm2")
+            model = OpenAICompatible([client], label="local", base_url=base_url, model="smollm2")
             return list(await asyncio.gather(
                 model.complete("Name one colour.", Params(max_tokens=16, temperature=0)),
                 model.complete("Say hello.", Params(max_tokens=16, system="Be brief."))))

@@ -13,8 +13,6 @@ from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from urllib.parse import urlparse
 
-import httpx
-
 from ..errors import ConfigError
 from ..limits import Limiter
 from .anthropic import AnthropicMessages
@@ -22,6 +20,7 @@ from .base import Completion, Params, Provider, ProviderError
 from .http import HTTPProvider
 from .local import MODEL_NAME, EmbeddedServer
 from .openai import OpenAICompatible
+from .pool import client_pool
 from .retry import RetryPolicy
 
 __all__ = ["Completion", "ModelSpec", "Params", "Provider", "ProviderError", "RetryPolicy",
@@ -113,15 +112,13 @@ async def open_provider(
     policy: RetryPolicy, on_retry: Callable[[str], None] | None = None,
     rpm: float | None = None, tpm: float | None = None,
 ) -> AsyncIterator[Provider]:
-    """A ready provider for one run: one pooled HTTP client, one limiter, the embedded server
+    """A ready provider for one run: pooled HTTP clients, one limiter, the embedded server
     if needed."""
-    limits = httpx.Limits(max_connections=concurrency, max_keepalive_connections=concurrency)
-    timeouts = httpx.Timeout(timeout, connect=min(timeout, 10.0))
     limiter = Limiter(concurrency, rpm, tpm)
-    async with httpx.AsyncClient(timeout=timeouts, limits=limits) as client:
+    async with client_pool(concurrency, timeout) as clients:
 
         def make(kind: type[HTTPProvider], base_url: str) -> HTTPProvider:
-            return kind(client, label=spec.label, base_url=base_url, model=spec.model,
+            return kind(clients, label=spec.label, base_url=base_url, model=spec.model,
                         api_key=api_key, policy=policy, on_retry=on_retry, limiter=limiter)
 
         if spec.provider == "local":

@@ -2,9 +2,10 @@
 
 from __future__ import annotations
 
+import itertools
 import json
 from abc import ABC, abstractmethod
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import httpx
@@ -40,14 +41,14 @@ class HTTPProvider(ABC):
     path = ""
 
     def __init__(
-        self, client: httpx.AsyncClient, *, label: str, base_url: str, model: str,
+        self, clients: Sequence[httpx.AsyncClient], *, label: str, base_url: str, model: str,
         api_key: str | None = None, policy: RetryPolicy | None = None,
         on_retry: Callable[[str], None] | None = None, limiter: Limiter | None = None,
     ) -> None:
         self.label = label
         self.model = model
         self.limiter = limiter or Limiter(max_concurrency=64)
-        self._client = client
+        self._clients = itertools.cycle(clients)
         self._url = base_url.rstrip("/") + self.path
         self._headers = self.auth_headers(api_key)
         self._key = api_key
@@ -76,7 +77,8 @@ class HTTPProvider(ABC):
         """Return the JSON body; raise Retryable for passing faults, ProviderError otherwise."""
         await self.limiter.acquire(request_tokens(payload))
         try:
-            response = await self._client.post(self._url, json=payload, headers=self._headers)
+            client = next(self._clients)
+            response = await client.post(self._url, json=payload, headers=self._headers)
         finally:
             await self.limiter.release()
         status = response.status_code
