@@ -77,22 +77,33 @@ def prepare(surface: Surface, flags: dict[str, Any] | None = None,
     return Prepared(data, plan, settings, spec, params, model_defaulted=not settings.model)
 
 
+def pending(prepared: Prepared, store: Store) -> tuple[list[str], int]:
+    """The distinct prompts the cache cannot answer, and how many rows it does answer."""
+    label = prepared.spec.label
+    keys = [answer_key(label, prepared.params, j.prompt) for j in prepared.plan.jobs]
+    hits = store.get_many(keys) if prepared.settings.use_cache else {}
+    fresh = {k: j.prompt for k, j in zip(keys, prepared.plan.jobs, strict=True) if k not in hits}
+    return list(fresh.values()), sum(1 for k in keys if k in hits)
+
+
+def forecast(prepared: Prepared, store: Store, prompts: list[str]) -> Estimate:
+    """The estimate for ``prompts``, calibrated by this model's past answers in the cache."""
+    settings = prepared.settings
+    return estimate(prepared.price_label, prompts, settings.max_tokens, settings.concurrency,
+                    system=settings.system, history=store.history(prepared.spec.label))
+
+
 def preview(prepared: Prepared, store: Store, first: int = 3) -> Preview:
     """What a run would send and cost; looks in the cache, calls no model."""
     jobs = prepared.plan.jobs
-    label = prepared.spec.label
-    keys = {answer_key(label, prepared.params, j.prompt): j.prompt for j in jobs}
-    hits = store.get_many(keys) if prepared.settings.use_cache else {}
-    fresh = [p for k, p in keys.items() if k not in hits]
-    cached_rows = sum(1 for j in jobs if answer_key(label, prepared.params, j.prompt) in hits)
+    fresh, cached_rows = pending(prepared, store)
     return Preview(
         prepared=prepared,
         rows=len(prepared.plan.table.rows),
         to_send=len(jobs) - cached_rows,
         cached=cached_rows,
         unique_prompts=len(fresh),
-        estimate=estimate(prepared.price_label, fresh, prepared.settings.max_tokens,
-                          prepared.settings.concurrency),
+        estimate=forecast(prepared, store, fresh),
         first_prompts=[(j.row, j.prompt) for j in jobs[:first]],
     )
 
@@ -170,6 +181,7 @@ def run(prepared: Prepared, surface: Surface, store: Store,
 
     connect = connector(prepared.spec, settings, count_retry)
     budget = make_budget(prepared)
+    guess = forecast(prepared, store, pending(prepared, store)[0])  # before answers join history
 
     async def go() -> Summary:
         return await run_jobs(prepared.plan.jobs, prepared.spec.label, connect, prepared.params,
@@ -182,6 +194,7 @@ def run(prepared: Prepared, surface: Surface, store: Store,
         writer.flush()
         surface.close()
     summary.retries = retries
+    summary.estimate = guess
     summary.kept = prepared.plan.kept
     summary.failed += len(prepared.plan.refused)
     summary.errors += [reason for _, reason in prepared.plan.refused[:5]]

@@ -14,7 +14,7 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 
 from .budget import Budget
-from .estimate import tokens
+from .estimate import Estimate, request_chars, tokens
 from .plan import ERROR_PREFIX, RowJob
 from .providers import Completion, Params, Provider, ProviderError
 from .store import Store, answer_key
@@ -46,6 +46,9 @@ class Summary:
     completion_tokens: int = 0
     seconds: float = 0.0
     errors: list[str] = field(default_factory=list)
+    estimate: Estimate | None = None
+    """What preview would have said, before sending, for the requests this run was to send
+    (a budget may then hold some back): printed beside the usage so users can judge it."""
 
 
 def error_text(reason: str) -> str:
@@ -89,7 +92,7 @@ async def run_jobs(
 
     def deliver(key: str, result: Completion | str) -> None:
         if isinstance(result, Completion):
-            store.put(key, label, result)
+            store.put(key, label, result, request_chars(prompt_by_key[key], params.system))
             summary.prompt_tokens += result.prompt_tokens
             summary.completion_tokens += result.completion_tokens
         for row in rows_by_key[key]:

@@ -8,13 +8,41 @@ from rich.console import Console
 from rich.table import Table
 
 from .batch import Prepared, Preview, summary_cost
+from .budget import ASSUMED_MAX_ANSWER_TOKENS
 from .engine import Summary
+from .estimate import Estimate
 from .table import cell_name
 from .template import variable_name
 
 
 def _money(value: float | None) -> str:
     return "unknown (model not in the price table)" if value is None else f"${value:,.4f}"
+
+
+def _tokens(summary: Summary) -> str:
+    """Usage, beside what the estimate said before sending, so a user learns to trust it."""
+    used = f"{summary.prompt_tokens:,} in, {summary.completion_tokens:,} out"
+    est = summary.estimate
+    if est is None or not summary.requests:
+        return used
+    return f"{used} (estimated {est.prompt_tokens:,} in, {est.completion_tokens:,} out)"
+
+
+def _estimate_lines(est: Estimate, max_tokens: int | None) -> list[str]:
+    """Typical tokens and cost, then the ceiling, the Batch API price and the basis."""
+    cap = (f"--max-tokens {max_tokens}" if max_tokens else
+           f"{ASSUMED_MAX_ANSWER_TOKENS:,} each; set --max-tokens to bound it")
+    cost = _money(est.cost_usd)
+    if est.cost_max_usd is not None and est.cost_max_usd > (est.cost_usd or 0.0):
+        cost += f" (at most {_money(est.cost_max_usd)})"
+    lines = [f"~{est.prompt_tokens:,} prompt tokens + ~{est.completion_tokens:,} answer tokens "
+             f"(up to {est.completion_tokens_max:,} at {cap}), cost {cost}, "
+             f"about {est.seconds:,.1f} s. No model was called."]
+    if est.batch_cost_usd is not None:
+        lines.append(f"In batch mode (the provider's Batch API, half price, answers within a "
+                     f"day): {_money(est.batch_cost_usd)}; that is what --via batch will cost.")
+    lines.append(f"Token counts estimated from {est.basis}.")
+    return lines
 
 
 def print_summary(console: Console, prepared: Prepared, summary: Summary,
@@ -26,7 +54,7 @@ def print_summary(console: Console, prepared: Prepared, summary: Summary,
     table.add_row("failed", f"{summary.failed:,}")
     table.add_row("already answered", f"{summary.kept:,} (kept)")
     table.add_row("requests", f"{summary.requests:,} ({summary.retries:,} retries)")
-    table.add_row("tokens", f"{summary.prompt_tokens:,} in, {summary.completion_tokens:,} out")
+    table.add_row("tokens", _tokens(summary))
     table.add_row("cost", _money(summary_cost(prepared, summary)))
     table.add_row("wall time", f"{summary.seconds:.1f} s")
     if output is not None:
@@ -68,6 +96,5 @@ def print_preview(console: Console, preview: Preview) -> None:
         console.rule(f"prompt for row {row + 1}")
         console.print(prompt, markup=False)
     console.rule("estimate")
-    console.print(f"~{est.prompt_tokens:,} prompt tokens + ~{est.completion_tokens:,} answer "
-                  f"tokens, cost {_money(est.cost_usd)}, about {est.seconds:,.1f} s. "
-                  "No model was called.")
+    for line in _estimate_lines(est, preview.prepared.settings.max_tokens):
+        console.print(line)

@@ -18,6 +18,9 @@ from .providers import Completion, Params
 
 CHUNK = 500
 """Keys per SELECT: well under SQLite's limit on bound parameters."""
+HISTORY = 1000
+"""Latest answers of a model read to calibrate estimates: recent enough to follow a changed
+template or server, many enough to average out odd answers."""
 
 
 def default_path() -> Path:
@@ -53,7 +56,14 @@ def _m001_answers(db: sqlite3.Connection) -> None:
     )
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m001_answers]
+def _m002_prompt_chars(db: sqlite3.Connection) -> None:
+    """Characters each answer's request sent: with its prompt_tokens they teach the estimate
+    the model's tokens per character. Older answers stay NULL and are not used."""
+    db.execute("ALTER TABLE answers ADD COLUMN prompt_chars INTEGER")
+    db.execute("CREATE INDEX answers_by_model ON answers (model, created)")
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m001_answers, _m002_prompt_chars]
 """Numbered by position; ``PRAGMA user_version`` records how many have run."""
 
 
@@ -107,12 +117,23 @@ class Store:
                 found[key] = Completion(text, p, c, finish)
         return found
 
-    def put(self, key: str, model: str, completion: Completion) -> None:
+    def put(self, key: str, model: str, completion: Completion,
+            prompt_chars: int | None = None) -> None:
         self._db.execute(
-            "INSERT OR REPLACE INTO answers VALUES (?, ?, ?, ?, ?, ?, ?)",
+            "INSERT OR REPLACE INTO answers (key, model, text, prompt_tokens, completion_tokens, "
+            "finish_reason, created, prompt_chars) VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
             (key, model, completion.text, completion.prompt_tokens,
-             completion.completion_tokens, completion.finish_reason, time.time()),
+             completion.completion_tokens, completion.finish_reason, time.time(), prompt_chars),
         )
+
+    def history(self, model: str, limit: int = HISTORY) -> list[tuple[int, int, int]]:
+        """(prompt_chars, prompt_tokens, completion_tokens) of the model's latest answers whose
+        server reported usage, newest first."""
+        rows = self._db.execute(
+            "SELECT prompt_chars, prompt_tokens, completion_tokens FROM answers "
+            "WHERE model = ? AND prompt_chars IS NOT NULL AND prompt_tokens > 0 "
+            "ORDER BY created DESC LIMIT ?", (model, limit))
+        return [(int(c), int(p), int(a)) for c, p, a in rows]
 
     def close(self) -> None:
         self._db.close()
