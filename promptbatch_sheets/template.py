@@ -7,6 +7,7 @@ header is also reachable as ``row["Product Name"]``.
 from __future__ import annotations
 
 import datetime as dt
+import functools
 import re
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -24,6 +25,7 @@ MAX_RENDERED_CHARS = 200_000
 _ENV = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
 
 
+@functools.lru_cache(maxsize=4096)
 def variable_name(header: str) -> str:
     """The Jinja2 variable a header answers to: lower case, runs of other characters as ``_``."""
     name = re.sub(r"\W+", "_", header.strip().lower()).strip("_")
@@ -97,8 +99,9 @@ class Template:
 
     def render(self, row: Mapping[str, Any], where: str = "") -> str:
         """Render one row (header -> cell value); errors name ``where`` (the row) and the cause."""
-        context: dict[str, Any] = {variable_name(h): display(v) for h, v in row.items() if h}
-        context["row"] = {h: display(v) for h, v in row.items() if h}
+        values = {h: display(v) for h, v in row.items() if h}
+        context: dict[str, Any] = {variable_name(h): v for h, v in values.items()}
+        context["row"] = values
         try:
             text = self._render_bounded(context)
         except jinja2.exceptions.SecurityError as exc:
