@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import itertools
 import json
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Sequence
@@ -48,7 +47,8 @@ class HTTPProvider(ABC):
         self.label = label
         self.model = model
         self.limiter = limiter or Limiter(max_concurrency=64)
-        self._clients = itertools.cycle(clients)
+        self._clients = list(clients)
+        self._busy = [0] * len(self._clients)
         self._url = base_url.rstrip("/") + self.path
         self._headers = self.auth_headers(api_key)
         self._key = api_key
@@ -73,12 +73,22 @@ class HTTPProvider(ABC):
 
         return await with_retries(attempt, self._policy, self._on_retry)
 
+    def _least_busy(self) -> int:
+        """The pool with the fewest requests in flight: a request never queues behind a slow
+        one while another pool has a free connection."""
+        return min(range(len(self._busy)), key=self._busy.__getitem__)
+
     async def _post(self, payload: dict[str, Any]) -> dict[str, Any]:
         """Return the JSON body; raise Retryable for passing faults, ProviderError otherwise."""
         await self.limiter.acquire(request_tokens(payload))
         try:
-            client = next(self._clients)
-            response = await client.post(self._url, json=payload, headers=self._headers)
+            pick = self._least_busy()
+            self._busy[pick] += 1
+            try:
+                response = await self._clients[pick].post(self._url, json=payload,
+                                                          headers=self._headers)
+            finally:
+                self._busy[pick] -= 1
         finally:
             await self.limiter.release()
         status = response.status_code
