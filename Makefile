@@ -16,7 +16,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/promptbatch run sample_workbooks/product_descriptions.xlsx -o out/product_descriptions.answers.xlsx
+	$(BIN)/promptbatch run sample_workbooks/product_descriptions.xlsx --max-tokens 80 -o out/product_descriptions.answers.xlsx
 
 test: $(STAMP)
 	$(BIN)/ruff check .
