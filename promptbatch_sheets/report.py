@@ -39,8 +39,9 @@ def _estimate_lines(est: Estimate, max_tokens: int | None) -> list[str]:
              f"(up to {est.completion_tokens_max:,} at {cap}), cost {cost}, "
              f"about {est.seconds:,.1f} s. No model was called."]
     if est.batch_cost_usd is not None:
-        lines.append(f"In batch mode (the provider's Batch API, half price, answers within a "
-                     f"day): {_money(est.batch_cost_usd)}; that is what --via batch will cost.")
+        lines.append(f"Through the provider's Batch API (half price, answers within a day) "
+                     f"it would cost {_money(est.batch_cost_usd)}; promptbatch does not send "
+                     "batches yet.")
     lines.append(f"Token counts estimated from {est.basis}.")
     return lines
 

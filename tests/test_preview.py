@@ -27,5 +27,5 @@ def test_preview_prices_a_hosted_model(samples: Path) -> None:
     assert result.exit_code == 0, result.output
     text = " ".join(result.output.split())
     assert "12 to send" in text and "(up to 600 at --max-tokens 50)" in text
-    assert "cost $0.000" in text and "that is what --via batch will cost" in text
+    assert "cost $0.000" in text and "Batch API (half price" in text
     assert "defaults for openai" in text
