@@ -3,11 +3,12 @@
 from __future__ import annotations
 
 import re
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Protocol
+from typing import Any, Protocol
 
 from .table import Bounds, Grid, TemplateText
+from .template import display
 
 
 @dataclass(frozen=True)
@@ -28,6 +29,24 @@ class SheetData:
     """Merged ranges; their value is already copied into every cell of ``grid``."""
     uncalculated: frozenset[tuple[int, int]] = frozenset()
     """(row, column) of formulas saved without a value: the grid holds None there."""
+
+
+TEMPLATE_NAME = "prompt_template"
+"""The workbook name (or Google named range) that points at the template cell."""
+CONF_SHEET = "promptbatch.conf"
+"""The settings sheet every surface reads, as xlwings users know from ``xlwings.conf``."""
+
+
+def conf_settings(rows: Iterable[Sequence[Any]]) -> dict[str, str]:
+    """Key/value rows of a promptbatch.conf sheet; a ``key | value`` header row is skipped."""
+    settings: dict[str, str] = {}
+    for row in rows:
+        key, value = (list(row[:2]) + [None, None])[:2]
+        name = display(key).strip().lower()
+        if name in ("", "key") or value is None or display(value) == "":
+            continue
+        settings[name] = display(value)
+    return settings
 
 
 Cell = tuple[int, int, str]

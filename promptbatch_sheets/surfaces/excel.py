@@ -18,11 +18,11 @@ import xlwings as xw
 from .. import batch
 from ..engine import RowResult, Summary
 from ..errors import PromptBatchError, WorkbookError
-from ..sheet import Cell, SheetData, fit_cell
+from ..sheet import CONF_SHEET, TEMPLATE_NAME, Cell, SheetData, conf_settings, fit_cell
 from ..store import Store
 from ..table import Bounds, TemplateText, quote_sheet
 from ..template import display
-from .xlsx import CONF_SHEET, EXCEL_CELL_LIMIT, TEMPLATE_NAME
+from .xlsx import EXCEL_CELL_LIMIT
 
 TEXT_PREFIX = "'"
 """Excel keeps what follows an apostrophe as text (=, +, -, @, numbers, dates) and hides it.
@@ -127,13 +127,7 @@ class ExcelSurface:
         conf = next((s for s in self.book.sheets if s.name.lower() == CONF_SHEET), None)
         if conf is None:
             return {}
-        settings: dict[str, str] = {}
-        for row in _grid(conf):
-            key, value = (list(row[:2]) + [None, None])[:2]
-            if key is None or value is None or str(key).strip().lower() == "key":
-                continue
-            settings[str(key).strip().lower()] = display(value)
-        return settings
+        return conf_settings(_grid(conf))
 
     def cell_text(self, ref: str) -> str:
         sheet, _, coord = ref.rpartition("!")

@@ -25,13 +25,11 @@ from requests import Response
 from requests.exceptions import RequestException
 
 from ..errors import WorkbookError
-from ..sheet import Cell, SheetData, fit_cell
+from ..sheet import CONF_SHEET, TEMPLATE_NAME, Cell, SheetData, conf_settings, fit_cell
 from ..table import TemplateText, quote_sheet
 from .gsheets_auth import Login, login
 
 GOOGLE_CELL_LIMIT = 50_000
-CONF_SHEET = "promptbatch.conf"
-TEMPLATE_NAME = "prompt_template"
 PACE_SECONDS = 2.0
 """Least time from a write request's answer to the next one: under 30 a minute (Google: 60)."""
 API_URL_ENV = "PROMPTBATCH_SHEETS_API_URL"
@@ -149,7 +147,7 @@ class GSheetSurface:
             template = TemplateText(_first(values[-1]), f"{template_ref} (the name "
                                     f"{TEMPLATE_NAME})")
         return SheetData(name=self._title, grid=values[0], template=template,
-                         settings=_settings(values[1]) if conf is not None else {})
+                         settings=conf_settings(values[1]) if conf is not None else {})
 
     def _pick_sheet(self, sheets: list[dict[str, Any]]) -> dict[str, Any]:
         if self.sheet_name is not None:
@@ -304,12 +302,3 @@ class GSheetSurface:
 
 def _first(values: list[list[Any]]) -> str:
     return str(values[0][0]) if values and values[0] else ""
-
-
-def _settings(rows: list[list[Any]]) -> dict[str, str]:
-    settings: dict[str, str] = {}
-    for row in rows:
-        if len(row) < 2 or str(row[0]).strip() == "" or str(row[0]).strip().lower() == "key":
-            continue
-        settings[str(row[0]).strip().lower()] = str(row[1])
-    return settings

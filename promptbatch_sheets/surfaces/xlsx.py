@@ -20,15 +20,11 @@ from openpyxl.workbook.workbook import Workbook
 from openpyxl.worksheet.worksheet import Worksheet
 
 from ..errors import PromptBatchError, WorkbookError
-from ..sheet import Cell, SheetData
+from ..sheet import CONF_SHEET, TEMPLATE_NAME, Cell, SheetData, conf_settings
 from ..table import Bounds, TemplateText, quote_sheet
 from .files import SaveSchedule, atomic_write, check_output, check_readable, default_output
 from .xlsx_patch import EXCEL_CELL_LIMIT as EXCEL_CELL_LIMIT  # other surfaces import it here
 from .xlsx_patch import check_package, check_writable, locate_parts, patch_workbook
-
-CONF_SHEET = "promptbatch.conf"
-TEMPLATE_NAME = "prompt_template"
-
 
 _FORMULA = re.compile(rb"<(?:[\w.-]+:)?f[\s>/]")
 _CELL = re.compile(rb"<((?:[\w.-]+:)?)c\b([^>]*?)(?:/>|>(.*?)</\1c>)", re.S)
@@ -186,12 +182,7 @@ class XlsxSurface:
         conf = next((ws for ws in self._values.worksheets if ws.title.lower() == CONF_SHEET), None)
         if conf is None:
             return {}
-        settings: dict[str, str] = {}
-        for key, value, *_ in conf.iter_rows(values_only=True, max_col=2):
-            if key is None or value is None or str(key).strip().lower() == "key":
-                continue
-            settings[str(key).strip().lower()] = str(value)
-        return settings
+        return conf_settings(conf.iter_rows(values_only=True, max_col=2))
 
     def cell_text(self, ref: str) -> str:
         sheet, _, coord = ref.rpartition("!")
