@@ -181,12 +181,17 @@ def run(prepared: Prepared, surface: Surface, store: Store,
 
     connect = connector(prepared.spec, settings, count_retry)
     budget = make_budget(prepared)
-    guess = forecast(prepared, store, pending(prepared, store)[0])  # before answers join history
+    guess: Estimate | None = None
+
+    def forecast_sent(prompts: list[str]) -> None:
+        nonlocal guess  # taken before the new answers join the model's history
+        guess = forecast(prepared, store, prompts)
 
     async def go() -> Summary:
         return await run_jobs(prepared.plan.jobs, prepared.spec.label, connect, prepared.params,
                               store, concurrency=settings.concurrency, on_result=deliver,
-                              use_cache=settings.use_cache, budget=budget)
+                              use_cache=settings.use_cache, budget=budget,
+                              on_plan=forecast_sent)
 
     try:
         summary = asyncio.run(go())

@@ -67,8 +67,11 @@ async def run_jobs(
     on_result: Callable[[RowResult], None],
     use_cache: bool = True,
     budget: Budget | None = None,
+    on_plan: Callable[[list[str]], None] | None = None,
 ) -> Summary:
     """Answer every job; ``on_result`` is called once per row, in completion order.
+
+    ``on_plan`` hears the distinct prompts the cache cannot answer, before the first request.
 
     ``connect`` opens the provider for ``label``; it is not called when the cache holds
     every answer, so a rerun starts no server and needs no key.
@@ -89,6 +92,8 @@ async def run_jobs(
             on_result(RowResult(row, completion.text, True, True, completion))
 
     queue = [k for k in rows_by_key if k not in cached]
+    if on_plan is not None:
+        on_plan([prompt_by_key[k] for k in queue])
 
     def deliver(key: str, result: Completion | str) -> None:
         if isinstance(result, Completion):
