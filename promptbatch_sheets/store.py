@@ -36,7 +36,8 @@ def answer_key(label: str, params: Params, prompt: str) -> str:
     """What makes two requests the same request."""
     material = json.dumps(
         {"model": label, "temperature": params.temperature, "max_tokens": params.max_tokens,
-         "system": params.system, "prompt": prompt},
+         "system": params.system, "prompt": prompt,
+         **({"schema": params.schema} if params.schema else {})},
         sort_keys=True, ensure_ascii=False,
     )
     return hashlib.sha256(material.encode()).hexdigest()

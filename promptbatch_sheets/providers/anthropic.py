@@ -22,16 +22,22 @@ class AnthropicMessages(HTTPProvider):
         return {"x-api-key": api_key or "", "anthropic-version": ANTHROPIC_VERSION}
 
     async def complete(self, prompt: str, params: Params) -> Completion:
-        payload: dict[str, Any] = {
-            "model": self.model,
-            "max_tokens": params.max_tokens or DEFAULT_MAX_TOKENS,
-            "messages": [{"role": "user", "content": prompt}],
-        }
-        if params.system:
-            payload["system"] = params.system
-        if params.temperature is not None:
-            payload["temperature"] = params.temperature
-        return await self.send(payload, parse_message)
+        return await self.send(messages_payload(self.model, prompt, params), parse_message)
+
+
+def messages_payload(model: str, prompt: str, params: Params) -> dict[str, Any]:
+    """The Messages API body for one prompt (also the ``params`` of a Message Batches
+    request)."""
+    payload: dict[str, Any] = {
+        "model": model,
+        "max_tokens": params.max_tokens or DEFAULT_MAX_TOKENS,
+        "messages": [{"role": "user", "content": prompt}],
+    }
+    if params.system:
+        payload["system"] = params.system
+    if params.temperature is not None:
+        payload["temperature"] = params.temperature
+    return payload
 
 
 def parse_message(body: dict[str, Any]) -> Completion:

@@ -13,6 +13,8 @@ class Params:
     temperature: float | None = None
     max_tokens: int | None = None
     system: str | None = None
+    schema: str | None = None
+    """A JSON schema (canonical JSON text) the answer must follow, or None for free text."""
 
 
 @dataclass(frozen=True)

@@ -15,14 +15,19 @@ class OpenAICompatible(HTTPProvider):
     path = "/chat/completions"
 
     async def complete(self, prompt: str, params: Params) -> Completion:
-        messages = [{"role": "system", "content": params.system}] if params.system else []
-        messages.append({"role": "user", "content": prompt})
-        payload: dict[str, Any] = {"model": self.model, "messages": messages}
-        if params.temperature is not None:
-            payload["temperature"] = params.temperature
-        if params.max_tokens is not None:
-            payload["max_tokens"] = params.max_tokens
-        return await self.send(payload, parse_chat_completion)
+        return await self.send(chat_payload(self.model, prompt, params), parse_chat_completion)
+
+
+def chat_payload(model: str, prompt: str, params: Params) -> dict[str, Any]:
+    """The chat completions body for one prompt (also one line of a Batch API file)."""
+    messages = [{"role": "system", "content": params.system}] if params.system else []
+    messages.append({"role": "user", "content": prompt})
+    payload: dict[str, Any] = {"model": model, "messages": messages}
+    if params.temperature is not None:
+        payload["temperature"] = params.temperature
+    if params.max_tokens is not None:
+        payload["max_tokens"] = params.max_tokens
+    return payload
 
 
 def parse_chat_completion(body: dict[str, Any]) -> Completion:
