@@ -15,13 +15,14 @@ from typing import Any
 
 from . import userconfig
 from .budget import Budget
+from .chain import Chain
 from .engine import RowResult, Summary, error_text, run_jobs
 from .errors import ConfigError
-from .estimate import Estimate, cost, estimate
+from .estimate import Estimate, calibrate, cost, estimate
 from .plan import Plan, make_plan
 from .providers import ModelSpec, Params, Provider, RetryPolicy, open_provider
 from .settings import Settings, resolve
-from .sheet import Cell, SheetData, Surface
+from .sheet import CONF_SHEET, Cell, SheetData, Surface
 from .store import Store, answer_key
 from .table import TemplateText, locate, quote_sheet
 
@@ -53,6 +54,9 @@ class Preview:
     to_send: int
     cached: int
     unique_prompts: int
+    """Distinct prompts among those that can be rendered now."""
+    waiting: int
+    """Prompts rendered during the run, once the answers they use are back."""
     estimate: Estimate
     first_prompts: list[tuple[int, str]] = field(default_factory=list)
 
@@ -64,10 +68,11 @@ def prepare(surface: Surface, flags: dict[str, Any] | None = None,
     settings = resolve(flags or {}, data.settings)
     if template_cell:
         template = TemplateText(surface.cell_text(template_cell), template_cell)
-    conf_template = data.settings.get("template")
-    fallback = TemplateText(conf_template, f"{quote_sheet('promptbatch.conf')} (key template)"
-                            ) if conf_template else None
-    table = locate(data.grid, data.name, explicit=template or data.template, fallback=fallback,
+    conf = {key: TemplateText(text, f"{quote_sheet(CONF_SHEET)} (key {key})")
+            for key, text in data.settings.items() if key.partition(".")[0] == "template"}
+    named = {key.partition(".")[2]: text for key, text in conf.items() if "." in key}
+    table = locate(data.grid, data.name, explicit=template or data.template,
+                   fallback=conf.get("template"), named=named,
                    bounds=data.bounds, output_header=settings.output_column,
                    skip_rows=data.hidden_rows if settings.skip_hidden else frozenset(),
                    merged=data.merged)
@@ -93,17 +98,37 @@ def forecast(prepared: Prepared, store: Store, prompts: list[str]) -> Estimate:
                     system=settings.system, history=store.history(prepared.spec.label))
 
 
+def later_prompts(prepared: Prepared, store: Store) -> list[str]:
+    """The prompts that wait for other answers, rendered with stand-ins of a typical answer's
+    length: their text is unknown until the run, their size is what an estimate needs."""
+    plan = prepared.plan
+    if not plan.waiting:
+        return []
+    settings = prepared.settings
+    calibration = calibrate(prepared.price_label, store.history(prepared.spec.label),
+                            settings.system is not None)
+    stand_in = "x" * round(calibration.answer(settings.max_tokens) * calibration.chars_per_token)
+    prompts = []
+    for row, steps in plan.waiting.items():
+        answers = {s.index: [stand_in] * len(s.outputs) for s in plan.steps}
+        answers.update(plan.known.get(row, {}))
+        prompts += [plan.render(prepared.data.grid, row, step, answers) for step in steps]
+    return prompts
+
+
 def preview(prepared: Prepared, store: Store, first: int = 3) -> Preview:
     """What a run would send and cost; looks in the cache, calls no model."""
     jobs = prepared.plan.jobs
     fresh, cached_rows = pending(prepared, store)
+    later = later_prompts(prepared, store)
     return Preview(
         prepared=prepared,
         rows=len(prepared.plan.table.rows),
-        to_send=len(jobs) - cached_rows,
+        to_send=len(jobs) - cached_rows + len(later),
         cached=cached_rows,
         unique_prompts=len(fresh),
-        estimate=forecast(prepared, store, fresh),
+        waiting=len(later),
+        estimate=forecast(prepared, store, fresh + later),
         first_prompts=[(j.row, j.prompt) for j in jobs[:first]],
     )
 
@@ -135,14 +160,18 @@ def connector(
 class BlockWriter:
     """Collects answers and hands them to the surface in blocks, at most every 2 seconds."""
 
-    def __init__(self, surface: Surface, column: int) -> None:
+    def __init__(self, surface: Surface, plan: Plan) -> None:
         self.surface = surface
-        self.column = column
+        self.plan = plan
         self.pending: list[Cell] = []
         self.last = time.monotonic()
 
     def add(self, result: RowResult) -> None:
-        self.pending.append((result.row, self.column, result.text.strip()))
+        step = self.plan.steps[result.step]
+        values = step.cells(result.text) if result.ok else [result.text] + [""] * (
+            len(step.cols) - 1)
+        self.pending += [(result.row, col, value) for col, value in zip(step.cols, values,
+                                                                        strict=True)]
         if time.monotonic() - self.last >= FLUSH_SECONDS:
             self.flush()
 
@@ -157,13 +186,14 @@ def run(prepared: Prepared, surface: Surface, store: Store,
         on_result: Callable[[RowResult], None] | None = None,
         on_retry: Callable[[str], None] | None = None) -> Summary:
     """Run a prepared batch; answers reach the surface in blocks, and all of them on exit."""
-    table = prepared.plan.table
+    plan = prepared.plan
     settings = prepared.settings
     surface.ready()
-    writer = BlockWriter(surface, table.output_col)
-    first: list[Cell] = [] if table.output_exists else [
-        (table.header_row, table.output_col, table.output_header)]
-    first += [(row, table.output_col, error_text(reason)) for row, reason in prepared.plan.refused]
+    writer = BlockWriter(surface, plan)
+    first: list[Cell] = [(plan.table.header_row, o.col, o.header)
+                         for o in plan.table.outputs if not o.exists]
+    first += [(row, plan.steps[step].cols[0], error_text(reason))
+              for row, step, reason in plan.refused]
     if first:
         surface.write(first)
     retries = 0
@@ -185,13 +215,14 @@ def run(prepared: Prepared, surface: Surface, store: Store,
 
     def forecast_sent(prompts: list[str]) -> None:
         nonlocal guess  # taken before the new answers join the model's history
-        guess = forecast(prepared, store, prompts)
+        guess = forecast(prepared, store, prompts + later_prompts(prepared, store))
 
     async def go() -> Summary:
         return await run_jobs(prepared.plan.jobs, prepared.spec.label, connect, prepared.params,
                               store, concurrency=settings.concurrency, on_result=deliver,
                               use_cache=settings.use_cache, budget=budget,
-                              on_plan=forecast_sent)
+                              on_plan=forecast_sent,
+                              follow=Chain(plan, prepared.data.grid) if plan.waiting else None)
 
     try:
         summary = asyncio.run(go())
@@ -201,8 +232,9 @@ def run(prepared: Prepared, surface: Surface, store: Store,
     summary.retries = retries
     summary.estimate = guess
     summary.kept = prepared.plan.kept
-    summary.failed += len(prepared.plan.refused)
-    summary.errors += [reason for _, reason in prepared.plan.refused[:5]]
+    summary.rows += len(plan.refused)
+    summary.failed += len(plan.refused)
+    summary.errors += [reason for _, _, reason in plan.refused[:5]]
     return summary
 
 

@@ -114,8 +114,7 @@ def run(
                  use_cache=False if no_cache else None, skip_hidden=skip_hidden or None)
     surface, prepared = _prepare(book, sheet, output, flags, template, template_file,
                                  template_cell, credentials)
-    jobs = prepared.plan.jobs
-    if not jobs and not prepared.plan.refused:
+    if not prepared.plan.prompts:
         console.print(f"All {prepared.plan.kept} rows already have answers; nothing to send. "
                       "Use --rerun all to ask again.")
         return
@@ -123,8 +122,9 @@ def run(
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
                         MofNCompleteColumn(), TimeElapsedColumn(), console=console,
                         transient=False, disable=not console.is_terminal)
+    plan = prepared.plan
     with progress:
-        task = progress.add_task(f"{prepared.plan.table.sheet}", total=len(jobs))
+        task = progress.add_task(plan.table.sheet, total=plan.prompts - len(plan.refused))
         summary = batch.run(prepared, surface, store,
                             on_result=lambda _r: progress.advance(task))
     store.close()

@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable, Sequence
+from collections import deque
+from collections.abc import Callable, Iterable, Sequence
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
 
@@ -22,13 +23,19 @@ from .store import Store, answer_key
 
 @dataclass(frozen=True)
 class RowResult:
-    """What lands in one row's output cell, and how it came to be."""
+    """What lands in one row's answers cells for one step, and how it came to be."""
 
     row: int
     text: str
     ok: bool
     cached: bool
     completion: Completion | None = None
+    step: int = 0
+
+
+Follow = Callable[[RowResult], Iterable[RowJob | RowResult]]
+"""Hears each result; returns the prompts it makes ready (a later step of the same row) and
+the results it settles without a call (that later step, when the answer it uses failed)."""
 
 
 @dataclass
@@ -68,54 +75,100 @@ async def run_jobs(
     use_cache: bool = True,
     budget: Budget | None = None,
     on_plan: Callable[[list[str]], None] | None = None,
+    follow: Follow | None = None,
 ) -> Summary:
-    """Answer every job; ``on_result`` is called once per row, in completion order.
+    """Answer every job, and every job ``follow`` adds; ``on_result`` is called once per job,
+    in completion order.
 
-    ``on_plan`` hears the distinct prompts the cache cannot answer, before the first request.
+    ``on_plan`` hears the distinct prompts the cache cannot answer, before the first request
+    (prompts ``follow`` adds later are not among them).
 
     ``connect`` opens the provider for ``label``; it is not called when the cache holds
     every answer, so a rerun starts no server and needs no key.
     """
     started = time.perf_counter()
-    summary = Summary(rows=len(jobs))
-    rows_by_key: dict[str, list[int]] = {}
+    summary = Summary()
+    waiting: dict[str, list[RowJob]] = {}
+    """Jobs by the key of their prompt, from the moment it is queued until it is answered."""
     prompt_by_key: dict[str, str] = {}
-    for job in jobs:
-        key = answer_key(label, params, job.prompt)
-        rows_by_key.setdefault(key, []).append(job.row)
-        prompt_by_key.setdefault(key, job.prompt)
+    done: dict[str, Completion | str] = {}
+    """This run's answers, for a later step that renders a prompt already answered."""
+    queue: deque[str] = deque()
 
-    cached = store.get_many(rows_by_key) if use_cache else {}
-    for key, completion in cached.items():
-        for row in rows_by_key[key]:
-            summary.cached += 1
-            on_result(RowResult(row, completion.text, True, True, completion))
+    def settle(job: RowJob, result: Completion | str, cached: bool) -> None:
+        if isinstance(result, Completion):
+            if cached:
+                summary.cached += 1
+            else:
+                summary.answered += 1
+            settled = RowResult(job.row, result.text, True, cached, result, job.step)
+        else:
+            summary.failed += 1
+            settled = RowResult(job.row, error_text(result), False, False, step=job.step)
+        on_result(settled)
+        if follow is not None:
+            ready: list[RowJob] = []
+            for item in follow(settled):
+                if isinstance(item, RowJob):
+                    ready.append(item)
+                else:
+                    summary.failed += 1
+                    on_result(item)
+            if ready:
+                admit(ready, first=True)
 
-    queue = [k for k in rows_by_key if k not in cached]
-    if on_plan is not None:
-        on_plan([prompt_by_key[k] for k in queue])
+    def admit(batch: Sequence[RowJob], first: bool = False) -> None:
+        """Answer jobs from this run or the cache at once; queue the others' prompts."""
+        fresh: dict[str, list[RowJob]] = {}
+        for job in batch:
+            key = answer_key(label, params, job.prompt)
+            if key in done:
+                settle(job, done[key], isinstance(done[key], Completion))
+            elif key in waiting:
+                waiting[key].append(job)
+            else:
+                fresh.setdefault(key, []).append(job)
+                prompt_by_key.setdefault(key, job.prompt)
+        hits = store.get_many(fresh) if use_cache else {}
+        queued = []
+        for key, same in fresh.items():
+            if key in hits:
+                for job in same:
+                    settle(job, hits[key], True)
+            else:
+                waiting[key] = same
+                queued.append(key)
+        if first:  # a row's later steps go first: rows finish, and fill the sheet, in turn
+            queue.extendleft(reversed(queued))
+        else:
+            queue.extend(queued)
 
     def deliver(key: str, result: Completion | str) -> None:
         if isinstance(result, Completion):
             store.put(key, label, result, request_chars(prompt_by_key[key], params.system))
             summary.prompt_tokens += result.prompt_tokens
             summary.completion_tokens += result.completion_tokens
-        for row in rows_by_key[key]:
-            if isinstance(result, Completion):
-                summary.answered += 1
-                on_result(RowResult(row, result.text, True, False, result))
-            else:
-                summary.failed += 1
-                on_result(RowResult(row, error_text(result), False, False))
+        done[key] = result
+        for job in waiting.pop(key):
+            settle(job, result, False)
+
+    in_flight = 0
+    changed = asyncio.Event()
 
     async def worker(provider: Provider) -> None:
-        while queue:
-            key = queue[-1]
+        nonlocal in_flight
+        while queue or in_flight:
+            if not queue:
+                changed.clear()
+                await changed.wait()
+                continue
+            key = queue[0]
             reservation = budget.reserve(tokens(prompt_by_key[key])) if budget else 0.0
             if reservation is None:
                 return
-            queue.pop()
+            queue.popleft()
             summary.requests += 1
+            in_flight += 1
             try:
                 result: Completion | str = await provider.complete(prompt_by_key[key], params)
             except ProviderError as exc:
@@ -125,12 +178,17 @@ async def run_jobs(
             if budget is not None:
                 budget.settle(reservation, result if isinstance(result, Completion) else None)
             deliver(key, result)
+            in_flight -= 1
+            changed.set()
 
-    queue.reverse()  # pop() from the end keeps the sheet's order
+    admit(jobs)
+    if on_plan is not None:
+        on_plan([prompt_by_key[k] for k in queue])
     if queue:
         async with connect() as provider:
-            workers = max(1, min(concurrency, len(queue)))
+            workers = concurrency if follow else max(1, min(concurrency, len(queue)))
             await asyncio.gather(*(worker(provider) for _ in range(workers)))
-    summary.unsent = sum(len(rows_by_key[k]) for k in queue)
+    summary.unsent = sum(len(waiting[k]) for k in queue)
+    summary.rows = summary.answered + summary.cached + summary.failed + summary.unsent
     summary.seconds = time.perf_counter() - started
     return summary

@@ -1,7 +1,10 @@
-"""Which rows of a table to send, and the prompt each one gets (pure, no I/O).
+"""Which prompts of a table to send, and the text each one gets (pure, no I/O).
 
-Rendering every prompt before the first call means a template mistake costs nothing, and it
-lets the engine send identical prompts once.
+A sheet holds one template or several, one per answers column; a template may use other
+columns' answers (``{{ summary }}``), so the steps run in dependency order, and a row's later
+prompt is rendered as soon as the answers it uses are known. Rendering every prompt that can
+be rendered before the first call means a template mistake costs nothing, and it lets the
+engine send identical prompts once.
 """
 
 from __future__ import annotations
@@ -9,9 +12,11 @@ from __future__ import annotations
 from collections.abc import Collection
 from dataclasses import dataclass
 from enum import Enum
+from graphlib import CycleError, TopologicalSorter
+from typing import Any
 
 from .errors import TableError, TemplateError
-from .table import Grid, Table, cell_name
+from .table import Grid, Output, Table, cell_name
 from .template import Template, display, variable_name
 
 ERROR_PREFIX = "#ERROR:"
@@ -37,65 +42,178 @@ class Rerun(str, Enum):
         }[self]
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class RowJob:
-    """One row to answer: its grid row and its rendered prompt."""
+    """One prompt to answer: its grid row, its rendered text, and the step it belongs to."""
 
     row: int
     prompt: str
+    step: int = 0
+
+
+@dataclass(frozen=True)
+class Step:
+    """One template of the sheet, the columns its answers fill, and the steps it reads."""
+
+    index: int
+    name: str
+    template: Template
+    outputs: tuple[Output, ...]
+    needs: tuple[int, ...]
+    """Steps whose answers the template uses, e.g. ``{{ summary }}``."""
+
+    @property
+    def cols(self) -> list[int]:
+        return [o.col for o in self.outputs]
+
+    def cells(self, answer: str) -> list[Any]:
+        """The values an answer puts in this step's columns."""
+        return [answer.strip()]
+
+
+Answers = dict[int, list[Any]]
+"""Step -> the values of its answers columns, for one row."""
 
 
 @dataclass(frozen=True)
 class Plan:
     table: Table
-    template: Template
+    steps: list[Step]
+    """In the order the sheet gives them."""
     jobs: list[RowJob]
+    """The prompts that can be sent now; the others wait for the answers they use."""
     kept: int
-    """Rows whose existing answer the rerun mode keeps."""
-    refused: list[tuple[int, str]]
-    """Rows not worth a call, with the reason for their cell: a variable holds #N/A."""
+    """Answers already in the sheet that the rerun mode keeps."""
+    refused: list[tuple[int, int, str]]
+    """(row, step, reason for its cell) of prompts not worth a call: a variable holds #N/A."""
+    waiting: dict[int, list[int]]
+    """Row -> steps, in running order, that run once the answers they use come back."""
+    known: dict[int, Answers]
+    """Row -> the answers of its steps already in the sheet (kept by the rerun mode)."""
+
+    @property
+    def template(self) -> Template:
+        return self.steps[0].template
+
+    @property
+    def prompts(self) -> int:
+        """Prompts this run settles: ready now, waiting for answers, and refused."""
+        return len(self.jobs) + sum(map(len, self.waiting.values())) + len(self.refused)
+
+    def render(self, grid: Grid, row: int, step: int, answers: Answers) -> str:
+        """The prompt of ``step`` for ``row``, given the answers of the steps it uses."""
+        record = self.table.record(grid, row)
+        for index, values in answers.items():
+            for output, value in zip(self.steps[index].outputs, values, strict=True):
+                record[output.header] = value
+        cell = cell_name(self.table.sheet, row, self.steps[step].cols[0])
+        return self.steps[step].template.render(record, f"row {row + 1} ({cell})")
 
 
 def make_plan(table: Table, grid: Grid, rerun: Rerun = Rerun.MISSING,
               uncalculated: Collection[tuple[int, int]] = frozenset()) -> Plan:
-    """Parse and check the template against the headers, then render each selected row.
+    """Parse and check every template against the headers, order the steps by the answers
+    they use, then render each selected row's prompts that need no fresh answer.
 
     ``uncalculated`` are cells holding a formula saved without its value (see SheetData).
     """
-    template = Template.parse(table.template.text, table.template.origin)
-    _check_not_reading_answers(table, template)
-    template.check_columns(list(table.columns.values()))
-    used = [c for c, h in table.columns.items()
-            if variable_name(h) in template.variables or template.uses_row]
+    steps = _steps(table)
+    order = _running_order(steps, table)
+    used = sorted({c for s in steps for c, h in table.columns.items()
+                   if variable_name(h) in s.template.variables or s.template.uses_row})
     _check_calculated(table, used, uncalculated)
-    jobs: list[RowJob] = []
-    refused: list[tuple[int, str]] = []
+    plan = Plan(table, steps, [], 0, [], {}, {})
     kept = 0
     for row in table.rows:
-        if not rerun.wants(display(table.output_value(grid, row))):
-            kept += 1
-            continue
-        broken = next((c for c in used if _is_error_value(grid[row][c] if c < len(grid[row])
-                                                         else None)), None)
-        if broken is not None:
-            refused.append((row, f"{cell_name(table.sheet, row, broken)} holds "
-                                 f"{grid[row][broken]}; fix that cell and run again"))
-            continue
-        where = f"row {row + 1} ({cell_name(table.sheet, row, table.output_col)})"
-        jobs.append(RowJob(row, template.render(table.record(grid, row), where)))
-    return Plan(table, template, jobs, kept, refused)
+        broken = next((c for c in used if _is_error_value(table.value(grid, row, c))), None)
+        known: Answers = {}
+        lost: set[int] = set()
+        for index in order:
+            step = steps[index]
+            current = [table.value(grid, row, c) for c in step.cols]
+            if not rerun.wants(_state(current)):
+                kept += 1
+                known[index] = current
+                continue
+            reason = _refusal(table, grid, row, broken, step, lost)
+            if reason is not None:
+                lost.add(index)
+                plan.refused.append((row, index, reason))
+            elif all(n in known for n in step.needs):
+                plan.jobs.append(RowJob(row, plan.render(grid, row, index, known), index))
+            else:
+                plan.waiting.setdefault(row, []).append(index)
+        if known and row in plan.waiting:
+            plan.known[row] = known
+    return Plan(table, steps, plan.jobs, kept, plan.refused, plan.waiting, plan.known)
 
 
-def _check_not_reading_answers(table: Table, template: Template) -> None:
-    """``{{ response }}`` would read the column the answers overwrite: refuse, say which."""
-    name = variable_name(table.output_header)
-    inputs = {variable_name(h) for h in table.columns.values()}
-    if name and name in template.variables and name not in inputs:
+def _steps(table: Table) -> list[Step]:
+    """Parse each template and find the other steps' answers it uses."""
+    templates = [Template.parse(p.template.text, p.template.origin) for p in table.prompts]
+    owner = {variable_name(o.header): i for i, p in enumerate(table.prompts) for o in p.outputs}
+    inputs = list(table.columns.values())
+    steps = []
+    for index, (prompt, template) in enumerate(zip(table.prompts, templates, strict=True)):
+        _check_not_reading_own_answers(table, index, template)
+        others = [o.header for i, p in enumerate(table.prompts) if i != index for o in p.outputs]
+        template.check_columns(inputs + others)
+        needs = tuple(sorted({owner[v] for v in template.variables
+                              if v in owner and v not in {variable_name(h) for h in inputs}}))
+        steps.append(Step(index, prompt.name, template, prompt.outputs, needs))
+    return steps
+
+
+def _running_order(steps: list[Step], table: Table) -> list[int]:
+    """Steps after the steps whose answers they use; a cycle could never start."""
+    try:
+        return list(TopologicalSorter({s.index: s.needs for s in steps}).static_order())
+    except CycleError as exc:
+        cycle = [steps[i] for i in exc.args[1]]
+        path = " -> ".join(f"{s.name!r} ({s.template.origin})" for s in cycle)
         raise TemplateError(
-            f"The template in {template.origin} uses {{{{ {name} }}}}, but "
-            f"{cell_name(table.sheet, table.header_row, table.output_col)} "
-            f"({table.output_header!r}) is the answers column, which the run writes. Choose "
-            "another answers column with --output-column NAME, or rename that header.")
+            f"The templates of sheet {table.sheet!r} use each other's answers in a circle: "
+            f"{path}. A template can only use answers that do not depend on its own; remove "
+            "one of those variables.") from None
+
+
+def _state(values: list[Any]) -> str:
+    """How the rerun mode sees a step's cells: failed if the first holds #ERROR, empty if all
+    are empty, else answered."""
+    first = display(values[0]) if values else ""
+    if first.startswith(ERROR_PREFIX):
+        return first
+    return "" if all(display(v).strip() == "" for v in values) else first or "answered"
+
+
+def _refusal(table: Table, grid: Grid, row: int, broken: int | None, step: Step,
+             lost: set[int]) -> str | None:
+    """Why a prompt is not worth sending: an input holds a spreadsheet error, or an answer
+    it uses cannot be had."""
+    if broken is not None:
+        return (f"{cell_name(table.sheet, row, broken)} holds {grid[row][broken]}; fix that "
+                "cell and run again")
+    return next((needs_failed(table, row, s) for s in step.needs if s in lost), None)
+
+
+def needs_failed(table: Table, row: int, step: int) -> str:
+    """The reason in a cell whose template uses an answer that failed."""
+    cell = cell_name(table.sheet, row, table.prompts[step].outputs[0].col)
+    return f"uses the answer in {cell}, which failed; a rerun retries both"
+
+
+def _check_not_reading_own_answers(table: Table, index: int, template: Template) -> None:
+    """``{{ response }}`` would read the column the answers overwrite: refuse, say which."""
+    inputs = {variable_name(h) for h in table.columns.values()}
+    for output in table.prompts[index].outputs:
+        name = variable_name(output.header)
+        if name and name in template.variables and name not in inputs:
+            raise TemplateError(
+                f"The template in {template.origin} uses {{{{ {name} }}}}, but "
+                f"{cell_name(table.sheet, table.header_row, output.col)} "
+                f"({output.header!r}) is the answers column, which the run writes. "
+                "Choose another answers column with --output-column NAME, or rename that "
+                "header.")
 
 
 def _check_calculated(table: Table, used: list[int],

@@ -75,19 +75,27 @@ def print_summary(console: Console, prepared: Prepared, summary: Summary,
 def print_preview(console: Console, preview: Preview) -> None:
     plan = preview.prepared.plan
     table = plan.table
-    used = sorted(plan.template.variables)
+    used = {v for step in plan.steps for v in step.template.variables}
     columns = list(table.columns.values())
     est = preview.estimate
     console.print(f"[bold]Sheet[/] {table.sheet}   [bold]template[/] {table.template.origin}   "
                   f"[bold]model[/] {preview.prepared.spec.label}")
-    console.print(f"Answers go to column {table.output_header!r} at "
-                  f"{cell_name(table.sheet, table.header_row, table.output_col)}"
-                  + ("" if table.output_exists else " (new column)"))
+    for step in plan.steps:
+        if len(plan.steps) > 1:
+            uses = ", ".join(repr(plan.steps[n].name) for n in step.needs)
+            console.print(f"[bold]{step.name}[/]: template {step.template.origin}"
+                          + (f", uses the answers of {uses}" if uses else ""))
+        for out in step.outputs:
+            console.print(f"Answers go to column {out.header!r} at "
+                          f"{cell_name(table.sheet, table.header_row, out.col)}"
+                          + ("" if out.exists else " (new column)"))
+    later = f", {preview.waiting:,} later (they use other answers)" if preview.waiting else ""
     console.print(f"Rows: {preview.rows:,} in the table, {plan.kept:,} already answered, "
                   f"{preview.cached:,} answered from cache, [bold]{preview.to_send:,} to send[/] "
-                  f"({preview.unique_prompts:,} distinct prompts).")
-    for row, reason in plan.refused[:5]:
-        console.print(f"Row {row + 1} will not be sent: {reason}.")
+                  f"({preview.unique_prompts:,} distinct prompts{later}).")
+    for row, index, reason in plan.refused[:5]:
+        name = f" ({plan.steps[index].name})" if len(plan.steps) > 1 else ""
+        console.print(f"Row {row + 1}{name} will not be sent: {reason}.")
     variables = Table("column", "variable", "used by template")
     for header in columns:
         name = variable_name(header)

@@ -54,7 +54,7 @@ def _coerce(name: str, value: Any, where: str) -> Any:
         return number
     if name == "rerun":
         try:
-            return Rerun(str(value).strip().lower())
+            return value if isinstance(value, Rerun) else Rerun(str(value).strip().lower())
         except ValueError:
             choices = ", ".join(r.value for r in Rerun)
             raise ConfigError(f"Setting 'rerun' in {where} must be one of {choices}.") from None

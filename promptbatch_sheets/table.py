@@ -6,7 +6,7 @@ of a sheet and hypothesis can test it without a file.
 
 from __future__ import annotations
 
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -39,30 +39,69 @@ class Bounds:
 
 
 @dataclass(frozen=True)
+class Output:
+    """One column a prompt's answers go to."""
+
+    header: str
+    col: int
+    exists: bool
+
+
+@dataclass(frozen=True)
+class TablePrompt:
+    """One template and the columns its answers fill: one column, or one per JSON field."""
+
+    name: str
+    template: TemplateText
+    outputs: tuple[Output, ...]
+
+
+@dataclass(frozen=True)
 class Table:
     """Where the parts of one batch sit in a sheet."""
 
     sheet: str
-    template: TemplateText
     header_row: int
     columns: dict[int, str]
-    """Input columns: grid column index -> header text (the output column is not among them)."""
+    """Input columns: grid column index -> header text (answers columns are not among them)."""
     rows: list[int]
     """Grid rows holding data, in order; blank rows are skipped and keep their place."""
     last_row: int
     """The last grid row the table spans (blank or not)."""
-    output_col: int
-    output_header: str
-    output_exists: bool
+    prompts: tuple[TablePrompt, ...]
+    """The templates of the sheet, in the order they were found."""
+
+    @property
+    def template(self) -> TemplateText:
+        return self.prompts[0].template
+
+    @property
+    def output_col(self) -> int:
+        return self.prompts[0].outputs[0].col
+
+    @property
+    def output_header(self) -> str:
+        return self.prompts[0].outputs[0].header
+
+    @property
+    def output_exists(self) -> bool:
+        return self.prompts[0].outputs[0].exists
+
+    @property
+    def outputs(self) -> list[Output]:
+        return [o for p in self.prompts for o in p.outputs]
 
     def record(self, grid: Grid, row: int) -> dict[str, Any]:
         """One data row as header -> value."""
         cells = grid[row]
         return {h: (cells[c] if c < len(cells) else None) for c, h in self.columns.items()}
 
-    def output_value(self, grid: Grid, row: int) -> Any:
+    def value(self, grid: Grid, row: int, col: int) -> Any:
         cells = grid[row]
-        return cells[self.output_col] if self.output_col < len(cells) else None
+        return cells[col] if col < len(cells) else None
+
+    def output_value(self, grid: Grid, row: int) -> Any:
+        return self.value(grid, row, self.output_col)
 
 
 def cell_name(sheet: str, row: int, col: int) -> str:
@@ -82,19 +121,39 @@ def _is_blank(cells: Sequence[Any]) -> bool:
     return all(_text(v) == "" for v in cells)
 
 
-def find_template_label(grid: Grid, sheet: str) -> tuple[TemplateText, int] | None:
-    """The cell right of a ``template`` label in the first rows, and the label's row."""
+@dataclass(frozen=True)
+class Label:
+    """A ``template`` label cell in the first rows and the templates to its right."""
+
+    row: int
+    single: TemplateText | None
+    """The one template right of the label, for the answers column (``output_column``)."""
+    above: dict[int, TemplateText]
+    """Templates standing over their own answers column (several, or a ``templates`` label)."""
+
+
+def find_template_label(grid: Grid, sheet: str) -> Label | None:
+    """The ``template`` (or ``templates``) label in the first rows and what its row holds.
+
+    One template right of a ``template`` label is the sheet's template (the simple layout).
+    Several, or a ``templates`` label, make a row of templates: each one is the template of
+    the column whose header is below it, so a sheet can hold several chained prompts.
+    """
     for r, cells in enumerate(grid[:LABEL_SCAN_ROWS]):
         for c, value in enumerate(cells):
-            if _text(value).rstrip(":").strip().lower() != "template":
+            word = _text(value).rstrip(":").strip().lower()
+            if word not in ("template", "templates"):
                 continue
-            right = cells[c + 1] if c + 1 < len(cells) else None
-            if right is None or _text(right) == "":
+            found = {k: TemplateText(str(v), cell_name(sheet, r, k))
+                     for k, v in enumerate(cells) if k > c and _text(v)}
+            if not found:
                 raise TableError(
-                    f"{cell_name(sheet, r, c)} reads 'template' but the cell to its right, "
-                    f"{cell_name(sheet, r, c + 1)}, is empty. Put the prompt template there."
-                )
-            return TemplateText(str(right), cell_name(sheet, r, c + 1)), r
+                    f"{cell_name(sheet, r, c)} reads {word!r} but the cell to its "
+                    f"right, {cell_name(sheet, r, c + 1)}, is empty. Put the prompt template "
+                    "there.")
+            if word == "template" and list(found) == [c + 1]:
+                return Label(r, found[c + 1], {})
+            return Label(r, None, found)
     return None
 
 
@@ -104,6 +163,8 @@ def locate(
     *,
     explicit: TemplateText | None = None,
     fallback: TemplateText | None = None,
+    named: Mapping[str, TemplateText] | None = None,
+    fields: Mapping[str, Sequence[str]] | None = None,
     bounds: Bounds | None = None,
     output_header: str = "response",
     skip_rows: Collection[int] = frozenset(),
@@ -111,49 +172,82 @@ def locate(
 ) -> Table:
     """Read a sheet by the conventions in DESIGN.md.
 
-    ``explicit`` (command line, defined name) wins over a ``template`` label cell, which wins
-    over ``fallback`` (the promptbatch.conf sheet). ``bounds`` is an Excel Table's extent;
-    ``skip_rows`` are data rows to leave out (hidden rows); ``merged`` are merged ranges, which
-    the answers column must not cross.
+    The sheet's template: ``explicit`` (command line, defined name) wins over a ``template``
+    label cell, which wins over ``fallback`` (the promptbatch.conf sheet); its answers go to
+    ``output_header``. More templates, one per answers column, come from a row of templates
+    and from ``named`` (answers header -> template, the conf sheet's ``template.NAME``).
+    ``fields`` turns a prompt's one answers column into one column per JSON field (prompt
+    name, lower case -> headers). ``bounds`` is an Excel Table's extent; ``skip_rows`` are
+    data rows to leave out (hidden rows); ``merged`` are merged ranges, which answers columns
+    must not cross.
     """
     label = find_template_label(grid, sheet)
-    template = explicit or (label[0] if label else None) or fallback
-    if template is None:
+    header_row, last_row, left, right = _extent(grid, sheet, bounds, label.row + 1 if label
+                                                else 0)
+    header_cells = grid[header_row]
+    templates = _templates(explicit or (label.single if label else None) or fallback,
+                           output_header, label, named or {}, header_cells, sheet, header_row)
+    wanted = [(name, list((fields or {}).get(name.lower()) or [name])) for name in templates]
+    headers = {c: _text(header_cells[c]) if c < len(header_cells) else ""
+               for c in range(left, right + 1)}
+    placed, new = _place_outputs([h for _, hs in wanted for h in hs], headers, header_cells,
+                                 right, sheet, header_row)
+    columns = {c: h for c, h in headers.items() if h and c not in placed.values()}
+    if not columns:
+        raise TableError(f"The header row of sheet {quote_sheet(sheet)} (row {header_row + 1}) "
+                         "names no input column.")
+    _check_unique(columns, sheet, header_row)
+    unnamed = [c for c, h in headers.items() if not h and c not in placed.values()]
+    _check_unnamed(grid, unnamed + sorted(new), sheet, header_row, last_row)
+    input_cols = list(columns)
+    rows = [r for r in range(header_row + 1, last_row + 1) if r not in skip_rows
+            and not _is_blank([grid[r][c] for c in input_cols if c < len(grid[r])])]
+    for col in placed.values():
+        _check_unmerged(merged, col, header_row, last_row, sheet)
+    def output(header: str) -> Output:
+        col = placed[header.strip().lower()]
+        return Output(header if col in new else _text(header_cells[col]), col, col not in new)
+
+    prompts = tuple(TablePrompt(name, templates[name], tuple(output(h) for h in hs))
+                    for name, hs in wanted)
+    return Table(sheet=sheet, header_row=header_row, columns=columns, rows=rows,
+                 last_row=last_row, prompts=prompts)
+
+
+def _templates(main: TemplateText | None, output_header: str, label: Label | None,
+               named: Mapping[str, TemplateText], header_cells: Sequence[Any], sheet: str,
+               header_row: int) -> dict[str, TemplateText]:
+    """Answers header -> template, for every template of the sheet; a header given two
+    templates is refused, since only one of them could fill it."""
+    found: dict[str, TemplateText] = {}
+
+    def add(name: str, template: TemplateText) -> None:
+        twin = next((t for n, t in found.items() if n.lower() == name.lower()), None)
+        if twin is not None:
+            raise TableError(
+                f"Two templates fill the column {name!r}: {twin.origin} and {template.origin}. "
+                "Keep one of them, or give the other its own column.")
+        found[name] = template
+
+    if main is not None:
+        add(output_header, main)
+    for col, template in (label.above if label else {}).items():
+        name = _text(header_cells[col]) if col < len(header_cells) else ""
+        if not name:
+            raise TableError(
+                f"The template in {template.origin} stands over "
+                f"{cell_name(sheet, header_row, col)}, which is empty. Write the name of its "
+                "answers column there, e.g. summary.")
+        add(name, template)
+    for name, template in named.items():
+        add(name, template)
+    if not found:
         raise TableError(
             f"No prompt template found for sheet {quote_sheet(sheet)}. Put the word 'template' "
             "in a cell of the first rows and the template in the cell to its right, define a "
             "workbook name prompt_template, or pass --template / --template-file."
         )
-    header_row, last_row, left, right = _extent(grid, sheet, bounds, label[1] + 1 if label else 0)
-    headers = {c: _text(grid[header_row][c]) if c < len(grid[header_row]) else ""
-               for c in range(left, right + 1)}
-    out = _output_column(headers, grid[header_row], right, output_header, sheet, header_row)
-    if out is not None and out not in headers:
-        headers[out] = _text(grid[header_row][out])
-    columns = {c: h for c, h in headers.items() if h and c != out}
-    if not columns:
-        raise TableError(f"The header row of sheet {quote_sheet(sheet)} (row {header_row + 1}) "
-                         "names no input column.")
-    _check_unique(columns, sheet, header_row)
-    unnamed = [c for c, h in headers.items() if not h and c != out]
-    _check_unnamed(grid, unnamed + ([right + 1] if out is None else []), sheet, header_row,
-                   last_row)
-    input_cols = list(columns)
-    rows = [r for r in range(header_row + 1, last_row + 1) if r not in skip_rows
-            and not _is_blank([grid[r][c] for c in input_cols if c < len(grid[r])])]
-    output_col = out if out is not None else right + 1
-    _check_unmerged(merged, output_col, header_row, last_row, sheet)
-    return Table(
-        sheet=sheet,
-        template=template,
-        header_row=header_row,
-        columns=columns,
-        rows=rows,
-        last_row=last_row,
-        output_col=output_col,
-        output_header=headers[out] if out is not None else output_header,
-        output_exists=out is not None,
-    )
+    return found
 
 
 def _extent(grid: Grid, sheet: str, bounds: Bounds | None,
@@ -172,25 +266,46 @@ def _extent(grid: Grid, sheet: str, bounds: Bounds | None,
     return header_row, len(grid) - 1, used[0], used[-1]
 
 
-def _output_column(headers: dict[int, str], header_cells: Sequence[Any], right: int,
-                   output_header: str, sheet: str, header_row: int) -> int | None:
-    """The column headed like the answers column: inside the table, or right after it.
+def _place_outputs(wanted: list[str], headers: dict[int, str], header_cells: Sequence[Any],
+                   right: int, sheet: str, header_row: int) -> tuple[dict[str, int], set[int]]:
+    """Answers header (lower case) -> column: the column headed like it, inside the table or
+    in the run of answers columns right after it; else a new column after those. Also
+    returns the new columns.
 
-    A header equal to the output column *is* the answers column (its text is kept unless
-    ``rerun`` says otherwise); two of them would leave the answers nowhere certain.
+    Two existing columns headed alike would leave the answers nowhere certain.
     """
-    wanted = output_header.strip().lower()
-    found = [c for c, h in headers.items() if h.lower() == wanted]
-    if len(found) > 1:
-        first, second = (cell_name(sheet, header_row, c) for c in found[:2])
-        raise TableError(
-            f"Headers {first} and {second} both read {headers[found[0]]!r}, the answers column "
-            "(setting output_column). Rename one of them, or choose another answers column "
-            "with --output-column NAME.")
-    if found:
-        return found[0]
-    after = header_cells[right + 1] if right + 1 < len(header_cells) else None
-    return right + 1 if _text(after).lower() == wanted else None
+    after = right + 1
+    while after < len(header_cells) and _text(header_cells[after]).lower() in {
+            w.lower() for w in wanted}:
+        after += 1
+    span = {**headers, **{c: _text(header_cells[c]) for c in range(right + 1, after)}}
+    placed: dict[str, int] = {}
+    new: set[int] = set()
+    for header in wanted:
+        key = header.strip().lower()
+        if key in placed:
+            raise TableError(f"Two prompts would both write the column {header!r}. Give each "
+                             "answer or JSON field its own name.")
+        found = [c for c, h in span.items() if h.lower() == key]
+        if len(found) > 1:
+            first, second = (cell_name(sheet, header_row, c) for c in found[:2])
+            raise TableError(
+                f"Headers {first} and {second} both read {span[found[0]]!r}, an answers "
+                "column. Rename one of them, or choose another answers column with "
+                "--output-column NAME.")
+        if found:
+            placed[key] = found[0]
+        else:
+            if after < len(header_cells) and _text(header_cells[after]):
+                raise TableError(
+                    f"The new answers column {header!r} would overwrite "
+                    f"{cell_name(sheet, header_row, after)} ({_text(header_cells[after])!r}) "
+                    "right of the table. Move that column, or add a column headed "
+                    f"{header!r} to the table.")
+            placed[key] = after
+            new.add(after)
+            after += 1
+    return placed, new
 
 
 def _check_unnamed(grid: Grid, cols: list[int], sheet: str, header_row: int,

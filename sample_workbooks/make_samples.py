@@ -348,6 +348,44 @@ def build_reviews(csv_path: Path, template_path: Path) -> None:
     template_path.write_text(REVIEW_TEMPLATE + "\n", encoding="utf-8")
 
 
+# --------------------------------------------------------------------------- 5. feedback (chained)
+
+SUMMARY_TEMPLATE = "Summarize this customer feedback in one short sentence: {{ feedback }}"
+REPLY_TEMPLATE = (
+    "Write a one-sentence reply to {{ customer }}, whose feedback was: {{ summary }}"
+)
+
+FEEDBACK: list[tuple[str, str]] = [
+    ("Ana", "The app logs me out every time I switch to another app. Very annoying."),
+    ("Ben", "Delivery came a day early and the packaging was lovely."),
+    ("Chloe", "I was charged twice for one order and nobody answers my emails."),
+    ("Dev", "Would love a dark mode, my eyes hurt at night."),
+    ("Emma", "The size guide is wrong: the medium fits like a small."),
+    ("Farid", "Support fixed my account problem within ten minutes. Thank you!"),
+]
+
+
+def build_feedback(path: Path) -> None:
+    wb = new_workbook()
+    ws = wb.active
+    ws.title = "Feedback"
+
+    ws["A1"] = "Templates"
+    ws["A1"].font = BOLD
+    ws["C1"] = SUMMARY_TEMPLATE
+    ws["D1"] = REPLY_TEMPLATE
+    for ref in ("C1", "D1"):
+        ws[ref].alignment = WRAP_TOP
+    ws.row_dimensions[1].height = 48
+    write_header(ws, 2, ["Customer", "Feedback", "summary", "reply"])
+    for offset, (customer, text) in enumerate(FEEDBACK):
+        ws.cell(row=3 + offset, column=1, value=customer)
+        ws.cell(row=3 + offset, column=2, value=text)
+    set_widths(ws, {"A": 12, "B": 60, "C": 50, "D": 60})
+    ws.freeze_panes = "A3"
+    save_deterministic(wb, path)
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -356,12 +394,14 @@ def main() -> None:
     build_support_tickets(HERE / "support_tickets.xlsx")
     build_translation(HERE / "translation.xlsx")
     build_reviews(HERE / "reviews.csv", HERE / "reviews.prompt.txt")
+    build_feedback(HERE / "customer_feedback.xlsx")
     for name in (
         "product_descriptions.xlsx",
         "support_tickets.xlsx",
         "translation.xlsx",
         "reviews.csv",
         "reviews.prompt.txt",
+        "customer_feedback.xlsx",
     ):
         print(f"wrote {HERE / name}")
 

@@ -118,7 +118,7 @@ def test_empty_header_over_an_empty_column_is_ignored(tmp_path: Path,
 def test_output_header_twice_names_both_cells(tmp_path: Path, llm: FakeLLMServer) -> None:
     path = book(tmp_path / "b.xlsx", [["Name", "response", "Response"], ["mug", None, None]])
     refused(cli("run", str(path), "--template", "{{ name }}", *fake_model(llm)),
-            "Headers 'S'!B1 and 'S'!C1 both read 'response', the answers column",
+            "Headers 'S'!B1 and 'S'!C1 both read 'response', an answers column",
             "--output-column NAME")
     assert chat_requests(llm) == []
 

@@ -84,3 +84,25 @@ def test_any_grid_raises_only_our_errors(grid: list[list[Any]], template: str) -
         make_plan(table, grid)
     except PromptBatchError:
         pass
+
+
+def test_row_of_templates_gives_one_prompt_per_answers_column() -> None:
+    grid = [["Templates", None, "Sum {{ text }}", "Tweet {{ summary }}"],
+            ["Who", "Text", "Summary", None],
+            ["a", "t", None, None]]
+    with pytest.raises(TableError, match=r"'S'!D1 stands over 'S'!D2, which is empty"):
+        locate(grid, "S")
+    grid[1][3] = "Tweet"
+    table = locate(grid, "S")
+    assert [(p.name, p.template.origin, [o.col for o in p.outputs]) for p in table.prompts] == [
+        ("Summary", "'S'!C1", [2]), ("Tweet", "'S'!D1", [3])]
+    assert table.columns == {0: "Who", 1: "Text"}
+
+
+def test_two_templates_for_one_column_and_a_column_in_the_way() -> None:
+    grid = [["Name", "Notes"], ["x", None]]
+    with pytest.raises(TableError, match="fill the column 'Response': --template and conf"):
+        locate(grid, "S", explicit=TemplateText("{{ name }}", "--template"),
+               named={"Response": TemplateText("{{ name }}", "conf")})
+    with pytest.raises(TableError, match=r"would overwrite 'S'!B1 \('Notes'\) right of the"):
+        locate(grid, "S", explicit=TemplateText("{{ name }}", "t"), bounds=Bounds(0, 0, 1, 0))
