@@ -217,6 +217,24 @@ def test_new_column_right_of_a_table_joins_it(server: FakeLLMServer) -> None:
     assert written(book)[0, 1] == "'response"
 
 
+def test_two_chained_columns_right_of_a_table_join_it(server: FakeLLMServer) -> None:
+    values = [["word", "", ""], ["hi", "", ""]]
+    table = {"name": "Words", "range_address": "A1:A2", "header_row_range_address": "A1:A1",
+             "data_body_range_address": "A2:A2", "total_row_range_address": None,
+             "show_headers": True, "show_totals": False, "table_style": "TableStyleMedium2",
+             "show_autofilter": True}
+    data = _small_book(values, tables=[table])
+    data["sheets"].append({"name": "promptbatch.conf", "pictures": [], "tables": [],
+                           "values": [["key", "value"], ["template.a", "Say {{ word }}"],
+                                      ["template.b", "Echo {{ a }}"]]})
+    book = remote_book(data)
+    run_batch(book)
+    assert [a["args"] for a in actions(book, "resizeTable")] == [[0, "$A$1:$C$2"]]
+    cells = written(book)
+    assert (cells[0, 1], cells[0, 2]) == ("'a", "'b")
+    assert cells[1, 2] == as_text(reply("Echo " + reply("Say hi")))
+
+
 def test_main_runs_the_calling_book_and_alerts_on_mistakes(
         samples: Path, server: FakeLLMServer, monkeypatch: pytest.MonkeyPatch) -> None:
     """The ribbon: promptbatch_sheets.main() with xlwings' mock caller."""

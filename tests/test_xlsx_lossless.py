@@ -223,6 +223,17 @@ def test_table_grows_by_the_new_column(tmp_path: Path) -> None:
     assert b'count="4"' in _table_xml(out)
 
 
+def test_table_grows_by_several_new_columns(tmp_path: Path) -> None:
+    """Chained prompts or JSON fields add several answers columns at once."""
+    src, out = tmp_path / "t.xlsx", tmp_path / "out.xlsx"
+    _table_book(src)
+    patch_workbook(src, out, "Data", [(0, 3, "summary"), (0, 4, "reply"), (1, 4, "r1")])
+    table = openpyxl.load_workbook(out)["Data"].tables["People"]
+    assert table.ref == "A1:E5" and table.autoFilter.ref == "A1:E5"
+    assert [c.name for c in table.tableColumns][-2:] == ["summary", "reply"]
+    assert b'count="5"' in _table_xml(out)
+
+
 def test_table_column_name_stays_unique(tmp_path: Path) -> None:
     src, out = tmp_path / "t.xlsx", tmp_path / "out.xlsx"
     _table_book(src)

@@ -152,12 +152,18 @@ class ExcelSurface:
             self._grow_table(cells)
 
     def _grow_table(self, cells: Sequence[Cell]) -> None:
-        """A new column right of an Excel Table becomes the table's last column."""
+        """New columns right of an Excel Table become the table's last columns."""
         b = self._bounds
-        if b is None or not any(r == b.top and c == b.right + 1 for r, c, _ in cells):
+        if b is None:
             return
-        self._table.resize(self.sheet.range((b.top + 1, b.left + 1), (b.bottom + 1, b.right + 2)))
-        self._bounds = Bounds(b.top, b.left, b.bottom, b.right + 1)
+        headers = {c for r, c, _ in cells if r == b.top}
+        right = b.right
+        while right + 1 in headers:
+            right += 1
+        if right > b.right:
+            self._table.resize(self.sheet.range((b.top + 1, b.left + 1),
+                                                (b.bottom + 1, right + 1)))
+            self._bounds = Bounds(b.top, b.left, b.bottom, right)
 
     def close(self) -> None:
         """Nothing to flush: every block is in the workbook once written."""

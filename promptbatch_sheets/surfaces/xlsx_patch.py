@@ -433,16 +433,16 @@ def _escape_attr(value: str) -> bytes:
 
 
 def _grow_tables(zf: zipfile.ZipFile, tables: Iterable[str], answers: Answers) -> dict[str, bytes]:
-    """Table parts that take a new column: the written header right of a table's header row.
+    """Table parts that take new columns: the written headers right of a table's header row.
 
     A header that repeats one of the table's column names gets a number appended, in the
     table and in the cell alike, because Excel requires unique column names.
     """
     changed = {}
     for part in tables:
-        grown = _grow_table(zf.read(part), answers)
-        if grown is not None:
-            changed[part] = grown
+        xml = zf.read(part)
+        while (grown := _grow_table(xml, answers)) is not None:  # one column per header
+            xml = changed[part] = grown
     return changed
 
 
