@@ -78,10 +78,12 @@ def print_preview(console: Console, preview: Preview) -> None:
     used = {v for step in plan.steps for v in step.template.variables}
     columns = list(table.columns.values())
     est = preview.estimate
-    console.print(f"[bold]Sheet[/] {table.sheet}   [bold]template[/] {table.template.origin}   "
+    chained = len(plan.steps) > 1
+    origin = "" if chained else f"[bold]template[/] {table.template.origin}   "
+    console.print(f"[bold]Sheet[/] {table.sheet}   {origin}"
                   f"[bold]model[/] {preview.prepared.spec.label}")
     for step in plan.steps:
-        if len(plan.steps) > 1:
+        if chained:
             uses = ", ".join(repr(plan.steps[n].name) for n in step.needs)
             console.print(f"[bold]{step.name}[/]: template {step.template.origin}"
                           + (f", uses the answers of {uses}" if uses else ""))
@@ -89,17 +91,23 @@ def print_preview(console: Console, preview: Preview) -> None:
             console.print(f"Answers go to column {out.header!r} at "
                           f"{cell_name(table.sheet, table.header_row, out.col)}"
                           + ("" if out.exists else " (new column)"))
-    later = f", {preview.waiting:,} later (they use other answers)" if preview.waiting else ""
+    later = (f" now, {preview.waiting:,} once the answers they use are back"
+             if preview.waiting else "")
     console.print(f"Rows: {preview.rows:,} in the table, {plan.kept:,} already answered, "
                   f"{preview.cached:,} answered from cache, [bold]{preview.to_send:,} to send[/] "
                   f"({preview.unique_prompts:,} distinct prompts{later}).")
     for row, index, reason in plan.refused[:5]:
-        name = f" ({plan.steps[index].name})" if len(plan.steps) > 1 else ""
+        name = f" ({plan.steps[index].name})" if chained else ""
         console.print(f"Row {row + 1}{name} will not be sent: {reason}.")
     variables = Table("column", "variable", "used by template")
     for header in columns:
         name = variable_name(header)
         variables.add_row(header, f"{{{{ {name} }}}}", "yes" if name in used else "-")
+    for step in plan.steps:
+        for out in step.outputs if chained else ():
+            name = variable_name(out.header)
+            variables.add_row(out.header, f"{{{{ {name} }}}}",
+                              f"answers of {step.name!r}" if name in used else "-")
     console.print(variables)
     for row, prompt in preview.first_prompts:
         console.rule(f"prompt for row {row + 1}")

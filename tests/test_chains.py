@@ -125,5 +125,5 @@ def test_preview_shows_each_step_and_estimates_the_later_prompts(
     text = " ".join(result.output.split())
     assert "summary: template 'Feedback'!C1" in text
     assert "reply: template 'Feedback'!D1, uses the answers of 'summary'" in text
-    assert "12 to send (6 distinct prompts, 6 later (they use other answers))" in text
+    assert "12 to send (6 distinct prompts now, 6 once the answers they use are back)" in text
     assert sent(llm) == []
