@@ -49,8 +49,11 @@ def conf_settings(rows: Iterable[Sequence[Any]]) -> dict[str, str]:
     return settings
 
 
-Cell = tuple[int, int, str]
-"""(row, column, text), 0-based, in the sheet that was read."""
+CellValue = str | int | float | bool
+"""What an answer cell holds: text, or a typed field of a structured answer."""
+
+Cell = tuple[int, int, CellValue]
+"""(row, column, value), 0-based, in the sheet that was read."""
 
 
 class Surface(Protocol):
@@ -69,7 +72,8 @@ class Surface(Protocol):
         ...
 
     def write(self, cells: Sequence[Cell]) -> None:
-        """Put a block of answers in place; they must land as text, never as formulas."""
+        """Put a block of answers in place: strings land as text, never as formulas; numbers
+        and booleans as the spreadsheet's own numbers and booleans."""
         ...
 
     def close(self) -> None:

@@ -6,6 +6,10 @@ waiting for is not sent again; and the rest go to one background event loop that
 prompts of a recalculation for a moment and sends them through ``engine.run_jobs`` (dedupe,
 cache, bounded concurrency). Failures come back as ``#ERROR: ...`` text, never as tracebacks.
 
+With a ``fields`` argument the answer is structured: the model is asked for JSON with those
+fields and each data row spills into one typed cell per field; a reply that does not follow
+the schema says why in the row's first cell.
+
 Arguments are typed ``Any``: xlwings turns type hints into converters, and unions have none.
 """
 
@@ -25,10 +29,11 @@ import xlwings as xw
 from .batch import LOCAL, connector
 from .engine import RowResult, error_text, run_jobs
 from .errors import PromptBatchError, TemplateError
-from .plan import RowJob
+from .plan import ERROR_PREFIX, RowJob
 from .providers import ModelSpec, Params
+from .schema import Schema, SchemaMismatch, load_schema
 from .settings import Settings, resolve
-from .sheet import fit_cell
+from .sheet import CellValue, fit_cell
 from .store import Store, answer_key, default_path
 from .surfaces.xlsx import EXCEL_CELL_LIMIT
 from .template import Template, display, variable_name
@@ -168,11 +173,25 @@ def _records(template: Template, table: list[list[Any]],
     return [display(h).strip() for h in table[0]], table[1:]
 
 
-def _target(model: Any, temperature: Any, max_tokens: Any, system: Any) -> Target:
+@functools.lru_cache(maxsize=256)
+def _schema(spec: str) -> Schema | None:
+    return load_schema(fields=spec, schema=None, origin="The PROMPTBATCH fields argument")
+
+
+def _fields_spec(fields: Any) -> str:
+    """The fields as one text, or a range of header cells such as ``score (number)``."""
+    if not isinstance(fields, list):
+        return display(fields)
+    return ", ".join(_fields_spec(f) for f in fields if _fields_spec(f).strip())
+
+
+def _target(model: Any, temperature: Any, max_tokens: Any, system: Any,
+            schema: Schema | None) -> Target:
     settings = resolve(dict(model=model, temperature=temperature, max_tokens=max_tokens,
                             system=system), {})
     spec = ModelSpec.parse(settings.model or LOCAL, settings.base_url)
-    params = Params(settings.temperature, settings.max_tokens, settings.system)
+    params = Params(settings.temperature, settings.max_tokens, settings.system,
+                    schema.text() if schema else None)
     return Target(spec, params, settings, default_path())
 
 
@@ -182,13 +201,16 @@ def _is_blank(row: Sequence[Any]) -> bool:
 
 def run_formula(template: Any, table: list[list[Any]], headers: list[Any] | None = None,
                 model: Any = None, temperature: Any = None, max_tokens: Any = None,
-                system: Any = None) -> list[str]:
-    """One cell text per data row; a row that cannot be rendered says why in its cell."""
+                system: Any = None, fields: Any = None) -> list[list[CellValue]]:
+    """One row of cells per data row: the answer, or one cell per field; a row that cannot
+    be rendered or answered says why in its first cell."""
     parsed = _template(display(template))
     names, rows = _records(parsed, table, headers)
     parsed.check_columns(names)
-    target = _target(model, temperature, max_tokens, system)
-    out: list[str] = [""] * len(rows)
+    schema = _schema(_fields_spec(fields)) if fields is not None else None
+    target = _target(model, temperature, max_tokens, system, schema)
+    width = len(schema.fields) if schema else 1
+    out: list[list[CellValue]] = [[""] * width for _ in rows]
     prompts: dict[int, str] = {}
     for i, row in enumerate(rows):
         if _is_blank(row):
@@ -196,10 +218,24 @@ def run_formula(template: Any, table: list[list[Any]], headers: list[Any] | None
         try:
             prompts[i] = parsed.render(dict(zip(names, row, strict=False)), f"data row {i + 1}")
         except TemplateError as exc:
-            out[i] = error_text(str(exc))
+            out[i][0] = error_text(str(exc))
     for i, text in zip(prompts, answers(target, list(prompts.values())), strict=True):
-        out[i] = text
-    return [fit_cell(t, EXCEL_CELL_LIMIT) for t in out]
+        out[i] = _cells(text, schema)
+    return [[fit_cell(v, EXCEL_CELL_LIMIT) if isinstance(v, str) else v for v in row]
+            for row in out]
+
+
+def _cells(text: str, schema: Schema | None) -> list[CellValue]:
+    """An answer as cells: the text itself, or its fields once the reply is checked."""
+    if schema is None:
+        return [text]
+    blank: list[CellValue] = [""] * (len(schema.fields) - 1)
+    if text.startswith(ERROR_PREFIX):
+        return [text, *blank]
+    try:
+        return schema.cells(schema.check(text))
+    except SchemaMismatch as exc:
+        return [error_text(exc.reason), *blank]
 
 
 def _grid(value: Any) -> list[list[Any]]:
@@ -213,15 +249,22 @@ def _grid(value: Any) -> list[list[Any]]:
 @xw.arg("headers", ndim=1, doc="The header row, when table holds only data rows.")
 @xw.arg("template", doc="A Jinja2 prompt template, e.g. Describe {{ product_name }}.")
 @xw.arg("model", doc="provider:model, e.g. openai:gpt-4o-mini (default: your config).")
+@xw.arg("fields", ndim=1, doc="Answer in columns: e.g. sentiment (positive|negative), "
+                              "score (number), reason; or a range of such headers.")
 def PROMPTBATCH(template: Any, table: Any, headers: Any = None, model: Any = None,
-                temperature: Any = None, max_tokens: Any = None, system: Any = None) -> Any:
-    """One model answer per data row of a table (a column that spills), or one for one row."""
+                temperature: Any = None, max_tokens: Any = None, system: Any = None,
+                fields: Any = None) -> Any:
+    """One model answer per data row of a table (a column that spills), or one for one row;
+    with ``fields``, one spilled row of typed cells per data row."""
+    fields = fields if fields is not None and _fields_spec(fields).strip() else None
     try:
         grid = _grid(table)
         heads = headers if headers is None or isinstance(headers, list) else [headers]
-        texts = run_formula(template, grid, heads, model, temperature, max_tokens, system)
+        rows = run_formula(template, grid, heads, model, temperature, max_tokens, system,
+                           fields)
     except Exception as exc:  # a worksheet function answers with text, never a traceback
         return error_text(_reason(exc))
-    if len(texts) == 1 and (headers is not None or (len(grid), len(grid[0])) == (1, 1)):
-        return texts[0]
-    return [[t] for t in texts]
+    if len(rows) == 1 and fields is None and (
+            headers is not None or (len(grid), len(grid[0])) == (1, 1)):
+        return rows[0][0]
+    return rows

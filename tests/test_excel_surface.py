@@ -26,7 +26,7 @@ os.environ.setdefault("XLWINGS_LICENSE_KEY", "noncommercial")  # before xlwings 
 import xlwings as xw  # noqa: E402
 
 import promptbatch_sheets  # noqa: E402
-from promptbatch_sheets.surfaces.excel import as_text, blocks, run_batch  # noqa: E402
+from promptbatch_sheets.surfaces.excel import ExcelSurface, blocks, entry, run_batch  # noqa: E402
 
 
 def _remote_engine() -> None:
@@ -119,7 +119,7 @@ def expected(path: Path) -> tuple[batch.Prepared, dict[tuple[int, int], str]]:
     """What the xlsx surface would send for the same file, and the cell text of each answer."""
     prepared = batch.prepare(XlsxSurface(path))
     col = prepared.plan.table.output_col
-    return prepared, {(j.row, col): as_text(reply(j.prompt)) for j in prepared.plan.jobs}
+    return prepared, {(j.row, col): entry(reply(j.prompt)) for j in prepared.plan.jobs}
 
 
 @pytest.mark.parametrize("name", ["product_descriptions", "support_tickets", "translation"])
@@ -134,7 +134,7 @@ def test_run_batch_writes_answers_as_text_in_blocks(name: str, samples: Path,
     table = prepared.plan.table
     cells = written(book)
     header = {} if table.output_exists else {(table.header_row, table.output_col):
-                                             as_text(table.output_header)}
+                                             entry(table.output_header)}
     assert cells == {**answers, **header}
     assert summary.answered == len(answers) and summary.failed == 0
     assert sorted(server.prompts) == sorted(j.prompt for j in prepared.plan.jobs)
@@ -197,8 +197,8 @@ def test_used_range_away_from_a1_keeps_coordinates(server: FakeLLMServer) -> Non
               ["", "yo", ""]]
     book = remote_book(_small_book(values, used_range_address="B3:C6"))
     run_batch(book)
-    assert written(book) == {(3, 2): "'response", (4, 2): as_text(reply("Say hi")),
-                             (5, 2): as_text(reply("Say yo"))}
+    assert written(book) == {(3, 2): "'response", (4, 2): entry(reply("Say hi")),
+                             (5, 2): entry(reply("Say yo"))}
 
 
 def test_new_column_right_of_a_table_joins_it(server: FakeLLMServer) -> None:
@@ -232,7 +232,7 @@ def test_two_chained_columns_right_of_a_table_join_it(server: FakeLLMServer) -> 
     assert [a["args"] for a in actions(book, "resizeTable")] == [[0, "$A$1:$C$2"]]
     cells = written(book)
     assert (cells[0, 1], cells[0, 2]) == ("'a", "'b")
-    assert cells[1, 2] == as_text(reply("Echo " + reply("Say hi")))
+    assert cells[1, 2] == entry(reply("Echo " + reply("Say hi")))
 
 
 def test_main_runs_the_calling_book_and_alerts_on_mistakes(
@@ -258,11 +258,11 @@ def test_blocks_group_adjacent_rows_of_a_column() -> None:
     assert blocks(cells) == [(1, 3, ["c", "D", "e"]), (1, 9, ["x"]), (2, 3, ["z"])]
 
 
-def test_as_text() -> None:
-    assert as_text("=1+1") == "'=1+1"
-    assert as_text("'quoted") == "''quoted"
-    assert as_text("") == ""
-    assert len(as_text("x" * 40_000)) <= 32_767
+def test_entry_keeps_strings_as_text() -> None:
+    assert entry("=1+1") == "'=1+1"
+    assert entry("'quoted") == "''quoted"
+    assert entry("") == ""
+    assert len(entry("x" * 40_000)) <= 32_767
 
 
 def _name(name: str, refers_to: str, sheet: int | None = None, address: str | None = None,
@@ -287,3 +287,27 @@ def test_prompt_template_name(names: list[dict[str, Any]], prompt: str,
     data["names"] = names
     run_batch(remote_book(data))
     assert server.prompts == [prompt]
+
+
+def test_typed_values_are_written_as_values_and_strings_as_text() -> None:
+    book = remote_book(_small_book([["word"], ["hi"], ["yo"]]))
+    surface = ExcelSurface(book)
+    surface.read()
+    surface.write([(1, 1, 3.5), (2, 1, 7), (1, 2, True), (2, 2, False), (1, 3, "3"),
+                   (2, 3, "=1+1")])
+    assert written(book) == {(1, 1): 3.5, (2, 1): 7, (1, 2): True, (2, 2): False,
+                             (1, 3): "'3", (2, 3): "'=1+1"}
+    assert entry(2.5) == 2.5 and entry(True) is True
+
+
+def test_a_table_grows_by_every_field_column(server: FakeLLMServer) -> None:
+    table = {"name": "Words", "range_address": "A1:A3", "header_row_range_address": "A1:A1",
+             "data_body_range_address": "A2:A3", "total_row_range_address": None,
+             "show_headers": True, "show_totals": False, "table_style": "TableStyleMedium2",
+             "show_autofilter": True}
+    book = remote_book(_small_book([["word"], ["hi"], ["yo"]], tables=[table]))
+    surface = ExcelSurface(book)
+    surface.read()
+    surface.write([(0, 1, "mood"), (0, 2, "score"), (0, 4, "apart"), (1, 1, "ok"),
+                   (1, 2, 3)])
+    assert [a["args"] for a in actions(book, "resizeTable")] == [[0, "$A$1:$C$3"]]

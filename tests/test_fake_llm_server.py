@@ -225,3 +225,20 @@ def test_latency_draws_are_lognormal_and_reproducible(fake: FakeLLMServer) -> No
         for i in range(5):
             client.post(url, json=chat(str(i)))
     assert fake.latencies == draws[:5]
+
+
+def test_structured_requests_get_json_that_follows_the_schema(fake: FakeLLMServer) -> None:
+    schema = {"type": "object", "properties": {"ok": {"type": "boolean"},
+                                               "n": {"type": "integer", "maximum": 3}}}
+    fmt = {"type": "json_schema", "json_schema": {"name": "a", "schema": schema}}
+    r = httpx.post(f"{fake.base_url}/chat/completions", json=chat("hello", response_format=fmt))
+    assert json.loads(r.json()["choices"][0]["message"]["content"]) == {"ok": True, "n": 3}
+    tools = [{"name": "other", "input_schema": {"type": "object"}},
+             {"name": "answer", "input_schema": schema}]
+    r = httpx.post(f"{fake.root_url}/v1/messages", headers=ANTHROPIC_HEADERS, json={
+        **chat("hello", max_tokens=50), "tools": tools,
+        "tool_choice": {"type": "tool", "name": "answer"}})
+    data = r.json()
+    assert data["stop_reason"] == "tool_use"
+    assert [(b["type"], b["name"], b["input"]) for b in data["content"]] == [
+        ("tool_use", "answer", {"ok": True, "n": 3})]

@@ -242,3 +242,19 @@ def test_cli_2000_rows_within_write_budget(api: FakeSheetsAPI, key: str) -> None
     assert cells[2, 1] == "response"
     for i in range(rows):
         assert cells[3 + i, 1] == f"=Describe item {i}"
+
+
+def test_typed_values_go_as_json_numbers_and_booleans(api: FakeSheetsAPI, key: str,
+                                                      fast: None) -> None:
+    """Fields of a structured answer: numbers and booleans stay typed; strings stay text."""
+    book = api.add(ID, {"Sheet1": [["q", "a", "b", "c"], ["x"], ["y"]]})
+    surface = GSheetSurface(f"gsheet:{ID}/Sheet1", credentials=key)
+    surface.read()
+    surface.write([(1, 1, 3.5), (2, 1, 7), (1, 2, True), (2, 2, False), (1, 3, "3"),
+                   (2, 3, "=1+1")])
+    surface.close()
+    values = [vr["values"] for vr in api.writes()[-1]["json"]["data"]]
+    assert values == [[[3.5], [7]], [[True], [False]], [["3"], ["=1+1"]]]
+    cells = book.sheets[0].cells
+    assert (cells[1, 1], cells[2, 1], cells[1, 2], cells[2, 2]) == (3.5, 7, True, False)
+    assert cells[1, 3] == "3" and not isinstance(cells[2, 3], Formula)

@@ -10,9 +10,10 @@ import httpx
 import openpyxl
 import pytest
 
-from promptbatch_sheets.providers import Params
+from promptbatch_sheets.providers import ModelSpec, Params
 from promptbatch_sheets.providers.local import EmbeddedServer
 from promptbatch_sheets.providers.openai import OpenAICompatible
+from promptbatch_sheets.schema import Schema
 from tests.conftest import cli
 
 
@@ -36,6 +37,35 @@ def test_embedded_model_answers_real_prompts() -> None:
         assert answer.text.strip()  # type: ignore[attr-defined]
         assert answer.prompt_tokens > 0 and 0 < answer.completion_tokens <= 16  # type: ignore[attr-defined]
         assert answer.finish_reason in ("stop", "length")  # type: ignore[attr-defined]
+
+
+def test_embedded_model_follows_a_schema() -> None:
+    """llama.cpp turns response_format into a grammar; with the schema in the prompt as well
+    (the local kind's mode) every reply of the 135M model validates."""
+    schema = Schema.from_fields("sentiment (positive|negative|neutral), score (number), "
+                                "reason, spam (boolean), count (integer)", "test")
+    reviews = ["Keeps water cold all day, even in a hot car.",
+               "Broke after two days. Waste of money.", "BUY CHEAP WATCHES NOW!!!"]
+    server = EmbeddedServer(parallel=3)
+    base_url = server.start()
+
+    async def ask() -> list[str]:
+        async with httpx.AsyncClient(timeout=300) as client:
+            model = OpenAICompatible([client], label="local", base_url=base_url, model="smollm2",
+                                     schema_mode=ModelSpec.parse("local").schema_mode)
+            params = Params(max_tokens=200, temperature=0, schema=schema.text())
+            replies = await asyncio.gather(*(model.complete(f"Classify this review: {r}", params)
+                                             for r in reviews))
+            return [r.text for r in replies]
+
+    try:
+        replies = asyncio.run(ask())
+    finally:
+        server.stop()
+    for reply in replies:
+        cells = schema.cells(schema.check(reply))
+        assert cells[0] in ("positive", "negative", "neutral")
+        assert isinstance(cells[1], (int, float)) and isinstance(cells[3], bool)
 
 
 def test_demo_workbook_then_free_rerun(tmp_path: Path, samples: Path,

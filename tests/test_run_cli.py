@@ -11,6 +11,7 @@ from pathlib import Path
 import openpyxl
 import pytest
 
+from promptbatch_sheets.surfaces import CsvSurface
 from tests.conftest import SAMPLES, cli, fake_model
 from tests.fakes.llm_server import FakeLLMServer
 
@@ -226,3 +227,17 @@ def test_error_values_in_variables_are_not_sent(tmp_path: Path, llm: FakeLLMServ
     assert ws["C3"].value == "#ERROR: 'S'!B3 holds #N/A; fix that cell and run again"
     assert ws["C4"].value.startswith("#ERROR: 'S'!B4 holds #DIV/0!")
     assert len(chat_requests(llm)) == 1
+
+
+def test_csv_writes_numbers_and_booleans_as_a_spreadsheet_reads_them(tmp_path: Path) -> None:
+    book = tmp_path / "scores.csv"
+    book.write_text("review\ngood\nbad\n", encoding="utf-8")
+    surface = CsvSurface(book)
+    surface.read()
+    surface.write([(0, 1, "score"), (1, 1, 3.5), (2, 1, 4.0), (0, 2, "spam"), (1, 2, True),
+                   (2, 2, False), (0, 3, "n"), (1, 3, 12), (2, 3, "007")])
+    surface.close()
+    with surface.output.open(encoding="utf-8", newline="") as handle:
+        assert list(csv.reader(handle)) == [["review", "score", "spam", "n"],
+                                            ["good", "3.5", "TRUE", "12"],
+                                            ["bad", "4", "FALSE", "007"]]

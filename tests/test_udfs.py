@@ -163,9 +163,48 @@ def test_declared_for_xlwings_on_windows(monkeypatch: pytest.MonkeyPatch) -> Non
     vba = io.StringIO()
     xludfs.generate_vba_wrapper("promptbatch_sheets.udfs", module, vba,
                                 types.SimpleNamespace(Name="Book1.xlsx"))
+    assert info["argmap"]["fields"]["options"]["ndim"] == 1
     assert ("Function PROMPTBATCH(template, table, Optional headers, Optional model, "
-            "Optional temperature, Optional max_tokens, Optional system)") in vba.getvalue()
+            "Optional temperature, Optional max_tokens, Optional system, Optional fields)"
+            ) in vba.getvalue()
 
 
 def test_one_header_may_be_a_single_cell(server: FakeLLMServer) -> None:
     assert PROMPTBATCH("Say {{ word }}", [["hi"]], "Word") == answer("Say hi")
+
+
+FIELDS = "mood (happy|sad), score (number), spam (boolean), note"
+
+
+def test_fields_spill_one_typed_row_per_data_row(server: FakeLLMServer) -> None:
+    rows = PROMPTBATCH(TEMPLATE, [["Name", "Colour"], ["cup", "red"], [None, None],
+                                  ["pot", "blue"]], fields=FIELDS)
+    sent = next(p for p in server.prompts if p.startswith("Describe cup in red.\n\n"))
+    assert rows[0] == ["happy", len(sent) / 4, True, "text: " + sent[:30]]
+    assert rows[1] == ["", "", "", ""] and rows[2][0] == "happy"
+    schema = server.requests[-1]["json"]["response_format"]["json_schema"]["schema"]
+    assert list(schema["properties"]) == ["mood", "score", "spam", "note"]
+
+
+def test_fields_from_a_range_of_headers_and_one_row(server: FakeLLMServer) -> None:
+    row = PROMPTBATCH("Say {{ word }}", "hi", fields=["mood (happy|sad)", None, "score (int)"])
+    assert row == [["happy", len(server.prompts[0])]]
+    assert PROMPTBATCH("Say {{ word }}", "hi", fields=[None]) == answer("Say hi")
+
+
+def test_a_reply_that_breaks_the_schema_says_why_in_the_first_cell(
+        server: FakeLLMServer) -> None:
+    server.config.structured_answer = lambda prompt, schema: {"mood": "meh", "score": 1,
+                                                              "spam": False, "note": ""}
+    row = PROMPTBATCH("Say {{ word }}", [["hi"], ["yo"]], fields=FIELDS)
+    assert row[0] == ["#ERROR: mood: 'meh' is not one of happy, sad", "", "", ""]
+    server.config.structured_answer = None
+    server.config.faults = ["500"] * 6
+    failed = PROMPTBATCH("Say {{ word }}", "ho", fields=FIELDS)
+    assert failed[0][0].startswith("#ERROR: HTTP 500") and failed[0][1:] == ["", "", ""]
+
+
+def test_a_bad_fields_argument_is_one_error_cell(server: FakeLLMServer) -> None:
+    result = PROMPTBATCH("Say {{ word }}", "hi", fields="score (numeric)")
+    assert result.startswith("#ERROR: The PROMPTBATCH fields argument: field 'score'")
+    assert not server.requests

@@ -398,3 +398,42 @@ def test_patching_the_largest_file_is_fast(tmp_path: Path) -> None:
     elapsed = time.perf_counter() - start
     print(f"\npatched 5 cells into {src.name} sheet {name!r} ({part}) in {elapsed:.3f} s")
     assert elapsed < 5
+
+
+def test_numbers_and_booleans_land_typed(tmp_path: Path) -> None:
+    """Fields of a structured answer: ``<v>`` numbers, ``t="b"`` booleans, strings inline;
+    a typed value replacing a string cell drops its old type."""
+    src, out = tmp_path / "t.xlsx", tmp_path / "out.xlsx"
+    _table_book(src)
+    answers = [(1, 3, 3.5), (2, 3, 7), (3, 3, 1e20), (4, 3, -0.25), (1, 4, True),
+               (2, 4, False), (1, 2, 42), (2, 2, "=1+1")]
+    patch_workbook(src, out, "Data", answers)
+    xml = _sheet_xml(out)
+    assert b'<c r="D2"><v>3.5</v></c>' in xml and b'<c r="D4"><v>1E+20</v></c>' in xml
+    assert b'<c r="E2" t="b"><v>1</v></c>' in xml
+    ws = openpyxl.load_workbook(out)["Data"]
+    got = {(r, c): (ws.cell(r + 1, c + 1).value, ws.cell(r + 1, c + 1).data_type)
+           for r, c, _ in answers}
+    assert got == {(1, 3): (3.5, "n"), (2, 3): (7, "n"), (3, 3): (1e20, "n"),
+                   (4, 3): (-0.25, "n"), (1, 4): (True, "b"), (2, 4): (False, "b"),
+                   (1, 2): (42, "n"), (2, 2): ("=1+1", "s")}
+    assert isinstance(got[2, 3][0], int) and isinstance(got[1, 2][0], int)
+
+
+def test_table_grows_by_every_field_column(tmp_path: Path) -> None:
+    src, out = tmp_path / "t.xlsx", tmp_path / "out.xlsx"
+    _table_book(src)
+    answers = [(0, 3, "mood"), (0, 4, "name"), (0, 6, "apart"), (1, 3, "ok"), (1, 4, 3.5)]
+    patch_workbook(src, out, "Data", answers)
+    ws = openpyxl.load_workbook(out)["Data"]
+    table = ws.tables["People"]
+    assert table.ref == "A1:E5" and table.autoFilter.ref == "A1:E5"
+    assert [c.name for c in table.tableColumns] == ["name", "city", "note", "mood", "name2"]
+    assert [c.id for c in table.tableColumns] == [1, 2, 3, 4, 5]
+    assert ws["E1"].value == "name2" and ws["G1"].value == "apart"
+    assert b'count="5"' in _table_xml(out)
+
+
+def _sheet_xml(path: Path) -> bytes:
+    with zipfile.ZipFile(path) as zf:
+        return zf.read("xl/worksheets/sheet1.xml")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from typing import Any
 
 from .base import Completion, Params
@@ -11,6 +12,8 @@ from .retry import Retryable
 ANTHROPIC_VERSION = "2023-06-01"
 DEFAULT_MAX_TOKENS = 1024
 """The Messages API requires max_tokens; this is used when the user sets none."""
+TOOL_NAME = "answer"
+"""The one tool a structured request offers, and forces: its input is the answer."""
 
 
 class AnthropicMessages(HTTPProvider):
@@ -27,7 +30,8 @@ class AnthropicMessages(HTTPProvider):
 
 def messages_payload(model: str, prompt: str, params: Params) -> dict[str, Any]:
     """The Messages API body for one prompt (also the ``params`` of a Message Batches
-    request)."""
+    request). With ``params.schema``, one tool whose input schema is the answer's schema,
+    forced with ``tool_choice``: Anthropic's way to get JSON that follows a schema."""
     payload: dict[str, Any] = {
         "model": model,
         "max_tokens": params.max_tokens or DEFAULT_MAX_TOKENS,
@@ -37,16 +41,25 @@ def messages_payload(model: str, prompt: str, params: Params) -> dict[str, Any]:
         payload["system"] = params.system
     if params.temperature is not None:
         payload["temperature"] = params.temperature
+    if params.schema:
+        payload["tools"] = [{"name": TOOL_NAME, "input_schema": json.loads(params.schema),
+                             "description": "Record the answer, in exactly these fields."}]
+        payload["tool_choice"] = {"type": "tool", "name": TOOL_NAME}
     return payload
 
 
 def parse_message(body: dict[str, Any]) -> Completion:
-    """Join the text blocks; no content at all is worth a retry."""
+    """The tool call's input as JSON text if there is one (a structured answer), else the
+    text blocks joined; no content at all is worth a retry."""
     blocks = body.get("content")
     if not isinstance(blocks, list) or not blocks:
         raise Retryable("the server answered with no content")
-    text = "".join(str(b.get("text", "")) for b in blocks
-                   if isinstance(b, dict) and b.get("type") == "text")
+    blocks = [b for b in blocks if isinstance(b, dict)]
+    tool = next((b for b in blocks if b.get("type") == "tool_use"), None)
+    if tool is not None:
+        text = json.dumps(tool.get("input"), separators=(",", ":"), ensure_ascii=False)
+    else:
+        text = "".join(str(b.get("text", "")) for b in blocks if b.get("type") == "text")
     usage = body.get("usage")
     usage = usage if isinstance(usage, dict) else {}
     return Completion(

@@ -3,7 +3,12 @@
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Literal, Protocol
+
+SchemaMode = Literal["native", "native+prompt", "prompt"]
+"""How a server is asked for a structured answer when ``Params.schema`` is set: its own
+mechanism (OpenAI ``response_format``, an Anthropic tool), that plus the schema as
+instructions in the prompt, or the instructions alone. Every reply is validated either way."""
 
 
 @dataclass(frozen=True)

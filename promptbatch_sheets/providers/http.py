@@ -10,7 +10,7 @@ from typing import Any
 import httpx
 
 from ..limits import Limiter, request_tokens
-from .base import Completion, Params, ProviderError
+from .base import Completion, Params, ProviderError, SchemaMode
 from .retry import RETRY_STATUSES, Retryable, RetryPolicy, server_wait, with_retries
 
 
@@ -43,9 +43,11 @@ class HTTPProvider(ABC):
         self, clients: Sequence[httpx.AsyncClient], *, label: str, base_url: str, model: str,
         api_key: str | None = None, policy: RetryPolicy | None = None,
         on_retry: Callable[[str], None] | None = None, limiter: Limiter | None = None,
+        schema_mode: SchemaMode = "native",
     ) -> None:
         self.label = label
         self.model = model
+        self.schema_mode = schema_mode
         self.limiter = limiter or Limiter(max_concurrency=64)
         self._clients = list(clients)
         self._busy = [0] * len(self._clients)

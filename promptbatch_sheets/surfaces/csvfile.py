@@ -10,6 +10,7 @@ from typing import Any
 
 from ..errors import WorkbookError
 from ..sheet import Cell, SheetData
+from ..template import display
 from .files import SaveSchedule, atomic_write, check_output, check_readable, default_output
 
 
@@ -45,10 +46,11 @@ class CsvSurface:
         check_output(self.output)
 
     def write(self, cells: Sequence[Cell]) -> None:
-        for row, col, text in cells:
+        """Numbers and booleans as a spreadsheet reads them back (3.5, 3, TRUE, FALSE)."""
+        for row, col, value in cells:
             cells_in_row = self._rows[row]
             cells_in_row.extend([""] * (col + 1 - len(cells_in_row)))
-            cells_in_row[col] = text
+            cells_in_row[col] = value if isinstance(value, str) else display(value)
         self._dirty = True
         self._schedule.maybe(self._save)
 

@@ -18,7 +18,7 @@ import xlwings as xw
 from .. import batch
 from ..engine import RowResult, Summary
 from ..errors import PromptBatchError, WorkbookError
-from ..sheet import CONF_SHEET, TEMPLATE_NAME, Cell, SheetData, conf_settings, fit_cell
+from ..sheet import CONF_SHEET, TEMPLATE_NAME, Cell, CellValue, SheetData, conf_settings, fit_cell
 from ..store import Store
 from ..table import Bounds, TemplateText, quote_sheet
 from ..template import display
@@ -32,10 +32,11 @@ PROGRESS_SECONDS = 0.5
 _CELL = re.compile(r"^\$?[A-Za-z]{1,3}\$?[0-9]{1,7}$")
 
 
-def blocks(cells: Sequence[Cell]) -> list[tuple[int, int, list[str]]]:
-    """(column, first row, texts) for each run of vertically adjacent cells; last write wins."""
-    latest = {(row, col): text for row, col, text in cells}
-    runs: list[tuple[int, int, list[str]]] = []
+def blocks(cells: Sequence[Cell]) -> list[tuple[int, int, list[CellValue]]]:
+    """(column, first row, values) for each run of vertically adjacent cells; last write
+    wins."""
+    latest = {(row, col): value for row, col, value in cells}
+    runs: list[tuple[int, int, list[CellValue]]] = []
     for row, col in sorted(latest, key=lambda rc: (rc[1], rc[0])):
         if runs and runs[-1][0] == col and runs[-1][1] + len(runs[-1][2]) == row:
             runs[-1][2].append(latest[row, col])
@@ -44,9 +45,12 @@ def blocks(cells: Sequence[Cell]) -> list[tuple[int, int, list[str]]]:
     return runs
 
 
-def as_text(text: str) -> str:
-    """What to put in a cell so that Excel stores ``text`` as text, whatever it looks like."""
-    text = fit_cell(text, EXCEL_CELL_LIMIT - len(TEXT_PREFIX))  # the entry counts the prefix
+def entry(value: CellValue) -> CellValue:
+    """What to put in a cell so that Excel stores ``value`` as what it is: a string as text,
+    whatever it looks like; a number or a boolean as Excel's own."""
+    if not isinstance(value, str):
+        return value
+    text = fit_cell(value, EXCEL_CELL_LIMIT - len(TEXT_PREFIX))  # the entry counts the prefix
     return TEXT_PREFIX + text if text else ""
 
 
@@ -146,24 +150,26 @@ class ExcelSurface:
     def write(self, cells: Sequence[Cell]) -> None:
         """One range assignment per block, drawn while screen updating is off."""
         with _no_screen_updating(self.book.app):
-            for col, top, texts in blocks(cells):
-                target = self.sheet.range((top + 1, col + 1), (top + len(texts), col + 1))
-                target.value = [[as_text(t)] for t in texts]
+            for col, top, values in blocks(cells):
+                target = self.sheet.range((top + 1, col + 1), (top + len(values), col + 1))
+                target.value = [[entry(v)] for v in values]
             self._grow_table(cells)
 
     def _grow_table(self, cells: Sequence[Cell]) -> None:
-        """New columns right of an Excel Table become the table's last columns."""
+        """New columns right of an Excel Table (headers written next to its header row)
+        become its last columns: one answers column, or one per field."""
         b = self._bounds
         if b is None:
             return
-        headers = {c for r, c, _ in cells if r == b.top}
-        right = b.right
-        while right + 1 in headers:
-            right += 1
-        if right > b.right:
-            self._table.resize(self.sheet.range((b.top + 1, b.left + 1),
-                                                (b.bottom + 1, right + 1)))
-            self._bounds = Bounds(b.top, b.left, b.bottom, right)
+        headers = {c for r, c, v in cells if r == b.top and isinstance(v, str)}
+        grow = 0
+        while b.right + 1 + grow in headers:
+            grow += 1
+        if not grow:
+            return
+        self._table.resize(self.sheet.range((b.top + 1, b.left + 1),
+                                            (b.bottom + 1, b.right + 1 + grow)))
+        self._bounds = Bounds(b.top, b.left, b.bottom, b.right + grow)
 
     def close(self) -> None:
         """Nothing to flush: every block is in the workbook once written."""

@@ -25,7 +25,7 @@ from requests import Response
 from requests.exceptions import RequestException
 
 from ..errors import WorkbookError
-from ..sheet import CONF_SHEET, TEMPLATE_NAME, Cell, SheetData, conf_settings, fit_cell
+from ..sheet import CONF_SHEET, TEMPLATE_NAME, Cell, CellValue, SheetData, conf_settings, fit_cell
 from ..table import TemplateText, quote_sheet
 from .gsheets_auth import Login, login
 
@@ -226,7 +226,7 @@ class GSheetSurface:
                 time.sleep(max(0.0, self._ready_at - time.monotonic()))
                 with self._wake:
                     cells, self._queue = self._queue, []
-                widest = max(col for _row, col, _text in cells) + 1
+                widest = max(col for _row, col, _value in cells) + 1
                 if widest > self._columns:
                     self._add_columns(widest - self._columns)
                     with self._wake:
@@ -246,24 +246,27 @@ class GSheetSurface:
         self._columns += count
 
     def _send(self, cells: Sequence[Cell]) -> None:
-        latest = {(row, col): text for row, col, text in cells}
+        latest = {(row, col): value for row, col, value in cells}
         data: list[dict[str, Any]] = []
-        run: list[tuple[int, int, str]] = []
+        run: list[tuple[int, int, CellValue]] = []
         for row, col in sorted(latest, key=lambda rc: (rc[1], rc[0])):
             if run and (col != run[-1][1] or row != run[-1][0] + 1):
                 data.append(self._value_range(run))
                 run = []
-            run.append((row, col, fit_cell(latest[row, col], GOOGLE_CELL_LIMIT)))
+            value = latest[row, col]
+            run.append((row, col, fit_cell(value, GOOGLE_CELL_LIMIT)
+                        if isinstance(value, str) else value))
         data.append(self._value_range(run))
         body = {"valueInputOption": "RAW", "data": data, "includeValuesInResponse": False}
         self._call(lambda: self._http.values_batch_update(self.key, body))
 
-    def _value_range(self, run: list[tuple[int, int, str]]) -> dict[str, Any]:
-        """Contiguous rows of one column as one ValueRange."""
+    def _value_range(self, run: list[tuple[int, int, CellValue]]) -> dict[str, Any]:
+        """Contiguous rows of one column as one ValueRange. Input is RAW: strings stay text
+        (never formulas), numbers and booleans go as JSON numbers and booleans."""
         letter = get_column_letter(run[0][1] + 1)
         return {"range": f"{quote_sheet(self._title)}!{letter}{run[0][0] + 1}:"
                          f"{letter}{run[-1][0] + 1}",
-                "majorDimension": "ROWS", "values": [[text] for _r, _c, text in run]}
+                "majorDimension": "ROWS", "values": [[value] for _r, _c, value in run]}
 
     # ---------------------------------------------------------------- errors
 

@@ -12,6 +12,7 @@ would rename namespace prefixes and be slow on 50,000-row sheets.
 from __future__ import annotations
 
 import bisect
+import math
 import posixpath
 import re
 import shutil
@@ -28,15 +29,15 @@ from xml.etree import ElementTree as ET
 from openpyxl.utils.cell import column_index_from_string, get_column_letter, range_boundaries
 
 from ..errors import WorkbookError
-from ..sheet import Cell, fit_cell
+from ..sheet import Cell, CellValue, fit_cell
 
 EXCEL_CELL_LIMIT = 32_767
 MAX_ROWS, MAX_COLS = 1_048_576, 16_384
 OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 """Encrypted (password-to-open) workbooks are OLE compound files, not zips."""
 
-Answers = dict[tuple[int, int], str]
-"""(row, column) 0-based -> text, as it will land in the sheet."""
+Answers = dict[tuple[int, int], CellValue]
+"""(row, column) 0-based -> the value as it will land in the sheet."""
 
 _ATTR = rb"""\s+[^\s=/>]+\s*=\s*(?:"[^"]*"|'[^']*')"""
 _ATTRS = re.compile(rb"""([^\s=/>]+)\s*=\s*("[^"]*"|'[^']*')""")
@@ -95,7 +96,8 @@ def check_writable(path: Path, sheet: str) -> None:
 
 
 def patch_workbook(source: Path, target: Path, sheet: str, cells: Iterable[Cell]) -> None:
-    """Copy ``source`` to ``target`` with ``cells`` written into ``sheet`` as text.
+    """Copy ``source`` to ``target`` with ``cells`` written into ``sheet``: strings as text,
+    numbers as numbers, booleans as booleans.
 
     Later cells for the same position win. Raises ``WorkbookError`` before writing anything
     when the workbook cannot be patched safely.
@@ -123,10 +125,10 @@ def _damage_reported(path: Path) -> Iterator[None]:
 
 def _answers(cells: Iterable[Cell]) -> Answers:
     answers: Answers = {}
-    for row, col, text in cells:
+    for row, col, value in cells:
         if not (0 <= row < MAX_ROWS and 0 <= col < MAX_COLS):
             raise WorkbookError(f"Cell ({row + 1}, {col + 1}) lies outside an Excel sheet.")
-        answers[row, col] = fit_cell(text, EXCEL_CELL_LIMIT)
+        answers[row, col] = fit_cell(value, EXCEL_CELL_LIMIT) if isinstance(value, str) else value
     return answers
 
 
@@ -270,17 +272,18 @@ def _apply(xml: bytes, edits: list[tuple[int, int, bytes]]) -> bytes:
 # --- the worksheet -----------------------------------------------------------------------------
 
 
-def patch_sheet_xml(xml: bytes, answers: Mapping[tuple[int, int], str], sheet: str = "") -> bytes:
-    """The worksheet part with ``answers`` as inline strings; only touched rows change."""
+def patch_sheet_xml(xml: bytes, answers: Mapping[tuple[int, int], CellValue],
+                    sheet: str = "") -> bytes:
+    """The worksheet part with ``answers`` written in; only touched rows change."""
     data = _SHEET_DATA.search(xml)
     if data is None:
         raise WorkbookError(f"Sheet {sheet!r} has no cell data part.")
     if not answers:
         return xml
     prefix = data.group(1)
-    by_row: dict[int, dict[int, str]] = {}
-    for (row, col), text in sorted(answers.items()):
-        by_row.setdefault(row + 1, {})[col + 1] = text
+    by_row: dict[int, dict[int, CellValue]] = {}
+    for (row, col), value in sorted(answers.items()):
+        by_row.setdefault(row + 1, {})[col + 1] = value
     if data.group(2):
         body = b"".join(_new_row(prefix, number, cells) for number, cells in by_row.items())
         rows = (_tag_open(data.group(0)) + body + b"</" + prefix + b"sheetData>")
@@ -296,7 +299,7 @@ def _tag_open(tag: bytes) -> bytes:
     return re.sub(rb"\s*/>$", b">", tag)
 
 
-def _row_edits(xml: bytes, prefix: bytes, start: int, by_row: dict[int, dict[int, str]],
+def _row_edits(xml: bytes, prefix: bytes, start: int, by_row: dict[int, dict[int, CellValue]],
                sheet: str) -> list[tuple[int, int, bytes]]:
     stop = xml.index(b"</" + prefix + b"sheetData>", start)
     rows = {e.index: e for e in _elements(xml, prefix, b"row", start, stop, ends=False)}
@@ -317,9 +320,9 @@ def _row_edits(xml: bytes, prefix: bytes, start: int, by_row: dict[int, dict[int
     return edits
 
 
-def _new_row(prefix: bytes, number: int, cells: dict[int, str]) -> bytes:
-    body = b"".join(_cell(prefix, [b'r="%s%d"' % (_letters(c), number)], text)
-                    for c, text in cells.items())
+def _new_row(prefix: bytes, number: int, cells: dict[int, CellValue]) -> bytes:
+    body = b"".join(_cell(prefix, [b'r="%s%d"' % (_letters(c), number)], value)
+                    for c, value in cells.items())
     return b'<%srow r="%d">%s</%srow>' % (prefix, number, body, prefix)
 
 
@@ -328,7 +331,7 @@ def _letters(col: int) -> bytes:
     return letters.encode()
 
 
-def _patch_row(xml: bytes, row: _Element, prefix: bytes, cells: dict[int, str],
+def _patch_row(xml: bytes, row: _Element, prefix: bytes, cells: dict[int, CellValue],
                sheet: str) -> bytes:
     """One ``<row>`` element (``xml`` is exactly it) with ``cells`` replaced or inserted."""
     tag_len = row.tag_end - row.start
@@ -337,17 +340,17 @@ def _patch_row(xml: bytes, row: _Element, prefix: bytes, cells: dict[int, str],
     existing = {e.index: e for e in _elements(body, prefix, b"c", 0, len(body), ends=True)}
     tail = max((e.end for e in existing.values()), default=0)
     edits = []
-    for col, text in cells.items():
+    for col, value in cells.items():
         old = existing.get(col)
         if old is None:
             at = min((e.start for e in existing.values() if e.index > col), default=tail)
             ref = b'r="%s%d"' % (_letters(col), row.index)
-            edits.append((at, at, _cell(prefix, [ref], text)))
+            edits.append((at, at, _cell(prefix, [ref], value)))
             continue
         _refuse_shared_formula(body[old.start:old.end], prefix, row.index, col, cells, sheet)
         kept = [raw for name, raw in _raw_attrs(body[old.start:old.tag_end])
                 if name not in _DROPPED_CELL_ATTRS]
-        edits.append((old.start, old.end, _cell(prefix, kept, text)))
+        edits.append((old.start, old.end, _cell(prefix, kept, value)))
     return _spans(_tag_open(tag), cells) + _apply(body, edits) + close
 
 
@@ -357,7 +360,7 @@ def _raw_attrs(tag: bytes) -> list[tuple[bytes, bytes]]:
 
 
 def _refuse_shared_formula(cell: bytes, prefix: bytes, row: int, col: int,
-                           cells: dict[int, str], sheet: str) -> None:
+                           cells: dict[int, CellValue], sheet: str) -> None:
     """Overwriting the master of a shared or array formula would break the cells it feeds."""
     formula = _tag(prefix, b"f").search(cell)
     ref = _attrs(formula.group(0)).get(b"ref") if formula else None
@@ -372,7 +375,7 @@ def _refuse_shared_formula(cell: bytes, prefix: bytes, row: int, col: int,
         "column or choose another one.")
 
 
-def _spans(tag: bytes, cells: dict[int, str]) -> bytes:
+def _spans(tag: bytes, cells: dict[int, CellValue]) -> bytes:
     """Widen a row's optional ``spans`` hint (``"1:3"``) so it covers the new cells."""
     spans = _attrs(tag).get(b"spans")
     if spans is None:
@@ -390,7 +393,7 @@ def _spans(tag: bytes, cells: dict[int, str]) -> bytes:
 
 
 def _dimension_edit(head: bytes, prefix: bytes,
-                    answers: Mapping[tuple[int, int], str]) -> list[tuple[int, int, bytes]]:
+                    answers: Mapping[tuple[int, int], CellValue]) -> list[tuple[int, int, bytes]]:
     """Grow ``<dimension ref>`` (the used range) over the written cells."""
     found = _tag(prefix, b"dimension").search(head)
     ref = _attrs(found.group(0)).get(b"ref") if found else None
@@ -409,12 +412,25 @@ def _dimension_edit(head: bytes, prefix: bytes,
     return [(found.start(), found.end(), _set_attr(found.group(0), b"ref", new))]
 
 
-def _cell(prefix: bytes, attrs: list[bytes], text: str) -> bytes:
-    """An inline-string cell: never a formula, and shared strings need not change."""
-    p = prefix
-    return (b"<" + p + b"c " + b" ".join(attrs) + b' t="inlineStr"><' + p + b"is><" + p
-            + b't xml:space="preserve">' + _escape_text(text) + b"</" + p + b"t></" + p
-            + b"is></" + p + b"c>")
+def _cell(prefix: bytes, attrs: list[bytes], value: CellValue) -> bytes:
+    """A string as an inline-string cell (never a formula, and shared strings need not
+    change); a boolean as ``t="b"`` with 1 or 0; a number as a plain ``<v>``."""
+    p, head = prefix, b"<" + prefix + b"c " + b" ".join(attrs)
+    if isinstance(value, bool):
+        return head + b' t="b"><' + p + b"v>%d</" % value + p + b"v></" + p + b"c>"
+    if isinstance(value, (int, float)):
+        return head + b"><" + p + b"v>" + _number(value) + b"</" + p + b"v></" + p + b"c>"
+    return (head + b' t="inlineStr"><' + p + b"is><" + p + b't xml:space="preserve">'
+            + _escape_text(value) + b"</" + p + b"t></" + p + b"is></" + p + b"c>")
+
+
+def _number(value: int | float) -> bytes:
+    """An xsd:double as Excel writes it: ``3``, ``3.5``, ``1E+20``; no NaN or infinity,
+    which a cell cannot hold (JSON replies never carry them)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        raise WorkbookError(f"{value} cannot be stored in an Excel cell.")
+    text = repr(value) if isinstance(value, float) else str(value)
+    return text.upper().removesuffix(".0").encode()
 
 
 def _escape_text(text: str) -> bytes:
@@ -433,16 +449,17 @@ def _escape_attr(value: str) -> bytes:
 
 
 def _grow_tables(zf: zipfile.ZipFile, tables: Iterable[str], answers: Answers) -> dict[str, bytes]:
-    """Table parts that take new columns: the written headers right of a table's header row.
+    """Table parts that take new columns: the headers written right of a table's header row
+    (one answers column, or one per field of a structured answer).
 
     A header that repeats one of the table's column names gets a number appended, in the
     table and in the cell alike, because Excel requires unique column names.
     """
     changed = {}
     for part in tables:
-        xml = zf.read(part)
-        while (grown := _grow_table(xml, answers)) is not None:  # one column per header
-            xml = changed[part] = grown
+        grown = _grow_table(zf.read(part), answers)
+        if grown is not None:
+            changed[part] = grown
     return changed
 
 
@@ -454,32 +471,37 @@ def _grow_table(xml: bytes, answers: Answers) -> bytes | None:
     if b"ref" not in attrs or attrs.get(b"headerRowCount") == b"0":
         return None
     left, top, right, bottom = range_boundaries(attrs[b"ref"].decode())
-    header = answers.get((top - 1, right))
-    if header is None:
+    headers: list[str] = []
+    while isinstance(header := answers.get((top - 1, right + len(headers))), str):
+        headers.append(header)
+    if not headers:
         return None
     columns = list(_tag(prefix, b"tableColumn").finditer(xml))
     names = {_attrs(c.group(0)).get(b"name", b"").decode().lower() for c in columns}
-    name, n = header, 1
-    while name.lower() in names:
-        n += 1
-        name = f"{header}{n}"
-    answers[top - 1, right] = name
-    ids = [int(_attrs(c.group(0)).get(b"id", b"0")) for c in columns]
-    new_column = b'<%stableColumn id="%d" name="%s"/>' % (prefix, max(ids, default=0) + 1,
-                                                         _escape_attr(name))
+    next_id = max((int(_attrs(c.group(0)).get(b"id", b"0")) for c in columns), default=0) + 1
+    new_columns = b""
+    for i, header in enumerate(headers):
+        name, n = header, 1
+        while name.lower() in names:
+            n += 1
+            name = f"{header}{n}"
+        names.add(name.lower())
+        answers[top - 1, right + i] = name
+        new_columns += b'<%stableColumn id="%d" name="%s"/>' % (prefix, next_id + i,
+                                                               _escape_attr(name))
     end = xml.index(b"</" + prefix + b"tableColumns>")
-    edits = [(end, end, new_column),
-             _widen(root, b"ref", xml), _count(xml, prefix, len(columns) + 1)]
+    edits = [(end, end, new_columns), _widen(root, b"ref", xml, len(headers)),
+             _count(xml, prefix, len(columns) + len(headers))]
     auto = _tag(prefix, b"autoFilter").search(xml)
     if auto is not None:
-        edits.append(_widen(auto, b"ref", xml))
+        edits.append(_widen(auto, b"ref", xml, len(headers)))
     return _apply(xml, edits)
 
 
-def _widen(tag: re.Match[bytes], name: bytes, xml: bytes) -> tuple[int, int, bytes]:
-    """An edit moving the right edge of the range in attribute ``name`` one column on."""
+def _widen(tag: re.Match[bytes], name: bytes, xml: bytes, by: int) -> tuple[int, int, bytes]:
+    """An edit moving the right edge of the range in attribute ``name`` ``by`` columns on."""
     left, top, right, bottom = range_boundaries(_attrs(tag.group(0))[name].decode())
-    ref = f"{get_column_letter(left)}{top}:{get_column_letter(right + 1)}{bottom}"
+    ref = f"{get_column_letter(left)}{top}:{get_column_letter(right + by)}{bottom}"
     return tag.start(), tag.end(), _set_attr(xml[tag.start():tag.end()], name, ref)
 
 

@@ -23,14 +23,24 @@ Request handling order for the two chat routes
 3. Rate limiting (only when ``rpm``/``tpm`` is set), see :class:`_WindowLimiter`.
 4. Latency: a seeded lognormal draw ``median * exp(sigma * N(0, 1))``, drawn in admission order,
    recorded unscaled in ``FakeLLMServer.latencies`` and slept for ``draw / time_scale`` seconds.
-5. The answer: ``config.answer(prompt)`` or ``"Answer: " + prompt[:60]``.
+5. The answer: ``config.answer(prompt)`` or ``"Answer: " + prompt[:60]``. A structured request
+   (OpenAI ``response_format`` of type ``json_schema``, or Anthropic ``tools``) gets a JSON
+   object instead: ``config.structured_answer(prompt, schema)`` or a deterministic value that
+   validates against the schema (see ``tests/fakes/structured.py``). OpenAI sends it as the
+   message content; Anthropic as a ``tool_use`` block named after the forced tool (the
+   ``tool_choice`` tool, else the first), with ``stop_reason`` ``"tool_use"``. A hook that
+   returns a string sends that string as plain text instead (content, or a text block).
 
 Fault entries
 -------------
 ``"ok"`` (no fault, useful as a placeholder in a script), ``"429"`` / ``"429:ms=200"``,
 ``"500"``, ``"502"``, ``"503"``, ``"529"``, ``"malformed"``, ``"empty"``, ``"hang"`` /
-``"hang:s=5"`` (default 30 s, not scaled; cut short when the server stops) and ``"reset"``.
-An unknown entry is answered with a 500 whose message names the bad entry.
+``"hang:s=5"`` (default 30 s, not scaled; cut short when the server stops), ``"reset"`` and
+``"badjson"``. An unknown entry is answered with a 500 whose message names the bad entry.
+
+``badjson`` is not an HTTP failure: the request is rate limited, delayed and answered with 200
+like any other, but its reply is prose that holds no JSON object (as a text block, not a tool
+call, on the Anthropic route), so a client's schema validation and repair retry can be tested.
 
 ``reset`` really resets the TCP connection: uvicorn answers an exception raised before the
 response starts with a plain-text 500, so instead the outer ASGI wrapper stores uvicorn's
@@ -43,7 +53,8 @@ uvicorn) the fault falls back to a 500 with ``connection: close``.
 Token estimates
 ---------------
 ``prompt_tokens``: total characters of all message texts (plus the Anthropic system prompt)
-``// 4 + 1``. ``completion_tokens``: ``config.completion_tokens`` or ``len(reply) // 4 + 1``.
+``// 4 + 1``. ``completion_tokens``: ``config.completion_tokens`` or ``len(reply) // 4 + 1``
+(a structured reply counts as its compact JSON text).
 For the token bucket a request costs ``prompt_tokens + max_tokens`` when the request carries
 ``max_tokens`` (as OpenAI does), else ``prompt_tokens + completion_tokens`` (then ``answer``
 is called before admission, so it may also run for requests that end up rate limited).
@@ -76,10 +87,13 @@ from starlette.responses import Response
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
+from tests.fakes.structured import value_for
+
 __all__ = ["FakeLLMConfig", "FakeLLMServer", "main"]
 
 DEFAULT_MODEL = "fake-model"
 DEFAULT_HANG_S = 30.0
+BAD_JSON_REPLY = "Sure! The sentiment is positive and I would score it highly."
 _CYCLE_KEY = "fake_llm.cycle"
 _JSON = "application/json"
 
@@ -99,6 +113,9 @@ class FakeLLMConfig:
     faults: list[str] = field(default_factory=list)
     send_ratelimit_headers: bool = True
     fault_for: Callable[[str], str | None] | None = None
+    structured_answer: Callable[[str, dict[str, Any]], Any] | None = None
+    """(prompt, JSON schema) -> the JSON value of a structured reply, or a string sent as
+    plain text; default: a value built from the schema (``tests.fakes.structured``)."""
     scale_ratelimit_headers: bool = False
     """Under ``time_scale``, report ``x-ratelimit-limit-*`` per *real* minute
     (``rpm * time_scale``), consistent with the real-second ``reset`` and ``retry-after``
@@ -145,6 +162,36 @@ def _format_reset(seconds: float) -> str:
     minutes, rest_ms = divmod(ms, 60_000)
     secs = f"{rest_ms / 1000:g}s"
     return f"{minutes}m{secs}" if minutes else secs
+
+
+def _reply_text(reply: Any) -> str:
+    """A reply as the text a client receives: strings as they are, JSON values compact."""
+    if isinstance(reply, str):
+        return reply
+    return json.dumps(reply, separators=(",", ":"), ensure_ascii=False)
+
+
+def _response_schema(body: dict[str, Any]) -> dict[str, Any] | None:
+    """The schema of an OpenAI ``response_format`` of type ``json_schema``, if any."""
+    fmt = body.get("response_format")
+    if not isinstance(fmt, dict) or fmt.get("type") != "json_schema":
+        return None
+    spec = fmt.get("json_schema")
+    schema = spec.get("schema") if isinstance(spec, dict) else None
+    return schema if isinstance(schema, dict) else {}
+
+
+def _forced_tool(body: dict[str, Any]) -> dict[str, Any]:
+    """``schema`` and ``tool`` for an Anthropic request with tools: the ``tool_choice`` tool
+    (or the first) is the one the fake calls."""
+    tools = [t for t in body.get("tools") or [] if isinstance(t, dict)]
+    if not tools:
+        return {}
+    choice = body.get("tool_choice")
+    wanted = choice.get("name") if isinstance(choice, dict) else None
+    tool = next((t for t in tools if t.get("name") == wanted), tools[0])
+    schema = tool.get("input_schema")
+    return {"schema": schema if isinstance(schema, dict) else {}, "tool": str(tool.get("name"))}
 
 
 def _parse_fault(entry: str) -> tuple[str, dict[str, str]]:
@@ -453,13 +500,19 @@ class FakeLLMServer:
                 self._limiter = _WindowLimiter(cfg.rpm, cfg.tpm, cfg.time_scale)
             return self._limiter.admit(cost, time.monotonic())
 
-    def _answer(self, prompt: str) -> str:
+    def _answer(self, prompt: str, schema: dict[str, Any] | None, bad_json: bool) -> Any:
+        """The reply: text (a ``str``) or, for a structured request, a JSON value."""
+        if bad_json:
+            return BAD_JSON_REPLY
+        if schema is not None:
+            hook = self.config.structured_answer
+            return hook(prompt, schema) if hook is not None else value_for(schema, prompt)
         fn = self.config.answer
         return fn(prompt) if fn is not None else "Answer: " + prompt[:60]
 
-    def _completion_tokens(self, reply: str) -> int:
+    def _completion_tokens(self, reply: Any) -> int:
         configured = self.config.completion_tokens
-        return configured if configured is not None else len(reply) // 4 + 1
+        return configured if configured is not None else len(_reply_text(reply)) // 4 + 1
 
     async def _hang(self, seconds: float) -> None:
         deadline = time.monotonic() + seconds
@@ -499,23 +552,28 @@ class FakeLLMServer:
         messages: list[Any],
         system: Any,
         max_tokens: int | None,
+        schema: dict[str, Any] | None = None,
+        tool: str = "",
     ) -> Response:
         prompt = _last_user_text(messages)
         fault = self._next_fault(prompt)
+        bad_json = False
         if fault is not None:
             record["fault"] = fault
             name, params = _parse_fault(fault)
-            if name == "hang":
+            if name == "badjson":
+                bad_json = True
+            elif name == "hang":
                 await self._hang(float(params.get("s", DEFAULT_HANG_S)))
             else:
                 return await self._fault_response(request, name, params, fault, anthropic)
 
         prompt_tokens = _prompt_tokens(messages, system)
-        reply: str | None = None
+        reply: Any = None
         if max_tokens is not None:
             cost = prompt_tokens + max_tokens
         else:
-            reply = self._answer(prompt)
+            reply = self._answer(prompt, schema, bad_json)
             cost = prompt_tokens + self._completion_tokens(reply)
 
         admission = self._admit(cost)
@@ -534,17 +592,21 @@ class FakeLLMServer:
             await asyncio.sleep(draw / self.config.time_scale)
 
         if reply is None:
-            reply = self._answer(prompt)
+            reply = self._answer(prompt, schema, bad_json)
         completion_tokens = self._completion_tokens(reply)
         n = next(self._ids)
         if anthropic:
+            block: dict[str, Any] = {"type": "text", "text": reply}
+            if not isinstance(reply, str):
+                block = {"type": "tool_use", "id": f"toolu_fake{n:012d}", "name": tool,
+                         "input": reply}
             payload: Any = {
                 "id": f"msg_fake{n:012d}",
                 "type": "message",
                 "role": "assistant",
                 "model": model,
-                "content": [{"type": "text", "text": reply}],
-                "stop_reason": "end_turn",
+                "content": [block],
+                "stop_reason": "end_turn" if isinstance(reply, str) else "tool_use",
                 "stop_sequence": None,
                 "usage": {"input_tokens": prompt_tokens, "output_tokens": completion_tokens},
             }
@@ -557,7 +619,7 @@ class FakeLLMServer:
                 "choices": [
                     {
                         "index": 0,
-                        "message": {"role": "assistant", "content": reply},
+                        "message": {"role": "assistant", "content": _reply_text(reply)},
                         "finish_reason": "stop",
                     }
                 ],
@@ -695,6 +757,7 @@ class FakeLLMServer:
             messages=messages,
             system=None,
             max_tokens=max_tokens if isinstance(max_tokens, int) else None,
+            schema=_response_schema(body),
         )
         return self._finish(record, response)
 
@@ -724,6 +787,7 @@ class FakeLLMServer:
             messages=body["messages"],
             system=body.get("system"),
             max_tokens=body["max_tokens"],
+            **_forced_tool(body),
         )
         return self._finish(record, response)
 
