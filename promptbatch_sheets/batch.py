@@ -11,16 +11,18 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 from . import userconfig
 from .budget import Budget
 from .chain import Chain
-from .engine import RowResult, Summary, error_text, run_jobs
+from .engine import RowResult, Summary, error_text, run_jobs, structured
 from .errors import ConfigError
 from .estimate import Estimate, calibrate, cost, estimate
 from .plan import Plan, make_plan
 from .providers import ModelSpec, Params, Provider, RetryPolicy, open_provider
+from .schema import Schema, load_schema
 from .settings import Settings, resolve
 from .sheet import CONF_SHEET, Cell, SheetData, Surface
 from .store import Store, answer_key
@@ -46,6 +48,16 @@ class Prepared:
     def price_label(self) -> str:
         return f"{self.spec.provider}:{self.spec.model}"
 
+    @property
+    def schemas(self) -> dict[int, Schema]:
+        """The structured steps' schemas, by step."""
+        return {s.index: s.schema for s in self.plan.steps if s.schema is not None}
+
+    def params_for(self, step: int) -> Params:
+        """What a prompt of ``step`` is sent with (and so part of its cache key)."""
+        schema = self.plan.steps[step].schema
+        return self.params if schema is None else structured(self.params, schema)
+
 
 @dataclass
 class Preview:
@@ -62,8 +74,12 @@ class Preview:
 
 
 def prepare(surface: Surface, flags: dict[str, Any] | None = None,
-            template: TemplateText | None = None, template_cell: str | None = None) -> Prepared:
-    """Read the sheet and decide everything; raises PromptBatchError with a fix, never calls."""
+            template: TemplateText | None = None, template_cell: str | None = None,
+            base_dir: Path | None = None) -> Prepared:
+    """Read the sheet and decide everything; raises PromptBatchError with a fix, never calls.
+
+    ``base_dir`` is where a schema file named by a relative path is looked for.
+    """
     data = surface.read()
     settings = resolve(flags or {}, data.settings)
     if template_cell:
@@ -71,21 +87,51 @@ def prepare(surface: Surface, flags: dict[str, Any] | None = None,
     conf = {key: TemplateText(text, f"{quote_sheet(CONF_SHEET)} (key {key})")
             for key, text in data.settings.items() if key.partition(".")[0] == "template"}
     named = {key.partition(".")[2]: text for key, text in conf.items() if "." in key}
+    schemas = _schemas(settings, data.settings, base_dir)
     table = locate(data.grid, data.name, explicit=template or data.template,
                    fallback=conf.get("template"), named=named,
+                   fields={name: [f.name for f in s.fields] for name, s in schemas.items()},
                    bounds=data.bounds, output_header=settings.output_column,
                    skip_rows=data.hidden_rows if settings.skip_hidden else frozenset(),
                    merged=data.merged)
-    plan = make_plan(table, data.grid, settings.rerun, data.uncalculated)
+    names = {p.name.lower(): p.name for p in table.prompts}
+    unknown = next((n for n in schemas if n not in names), None)
+    if unknown is not None:
+        raise ConfigError(
+            f"The {quote_sheet(CONF_SHEET)} sheet describes the answers of {unknown!r} "
+            f"(fields.{unknown} or schema.{unknown}), but no template fills a column of that "
+            f"name. Prompt columns: {', '.join(map(repr, names.values()))}.")
+    plan = make_plan(table, data.grid, settings.rerun, data.uncalculated,
+                     {names[n]: s for n, s in schemas.items()})
     spec = ModelSpec.parse(settings.model or LOCAL, settings.base_url)
     params = Params(settings.temperature, settings.max_tokens, settings.system)
     return Prepared(data, plan, settings, spec, params, model_defaulted=not settings.model)
 
 
+def _schemas(settings: Settings, conf: dict[str, str],
+             base_dir: Path | None) -> dict[str, Schema]:
+    """Structured answers by prompt name (lower case): ``fields``/``schema`` for the answers
+    column, ``fields.NAME``/``schema.NAME`` in the conf sheet for the column NAME."""
+    found = {}
+    main = load_schema(fields=settings.fields, schema=settings.schema, base_dir=base_dir,
+                       origin="the fields/schema setting")
+    if main is not None:
+        found[settings.output_column.strip().lower()] = main
+    names = {key.partition(".")[2] for key in conf
+             if key.partition(".")[0] in ("fields", "schema") and "." in key}
+    for name in sorted(names):
+        where = f"{quote_sheet(CONF_SHEET)} (key fields.{name} or schema.{name})"
+        schema = load_schema(fields=conf.get(f"fields.{name}"),
+                             schema=conf.get(f"schema.{name}"), base_dir=base_dir, origin=where)
+        if schema is not None:
+            found[name] = schema
+    return found
+
+
 def pending(prepared: Prepared, store: Store) -> tuple[list[str], int]:
     """The distinct prompts the cache cannot answer, and how many rows it does answer."""
     label = prepared.spec.label
-    keys = [answer_key(label, prepared.params, j.prompt) for j in prepared.plan.jobs]
+    keys = [answer_key(label, prepared.params_for(j.step), j.prompt) for j in prepared.plan.jobs]
     hits = store.get_many(keys) if prepared.settings.use_cache else {}
     fresh = {k: j.prompt for k, j in zip(keys, prepared.plan.jobs, strict=True) if k not in hits}
     return list(fresh.values()), sum(1 for k in keys if k in hits)
@@ -221,7 +267,7 @@ def run(prepared: Prepared, surface: Surface, store: Store,
         return await run_jobs(prepared.plan.jobs, prepared.spec.label, connect, prepared.params,
                               store, concurrency=settings.concurrency, on_result=deliver,
                               use_cache=settings.use_cache, budget=budget,
-                              on_plan=forecast_sent,
+                              on_plan=forecast_sent, schemas=prepared.schemas,
                               follow=Chain(plan, prepared.data.grid) if plan.waiting else None)
 
     try:

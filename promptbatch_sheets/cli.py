@@ -16,7 +16,7 @@ from .addin import addin_app
 from .errors import PromptBatchError
 from .plan import Rerun
 from .store import Store
-from .surfaces import open_surface
+from .surfaces import GOOGLE_SHEETS, open_surface
 from .table import TemplateText
 
 app = typer.Typer(help="Run one prompt template over every row of a spreadsheet.",
@@ -48,6 +48,10 @@ RpmOpt = Annotated[float | None, typer.Option(help="Cap on requests per minute."
 TpmOpt = Annotated[float | None, typer.Option(help="Cap on tokens per minute.")]
 SkipHiddenOpt = Annotated[bool, typer.Option(
     "--skip-hidden", help="Leave out rows hidden in the sheet (also rows a filter hides).")]
+FieldsOpt = Annotated[str | None, typer.Option(help="Answer as JSON, one column per field: "
+                     "'sentiment (positive|negative), score (number), reason'.")]
+SchemaOpt = Annotated[str | None, typer.Option(help="Answer as JSON following this JSON "
+                      "schema (the JSON itself or a .json file); one column per property.")]
 CredentialsOpt = Annotated[str | None, typer.Option(help="Google service-account key (JSON) "
                            "for a Google Sheet.")]
 
@@ -81,7 +85,9 @@ def _prepare(book: str, sheet: str | None, output: str | None, flags: dict[str, 
              template: str | None, template_file: Path | None,
              template_cell: str | None, credentials: str | None) -> tuple[Any, batch.Prepared]:
     surface = open_surface(book, sheet, output, credentials)
-    prepared = batch.prepare(surface, flags, _template(template, template_file), template_cell)
+    folder = None if book.startswith(GOOGLE_SHEETS) else Path(book).parent
+    prepared = batch.prepare(surface, flags, _template(template, template_file), template_cell,
+                             base_dir=folder)
     if prepared.model_defaulted:
         console.print("No model given: using the embedded local model "
                       f"([bold]{prepared.spec.label}[/], free, offline). Choose another with "
@@ -101,7 +107,7 @@ def run(
     base_url: BaseUrlOpt = None, temperature: TemperatureOpt = None,
     max_tokens: MaxTokensOpt = None, system: SystemOpt = None,
     rpm: RpmOpt = None, tpm: TpmOpt = None, credentials: CredentialsOpt = None,
-    skip_hidden: SkipHiddenOpt = False,
+    skip_hidden: SkipHiddenOpt = False, fields: FieldsOpt = None, schema: SchemaOpt = None,
     budget: Annotated[float | None, typer.Option(help="Stop sending before the cost in USD "
                       "could pass this; unsent rows stay empty.")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Ask the model again even "
@@ -110,7 +116,7 @@ def run(
     """Answer every row that needs it and write the answers next to the table."""
     flags = dict(model=model, concurrency=concurrency, rerun=rerun, output_column=output_column,
                  base_url=base_url, temperature=temperature, max_tokens=max_tokens,
-                 system=system, rpm=rpm, tpm=tpm, budget=budget,
+                 system=system, rpm=rpm, tpm=tpm, budget=budget, fields=fields, schema=schema,
                  use_cache=False if no_cache else None, skip_hidden=skip_hidden or None)
     surface, prepared = _prepare(book, sheet, output, flags, template, template_file,
                                  template_cell, credentials)
@@ -142,13 +148,14 @@ def preview(
     base_url: BaseUrlOpt = None, concurrency: ConcurrencyOpt = None, rerun: RerunOpt = None,
     max_tokens: MaxTokensOpt = None, temperature: TemperatureOpt = None,
     system: SystemOpt = None, credentials: CredentialsOpt = None,
-    skip_hidden: SkipHiddenOpt = False,
+    skip_hidden: SkipHiddenOpt = False, fields: FieldsOpt = None, schema: SchemaOpt = None,
     first: Annotated[int, typer.Option(help="How many rendered prompts to show.")] = 3,
 ) -> None:
     """Dry run: rows to send, the first prompts, variables vs columns, estimated cost. No calls."""
     flags = dict(model=model, concurrency=concurrency, rerun=rerun, output_column=output_column,
                  base_url=base_url, temperature=temperature, max_tokens=max_tokens,
-                 system=system, skip_hidden=skip_hidden or None)
+                 system=system, skip_hidden=skip_hidden or None, fields=fields,
+                 schema=schema)
     _, prepared = _prepare(book, sheet, None, flags, template, template_file, template_cell,
                            credentials)
     store = Store()

@@ -10,14 +10,15 @@ from __future__ import annotations
 import asyncio
 import time
 from collections import deque
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 from .budget import Budget
 from .estimate import Estimate, request_chars, tokens
 from .plan import ERROR_PREFIX, RowJob
 from .providers import Completion, Params, Provider, ProviderError
+from .schema import Schema, SchemaMismatch, repair_prompt
 from .store import Store, answer_key
 
 
@@ -58,6 +59,19 @@ class Summary:
     (a budget may then hold some back): printed beside the usage so users can judge it."""
 
 
+def structured(params: Params, schema: Schema) -> Params:
+    """The request parameters of a step whose answers must fit ``schema``."""
+    return replace(params, schema=schema.text())
+
+
+def fits(schema: Schema, text: str) -> bool:
+    try:
+        schema.check(text)
+    except SchemaMismatch:
+        return False
+    return True
+
+
 def error_text(reason: str) -> str:
     """The cell text for a failed row; a rerun sends it again."""
     return f"{ERROR_PREFIX} {reason}"
@@ -76,6 +90,7 @@ async def run_jobs(
     budget: Budget | None = None,
     on_plan: Callable[[list[str]], None] | None = None,
     follow: Follow | None = None,
+    schemas: Mapping[int, Schema] | None = None,
 ) -> Summary:
     """Answer every job, and every job ``follow`` adds; ``on_result`` is called once per job,
     in completion order.
@@ -85,9 +100,16 @@ async def run_jobs(
 
     ``connect`` opens the provider for ``label``; it is not called when the cache holds
     every answer, so a rerun starts no server and needs no key.
+
+    ``schemas`` are the structured steps' schemas: their answers are checked on arrival, a
+    reply that does not fit is asked again once with the reason, and only answers that fit
+    are stored.
     """
     started = time.perf_counter()
     summary = Summary()
+    step_schemas = schemas or {}
+    step_params = {step: structured(params, schema) for step, schema in step_schemas.items()}
+    step_of: dict[str, int] = {}
     waiting: dict[str, list[RowJob]] = {}
     """Jobs by the key of their prompt, from the moment it is queued until it is answered."""
     prompt_by_key: dict[str, str] = {}
@@ -121,7 +143,7 @@ async def run_jobs(
         """Answer jobs from this run or the cache at once; queue the others' prompts."""
         fresh: dict[str, list[RowJob]] = {}
         for job in batch:
-            key = answer_key(label, params, job.prompt)
+            key = answer_key(label, step_params.get(job.step, params), job.prompt)
             if key in done:
                 settle(job, done[key], isinstance(done[key], Completion))
             elif key in waiting:
@@ -129,7 +151,11 @@ async def run_jobs(
             else:
                 fresh.setdefault(key, []).append(job)
                 prompt_by_key.setdefault(key, job.prompt)
+                step_of.setdefault(key, job.step)
         hits = store.get_many(fresh) if use_cache else {}
+        for key in [k for k in hits if step_of[k] in step_schemas]:
+            if not fits(step_schemas[step_of[key]], hits[key].text):
+                del hits[key]  # stored by another tool or version: ask again
         queued = []
         for key, same in fresh.items():
             if key in hits:
@@ -146,11 +172,45 @@ async def run_jobs(
     def deliver(key: str, result: Completion | str) -> None:
         if isinstance(result, Completion):
             store.put(key, label, result, request_chars(prompt_by_key[key], params.system))
-            summary.prompt_tokens += result.prompt_tokens
-            summary.completion_tokens += result.completion_tokens
         done[key] = result
         for job in waiting.pop(key):
             settle(job, result, False)
+
+    async def ask(provider: Provider, prompt: str, step_params: Params,
+                  reservation: float) -> Completion | str:
+        """One request, its tokens counted and its budget reservation settled."""
+        summary.requests += 1
+        try:
+            result: Completion | str = await provider.complete(prompt, step_params)
+        except ProviderError as exc:
+            result = str(exc)
+        if isinstance(result, Completion):
+            summary.prompt_tokens += result.prompt_tokens
+            summary.completion_tokens += result.completion_tokens
+        if budget is not None:
+            budget.settle(reservation, result if isinstance(result, Completion) else None)
+        return result
+
+    async def repaired(provider: Provider, prompt: str, step_params: Params, schema: Schema,
+                       reply: Completion) -> Completion | str:
+        """The reply if it fits the schema, else the answer to one retry that names why."""
+        try:
+            schema.check(reply.text)
+            return reply
+        except SchemaMismatch as exc:
+            reason = exc.reason
+        retry = repair_prompt(prompt, reply.text, reason)
+        reservation = budget.reserve(tokens(retry)) if budget else 0.0
+        if reservation is None:
+            return f"the reply did not fit the fields ({reason}); the budget left no retry"
+        second = await ask(provider, retry, step_params, reservation)
+        if isinstance(second, str):
+            return second
+        try:
+            schema.check(second.text)
+            return second
+        except SchemaMismatch as again:
+            return f"the reply did not fit the fields, twice: {again.reason}"
 
     in_flight = 0
     changed = asyncio.Event()
@@ -167,16 +227,15 @@ async def run_jobs(
             if reservation is None:
                 return
             queue.popleft()
-            summary.requests += 1
             in_flight += 1
-            try:
-                result: Completion | str = await provider.complete(prompt_by_key[key], params)
-            except ProviderError as exc:
-                result = str(exc)
-                if len(summary.errors) < 5:
-                    summary.errors.append(result)
-            if budget is not None:
-                budget.settle(reservation, result if isinstance(result, Completion) else None)
+            step = step_of[key]
+            result = await ask(provider, prompt_by_key[key], step_params.get(step, params),
+                               reservation)
+            if isinstance(result, Completion) and step in step_params:
+                result = await repaired(provider, prompt_by_key[key], step_params[step],
+                                        step_schemas[step], result)
+            if isinstance(result, str) and len(summary.errors) < 5:
+                summary.errors.append(result)
             deliver(key, result)
             in_flight -= 1
             changed.set()

@@ -9,13 +9,15 @@ engine send identical prompts once.
 
 from __future__ import annotations
 
-from collections.abc import Collection
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from enum import Enum
 from graphlib import CycleError, TopologicalSorter
 from typing import Any
 
 from .errors import TableError, TemplateError
+from .schema import Schema
+from .sheet import CellValue
 from .table import Grid, Output, Table, cell_name
 from .template import Template, display, variable_name
 
@@ -61,14 +63,18 @@ class Step:
     outputs: tuple[Output, ...]
     needs: tuple[int, ...]
     """Steps whose answers the template uses, e.g. ``{{ summary }}``."""
+    schema: Schema | None = None
+    """The JSON the answer must be, one field per output column; None for free text."""
 
     @property
     def cols(self) -> list[int]:
         return [o.col for o in self.outputs]
 
-    def cells(self, answer: str) -> list[Any]:
-        """The values an answer puts in this step's columns."""
-        return [answer.strip()]
+    def cells(self, answer: str) -> list[CellValue]:
+        """The values an answer puts in this step's columns (it was checked on arrival)."""
+        if self.schema is None:
+            return [answer.strip()]
+        return self.schema.cells(self.schema.check(answer))
 
 
 Answers = dict[int, list[Any]]
@@ -111,13 +117,15 @@ class Plan:
 
 
 def make_plan(table: Table, grid: Grid, rerun: Rerun = Rerun.MISSING,
-              uncalculated: Collection[tuple[int, int]] = frozenset()) -> Plan:
+              uncalculated: Collection[tuple[int, int]] = frozenset(),
+              schemas: Mapping[str, Schema] | None = None) -> Plan:
     """Parse and check every template against the headers, order the steps by the answers
     they use, then render each selected row's prompts that need no fresh answer.
 
-    ``uncalculated`` are cells holding a formula saved without its value (see SheetData).
+    ``uncalculated`` are cells holding a formula saved without its value (see SheetData);
+    ``schemas`` are the structured answers' schemas by prompt name.
     """
-    steps = _steps(table)
+    steps = _steps(table, schemas or {})
     order = _running_order(steps, table)
     used = sorted({c for s in steps for c, h in table.columns.items()
                    if variable_name(h) in s.template.variables or s.template.uses_row})
@@ -148,7 +156,7 @@ def make_plan(table: Table, grid: Grid, rerun: Rerun = Rerun.MISSING,
     return Plan(table, steps, plan.jobs, kept, plan.refused, plan.waiting, plan.known)
 
 
-def _steps(table: Table) -> list[Step]:
+def _steps(table: Table, schemas: Mapping[str, Schema]) -> list[Step]:
     """Parse each template and find the other steps' answers it uses."""
     templates = [Template.parse(p.template.text, p.template.origin) for p in table.prompts]
     owner = {variable_name(o.header): i for i, p in enumerate(table.prompts) for o in p.outputs}
@@ -160,7 +168,8 @@ def _steps(table: Table) -> list[Step]:
         template.check_columns(inputs + others)
         needs = tuple(sorted({owner[v] for v in template.variables
                               if v in owner and v not in {variable_name(h) for h in inputs}}))
-        steps.append(Step(index, prompt.name, template, prompt.outputs, needs))
+        steps.append(Step(index, prompt.name, template, prompt.outputs, needs,
+                          schemas.get(prompt.name)))
     return steps
 
 

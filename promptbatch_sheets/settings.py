@@ -28,6 +28,10 @@ class Settings:
     tpm: float | None = None
     budget: float | None = None
     output_column: str = "response"
+    fields: str | None = None
+    """Structured answers: output headers with types, e.g. ``score (number), reason``."""
+    schema: str | None = None
+    """Structured answers: a JSON schema, or the path of a .json file holding one."""
     rerun: Rerun = Rerun.MISSING
     use_cache: bool = True
     skip_hidden: bool = False

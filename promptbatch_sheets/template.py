@@ -57,6 +57,19 @@ def display(value: Any) -> str:
     return str(value)
 
 
+class Flag(str):
+    """A TRUE/FALSE cell in a template: it prints as the sheet shows it, and tests as the
+    boolean it is, so ``{% if urgent %}`` is false for FALSE (a plain "FALSE" would be true)."""
+
+    def __bool__(self) -> bool:
+        return self == "TRUE"
+
+
+def template_value(value: Any) -> str:
+    """A cell value as a template sees it: its display text, a Flag for booleans."""
+    return Flag(display(value)) if isinstance(value, bool) else display(value)
+
+
 @dataclass(frozen=True)
 class Template:
     """A compiled prompt template and where it came from (for error messages)."""
@@ -99,7 +112,7 @@ class Template:
 
     def render(self, row: Mapping[str, Any], where: str = "") -> str:
         """Render one row (header -> cell value); errors name ``where`` (the row) and the cause."""
-        values = {h: display(v) for h, v in row.items() if h}
+        values = {h: template_value(v) for h, v in row.items() if h}
         context: dict[str, Any] = {variable_name(h): v for h, v in values.items()}
         context["row"] = values
         try:

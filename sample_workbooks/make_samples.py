@@ -365,6 +365,13 @@ FEEDBACK: list[tuple[str, str]] = [
 ]
 
 
+TRIAGE_CONF: list[tuple[str, str]] = [
+    ("template.triage", "Triage this customer feedback: {{ feedback }}"),
+    ("fields.triage", "sentiment (positive|neutral|negative), urgent (boolean), "
+                      "score (integer)"),
+]
+
+
 def build_feedback(path: Path) -> None:
     wb = new_workbook()
     ws = wb.active
@@ -381,8 +388,15 @@ def build_feedback(path: Path) -> None:
     for offset, (customer, text) in enumerate(FEEDBACK):
         ws.cell(row=3 + offset, column=1, value=customer)
         ws.cell(row=3 + offset, column=2, value=text)
-    set_widths(ws, {"A": 12, "B": 60, "C": 50, "D": 60})
+    set_widths(ws, {"A": 12, "B": 60, "C": 50, "D": 60, "E": 12, "F": 10, "G": 8})
     ws.freeze_panes = "A3"
+
+    conf = wb.create_sheet("promptbatch.conf")
+    write_header(conf, 1, ["key", "value"])
+    for offset, (key, value) in enumerate(TRIAGE_CONF):
+        conf.cell(row=2 + offset, column=1, value=key)
+        conf.cell(row=2 + offset, column=2, value=value)
+    set_widths(conf, {"A": 16, "B": 90})
     save_deterministic(wb, path)
 
 

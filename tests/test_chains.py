@@ -41,19 +41,19 @@ def test_templates_row_chains_reply_after_summary(tmp_path: Path, llm: FakeLLMSe
                  *fake_model(llm))
     assert result.exit_code == 0, result.output
     rows = values(tmp_path / "out.xlsx")
-    assert rows[1] == ["Customer", "Feedback", "summary", "reply"]
-    for _, text, summary, reply in rows[2:8]:
+    assert rows[1] == ["Customer", "Feedback", "summary", "reply", "sentiment", "urgent", "score"]
+    for _, text, summary, reply, *_ in rows[2:8]:
         assert summary == "S<" + text[:12] + ">"
         assert reply == "R<" + summary + ">"  # the reply read this row's own summary
     prompts = sent(llm)
-    assert len(prompts) == 12
+    assert len(prompts) == 18  # summary, reply and triage for each of 6 rows
     replies = [i for i, p in enumerate(prompts) if p.startswith("Write")]
     summaries = [i for i, p in enumerate(prompts) if p.startswith("Summarize")]
     assert replies[0] < summaries[-1], "a row's reply waits only for its own summary"
 
     again = cli("run", str(tmp_path / "out.xlsx"), "--rerun", "all", *fake_model(llm))
     assert again.exit_code == 0, again.output
-    assert len(sent(llm)) == 12, "the rerun finds both steps of every row in the cache"
+    assert len(sent(llm)) == 18, "the rerun finds both steps of every row in the cache"
 
 
 def test_conf_templates_and_a_failed_summary(tmp_path: Path, llm: FakeLLMServer) -> None:
@@ -100,7 +100,7 @@ def test_kept_answers_feed_the_next_step(tmp_path: Path, llm: FakeLLMServer) -> 
     assert result.exit_code == 0, result.output
     prompts = sent(llm)
     assert "Write a one-sentence reply to Ana, whose feedback was: typed by hand" in prompts
-    assert len(prompts) == 11 and values(book)[2][2] == "typed by hand"
+    assert len(prompts) == 17 and values(book)[2][2] == "typed by hand"
 
 
 def test_cycle_is_refused_before_any_call(tmp_path: Path, llm: FakeLLMServer) -> None:
@@ -125,5 +125,5 @@ def test_preview_shows_each_step_and_estimates_the_later_prompts(
     text = " ".join(result.output.split())
     assert "summary: template 'Feedback'!C1" in text
     assert "reply: template 'Feedback'!D1, uses the answers of 'summary'" in text
-    assert "12 to send (6 distinct prompts now, 6 once the answers they use are back)" in text
+    assert "18 to send (12 distinct prompts now, 6 once the answers they use are back)" in text
     assert sent(llm) == []

@@ -79,3 +79,9 @@ def test_any_template_and_row_raise_only_our_errors(source: str, row: dict[str, 
         t.render(row)
     except PromptBatchError:
         pass
+
+
+def test_boolean_cells_print_as_shown_and_test_as_booleans() -> None:
+    template = Template.parse("{% if urgent %}now{% else %}later{% endif %} ({{ urgent }})")
+    assert template.render({"Urgent": False}) == "later (FALSE)"
+    assert template.render({"Urgent": True}) == "now (TRUE)"

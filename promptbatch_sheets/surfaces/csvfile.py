@@ -20,7 +20,7 @@ class CsvSurface:
         self.path = path
         self.output = output or default_output(path)
         self._rows: list[list[Any]] = []
-        self._dialect: type[csv.Dialect] | csv.Dialect = csv.excel
+        self._delimiter = ","
         self._schedule = SaveSchedule()
         self._dirty = False
 
@@ -30,12 +30,12 @@ class CsvSurface:
         except UnicodeDecodeError as exc:
             raise WorkbookError(f"{self.path} is not UTF-8 text (byte {exc.start}). Save it as "
                                 "'CSV UTF-8' and try again.") from None
-        try:
-            self._dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\t")
+        try:  # only the delimiter: the sniffer's guesses on quoting can make rows unwritable
+            self._delimiter = csv.Sniffer().sniff(text[:4096], delimiters=",;\t").delimiter
         except csv.Error:
-            self._dialect = csv.excel
+            self._delimiter = ","
         self._rows = [list(r) for r in csv.reader(io.StringIO(text, newline=""),
-                                                  dialect=self._dialect)]
+                                                  delimiter=self._delimiter)]
         return SheetData(name=self.path.stem, grid=self._rows)
 
     def cell_text(self, ref: str) -> str:
@@ -63,7 +63,7 @@ class CsvSurface:
 
         def save(tmp: Path) -> None:
             with tmp.open("w", encoding="utf-8", newline="") as handle:
-                csv.writer(handle, dialect=self._dialect).writerows(
+                csv.writer(handle, delimiter=self._delimiter).writerows(
                     r + [""] * (width - len(r)) for r in self._rows)
 
         atomic_write(self.output, save)
