@@ -16,15 +16,18 @@ from urllib.parse import urlparse
 from ..errors import ConfigError
 from ..limits import Limiter
 from .anthropic import AnthropicMessages
+from .anthropic_batch import AnthropicBatch
 from .base import Completion, Params, Provider, ProviderError
+from .batchapi import BatchAPI
 from .http import HTTPProvider
 from .local import MODEL_NAME, EmbeddedServer
 from .openai import OpenAICompatible
+from .openai_batch import OpenAIBatch
 from .pool import client_pool
 from .retry import RetryPolicy
 
-__all__ = ["Completion", "ModelSpec", "Params", "Provider", "ProviderError", "RetryPolicy",
-           "open_provider"]
+__all__ = ["BatchAPI", "Completion", "ModelSpec", "Params", "Provider", "ProviderError",
+           "RetryPolicy", "open_batch_api", "open_provider", "require_batch_api"]
 
 
 @dataclass(frozen=True)
@@ -132,3 +135,24 @@ async def open_provider(
         assert spec.base_url
         yield make(AnthropicMessages if spec.provider == "anthropic" else OpenAICompatible,
                    spec.base_url)
+
+
+BATCH_APIS: dict[str, Callable[[str, str, str | None, float], BatchAPI]] = {
+    "openai": OpenAIBatch, "anthropic": AnthropicBatch}
+"""Providers with a Batch API (half price, answers within a day)."""
+
+
+def require_batch_api(spec: ModelSpec) -> None:
+    """Refuse, with the fix, a model whose server has no Batch API."""
+    if spec.provider not in BATCH_APIS:
+        raise ConfigError(
+            f"{spec.provider}:{spec.model} has no Batch API: --via batch (and collect) work with "
+            "--model openai:MODEL or anthropic:MODEL. Leave out --via batch to answer in "
+            "realtime, or choose one of those models.")
+
+
+def open_batch_api(spec: ModelSpec, api_key: str | None, timeout: float) -> BatchAPI:
+    """The Batch API client for ``spec``'s provider and server; close it when done."""
+    require_batch_api(spec)
+    assert spec.base_url
+    return BATCH_APIS[spec.provider](spec.base_url, spec.model, api_key, timeout)
