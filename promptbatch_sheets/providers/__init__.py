@@ -26,8 +26,8 @@ from .openai_batch import OpenAIBatch
 from .pool import client_pool
 from .retry import RetryPolicy
 
-__all__ = ["BatchAPI", "Completion", "ModelSpec", "Params", "Provider", "ProviderError",
-           "RetryPolicy", "open_batch_api", "open_provider", "require_batch_api"]
+__all__ = ["Completion", "ModelSpec", "Params", "Provider", "ProviderError", "RetryPolicy",
+           "open_provider"]
 
 
 @dataclass(frozen=True)
