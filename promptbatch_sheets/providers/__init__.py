@@ -15,14 +15,12 @@ from urllib.parse import urlparse
 
 from ..errors import ConfigError
 from ..limits import Limiter
+from . import anthropic_batch, batchapi, openai_batch
 from .anthropic import AnthropicMessages
-from .anthropic_batch import AnthropicBatch
 from .base import Completion, Params, Provider, ProviderError
-from .batchapi import BatchAPI
 from .http import HTTPProvider
 from .local import MODEL_NAME, EmbeddedServer
 from .openai import OpenAICompatible
-from .openai_batch import OpenAIBatch
 from .pool import client_pool
 from .retry import RetryPolicy
 
@@ -137,8 +135,8 @@ async def open_provider(
                    spec.base_url)
 
 
-BATCH_APIS: dict[str, Callable[[str, str, str | None, float], BatchAPI]] = {
-    "openai": OpenAIBatch, "anthropic": AnthropicBatch}
+BATCH_APIS: dict[str, Callable[[str, str, str | None, float], batchapi.BatchAPI]] = {
+    "openai": openai_batch.OpenAIBatch, "anthropic": anthropic_batch.AnthropicBatch}
 """Providers with a Batch API (half price, answers within a day)."""
 
 
@@ -151,7 +149,7 @@ def require_batch_api(spec: ModelSpec) -> None:
             "realtime, or choose one of those models.")
 
 
-def open_batch_api(spec: ModelSpec, api_key: str | None, timeout: float) -> BatchAPI:
+def open_batch_api(spec: ModelSpec, api_key: str | None, timeout: float) -> batchapi.BatchAPI:
     """The Batch API client for ``spec``'s provider and server; close it when done."""
     require_batch_api(spec)
     assert spec.base_url
