@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -11,7 +12,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from . import batch, report, userconfig
+from . import batch, batchjobs, batchreport, report, userconfig
 from .addin import addin_app
 from .errors import PromptBatchError
 from .plan import Rerun
@@ -54,6 +55,17 @@ SchemaOpt = Annotated[str | None, typer.Option(help="Answer as JSON following th
                       "schema (the JSON itself or a .json file); one column per property.")]
 CredentialsOpt = Annotated[str | None, typer.Option(help="Google service-account key (JSON) "
                            "for a Google Sheet.")]
+OutputOpt = Annotated[str | None, typer.Option("--output", "-o", help="Where to write "
+                      "(default: NAME.promptbatch.xlsx beside the input).")]
+
+
+class Via(str, Enum):
+    REALTIME = "realtime"
+    BATCH = "batch"
+
+
+ViaOpt = Annotated[Via, typer.Option(help="realtime, or batch: the provider's Batch API at "
+                   "half price, answers within a day (promptbatch collect writes them).")]
 
 
 def user_errors(command: F) -> F:
@@ -98,9 +110,7 @@ def _prepare(book: str, sheet: str | None, output: str | None, flags: dict[str, 
 @app.command()
 @user_errors
 def run(
-    book: Book, sheet: SheetOpt = None, model: ModelOpt = None,
-    output: Annotated[str | None, typer.Option("--output", "-o", help="Where to write "
-                      "(default: NAME.promptbatch.xlsx beside the input).")] = None,
+    book: Book, sheet: SheetOpt = None, model: ModelOpt = None, output: OutputOpt = None,
     concurrency: ConcurrencyOpt = None, rerun: RerunOpt = None,
     template: TemplateOpt = None, template_file: TemplateFileOpt = None,
     template_cell: TemplateCellOpt = None, output_column: OutputColOpt = None,
@@ -112,6 +122,7 @@ def run(
                       "could pass this; unsent rows stay empty.")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Ask the model again even "
                         "for answers already stored (they are replaced).")] = False,
+    via: ViaOpt = Via.REALTIME,
 ) -> None:
     """Answer every row that needs it and write the answers next to the table."""
     flags = dict(model=model, concurrency=concurrency, rerun=rerun, output_column=output_column,
@@ -123,6 +134,9 @@ def run(
     if not prepared.plan.prompts:
         console.print(f"All {prepared.plan.kept} rows already have answers; nothing to send. "
                       "Use --rerun all to ask again.")
+        return
+    if via is Via.BATCH:
+        _via_batch(book, surface, prepared)
         return
     store = Store()
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
@@ -162,6 +176,78 @@ def preview(
     result = batch.preview(prepared, store, first)
     store.close()
     report.print_preview(Console(highlight=False), result)
+
+
+def _via_batch(book: str, surface: Any, prepared: batch.Prepared) -> None:
+    store = Store()
+    try:
+        jobs, collected = batchjobs.submit_and_collect(prepared, surface, store)
+    finally:
+        store.close()
+    batchreport.print_submitted(console, jobs)
+    _collected(book, surface, prepared, collected)
+
+
+def _collected(book: str, surface: Any, prepared: batch.Prepared,
+               collected: batchjobs.Collected) -> None:
+    batchreport.print_collected(console, prepared, collected, getattr(surface, "output", None),
+                                book)
+    if collected.summary.failed:
+        raise typer.Exit(1)
+
+
+@app.command()
+@user_errors
+def collect(
+    book: Book, sheet: SheetOpt = None, model: ModelOpt = None, output: OutputOpt = None,
+    template: TemplateOpt = None, template_file: TemplateFileOpt = None,
+    template_cell: TemplateCellOpt = None, output_column: OutputColOpt = None,
+    base_url: BaseUrlOpt = None, rerun: RerunOpt = None, max_tokens: MaxTokensOpt = None,
+    temperature: TemperatureOpt = None, system: SystemOpt = None,
+    credentials: CredentialsOpt = None, skip_hidden: SkipHiddenOpt = False,
+) -> None:
+    """Fetch finished Batch API results and write them next to the table (same options as
+    the run that sent them); rows of running jobs stay empty."""
+    flags = dict(model=model, rerun=rerun, output_column=output_column, base_url=base_url,
+                 temperature=temperature, max_tokens=max_tokens, system=system,
+                 skip_hidden=skip_hidden or None)
+    surface, prepared = _prepare(book, sheet, output, flags, template, template_file,
+                                 template_cell, credentials)
+    store = Store()
+    try:
+        collected = batchjobs.collect(prepared, surface, store)
+    finally:
+        store.close()
+    _collected(book, surface, prepared, collected)
+
+
+@app.command()
+@user_errors
+def status(
+    book: Annotated[str | None, typer.Argument(help="Only the jobs holding this sheet's "
+                    "prompts (give the options of the run that sent them).")] = None,
+    sheet: SheetOpt = None, model: ModelOpt = None,
+    template: TemplateOpt = None, template_file: TemplateFileOpt = None,
+    template_cell: TemplateCellOpt = None, output_column: OutputColOpt = None,
+    base_url: BaseUrlOpt = None, rerun: RerunOpt = None, max_tokens: MaxTokensOpt = None,
+    temperature: TemperatureOpt = None, system: SystemOpt = None,
+    credentials: CredentialsOpt = None, skip_hidden: SkipHiddenOpt = False,
+) -> None:
+    """List Batch API jobs: status, request counts, estimated cost, age (running ones are
+    polled first)."""
+    prepared = None
+    if book is not None:
+        flags = dict(model=model, rerun=rerun, output_column=output_column,
+                     base_url=base_url, temperature=temperature, max_tokens=max_tokens,
+                     system=system, skip_hidden=skip_hidden or None)
+        _, prepared = _prepare(book, sheet, None, flags, template, template_file,
+                               template_cell, credentials)
+    store = Store()
+    try:
+        jobs = batchjobs.status(store, prepared)
+    finally:
+        store.close()
+    batchreport.print_jobs(Console(highlight=False), jobs)
 
 
 @app.command()

@@ -40,8 +40,8 @@ def _estimate_lines(est: Estimate, max_tokens: int | None) -> list[str]:
              f"about {est.seconds:,.1f} s. No model was called."]
     if est.batch_cost_usd is not None:
         lines.append(f"Through the provider's Batch API (half price, answers within a day) "
-                     f"it would cost {_money(est.batch_cost_usd)}; promptbatch does not send "
-                     "batches yet.")
+                     f"it would cost {_money(est.batch_cost_usd)}: add --via batch to send it "
+                     "that way.")
     lines.append(f"Token counts estimated from {est.basis}.")
     return lines
 

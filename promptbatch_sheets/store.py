@@ -64,7 +64,39 @@ def _m002_prompt_chars(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX answers_by_model ON answers (model, created)")
 
 
-MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m001_answers, _m002_prompt_chars]
+def _m003_batch_jobs(db: sqlite3.Connection) -> None:
+    """Provider Batch API jobs and the answer keys each carries (journal.py): a collect on any
+    machine sharing this file knows what to fetch, and a rerun does not send a key twice. The
+    journal names the server, never a key: whoever polls brings their own."""
+    db.execute(
+        """CREATE TABLE batch_jobs (
+               id TEXT PRIMARY KEY,
+               provider TEXT NOT NULL,
+               model TEXT NOT NULL,
+               base_url TEXT NOT NULL,
+               created REAL NOT NULL,
+               status TEXT NOT NULL,
+               requests INTEGER NOT NULL,
+               counts TEXT NOT NULL,
+               estimate_usd REAL,
+               collected REAL,
+               error TEXT
+           )"""
+    )
+    db.execute(
+        """CREATE TABLE batch_keys (
+               job TEXT NOT NULL REFERENCES batch_jobs (id),
+               key TEXT NOT NULL,
+               prompt_chars INTEGER NOT NULL,
+               error TEXT,
+               PRIMARY KEY (job, key)
+           ) WITHOUT ROWID"""
+    )
+    db.execute("CREATE INDEX batch_keys_by_key ON batch_keys (key)")
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m001_answers, _m002_prompt_chars,
+                                                          _m003_batch_jobs]
 """Numbered by position; ``PRAGMA user_version`` records how many have run."""
 
 
@@ -127,6 +159,14 @@ class Store:
              completion.completion_tokens, completion.finish_reason, time.time(), prompt_chars),
         )
 
+    def put_many(self, model: str, answers: Iterable[tuple[str, Completion, int | None]]) -> None:
+        """Store (key, completion, prompt_chars) triples in one transaction: a Batch API
+        results file holds up to 100,000 answers, too many for a commit each."""
+        with self._db:
+            self._db.execute("BEGIN IMMEDIATE")
+            for key, completion, prompt_chars in answers:
+                self.put(key, model, completion, prompt_chars)
+
     def history(self, model: str, limit: int = HISTORY) -> list[tuple[int, int, int]]:
         """(prompt_chars, prompt_tokens, completion_tokens) of the model's latest answers whose
         server reported usage, newest first."""
@@ -135,6 +175,11 @@ class Store:
             "WHERE model = ? AND prompt_chars IS NOT NULL AND prompt_tokens > 0 "
             "ORDER BY created DESC LIMIT ?", (model, limit))
         return [(int(c), int(p), int(a)) for c, p, a in rows]
+
+    @property
+    def db(self) -> sqlite3.Connection:
+        """The connection, for the batch journal that shares this file (journal.py)."""
+        return self._db
 
     def close(self) -> None:
         self._db.close()

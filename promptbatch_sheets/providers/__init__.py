@@ -15,6 +15,7 @@ from urllib.parse import urlparse
 
 from ..errors import ConfigError
 from ..limits import Limiter
+from . import anthropic_batch, batchapi, openai_batch
 from .anthropic import AnthropicMessages
 from .base import Completion, Params, Provider, ProviderError, SchemaMode
 from .http import HTTPProvider
@@ -147,3 +148,24 @@ async def open_provider(
         assert spec.base_url
         yield make(AnthropicMessages if spec.provider == "anthropic" else OpenAICompatible,
                    spec.base_url)
+
+
+BATCH_APIS: dict[str, Callable[[str, str, str | None, float], batchapi.BatchAPI]] = {
+    "openai": openai_batch.OpenAIBatch, "anthropic": anthropic_batch.AnthropicBatch}
+"""Providers with a Batch API (half price, answers within a day)."""
+
+
+def require_batch_api(spec: ModelSpec) -> None:
+    """Refuse, with the fix, a model whose server has no Batch API."""
+    if spec.provider not in BATCH_APIS:
+        raise ConfigError(
+            f"{spec.provider}:{spec.model} has no Batch API: --via batch (and collect) work with "
+            "--model openai:MODEL or anthropic:MODEL. Leave out --via batch to answer in "
+            "realtime, or choose one of those models.")
+
+
+def open_batch_api(spec: ModelSpec, api_key: str | None, timeout: float) -> batchapi.BatchAPI:
+    """The Batch API client for ``spec``'s provider and server; close it when done."""
+    require_batch_api(spec)
+    assert spec.base_url
+    return BATCH_APIS[spec.provider](spec.base_url, spec.model, api_key, timeout)

@@ -1,0 +1,219 @@
+"""A sheet through a provider's Batch API: submit what the cache lacks, collect it later.
+
+Half the realtime price, answers within a day. Each request's custom_id is its answer key, so
+results land in the answer cache in any order, and the sheet is then written by an ordinary
+``batch.run`` that finds every answer cached and makes no request. The journal, in the same
+store file, remembers jobs and their keys: a collect works after a restart or on another
+machine, and a rerun never sends a key that is already on its way.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable
+from contextlib import closing
+from dataclasses import dataclass, replace
+
+from . import batch
+from .batch import Prepared
+from .engine import Summary
+from .errors import ConfigError
+from .estimate import BATCH_DISCOUNT, request_chars
+from .journal import Job, Journal
+from .plan import RowJob
+from .providers import Completion, ModelSpec, open_batch_api, require_batch_api
+from .providers.batchapi import BatchAPI, BatchError, split
+from .sheet import Surface
+from .store import Store, answer_key
+
+SAVE_EVERY = 500
+"""Answers stored per transaction while a results file streams in."""
+TIMEOUT = 120.0
+"""Seconds to wait on one Batch API call when no run settings say otherwise."""
+
+
+@dataclass(frozen=True)
+class Collected:
+    """What a collect wrote into the sheet, and what is still to come."""
+
+    summary: Summary
+    """The sheet write: ``cached`` rows answered, ``failed`` rows given #ERROR cells."""
+    waiting: int
+    """Rows whose answer is in a job still running; their cells are left as they were."""
+    unsent: int
+    """Rows whose prompt no job holds and the cache cannot answer."""
+    jobs: list[Job]
+    """The jobs holding this sheet's prompts, oldest first."""
+
+
+def submit(prepared: Prepared, store: Store) -> list[Job]:
+    """Send the distinct prompts neither cached nor already in a running job; returns the new
+    jobs (none when there is nothing to send), split at the provider's limits."""
+    check(prepared, store)
+    prompts, _ = batch.pending(prepared, store)
+    journal = Journal(store)
+    spec, params = prepared.spec, prepared.params
+    todo = {answer_key(spec.label, params, p): p for p in prompts}
+    busy = journal.in_flight(todo)
+    todo = {k: p for k, p in todo.items() if k not in busy}
+    if not todo:
+        return []
+    _check_budget(prepared, store, list(todo.values()))
+    jobs: list[Job] = []
+    with closing(_open(spec, prepared.settings.timeout)) as api:
+        requests = [(key, api.encode(key, prompt, params)) for key, prompt in todo.items()]
+        for chunk in split(requests, api.max_requests, api.max_bytes):
+            keys = [key for key, _ in chunk]
+            batch_id = api.create([line for _, line in chunk])
+            cost = batch.forecast(prepared, store, [todo[k] for k in keys]).batch_cost_usd
+            job = Job(batch_id, spec.provider, spec.label, spec.base_url or "", time.time(),
+                      "submitted", len(keys), {}, cost)
+            journal.add(job, {k: request_chars(todo[k], params.system) for k in keys})
+            jobs.append(job)
+    return jobs
+
+
+def collect(prepared: Prepared, surface: Surface, store: Store) -> Collected:
+    """Poll this sheet's running jobs, store every finished answer, then write the sheet:
+    answers where they came, #ERROR cells where a request failed, nothing where one waits."""
+    check(prepared, store)
+    surface.ready()
+    _refresh(Journal(store).jobs(_keys(prepared)), store, download=True)
+    return _write(prepared, surface, store)
+
+
+def submit_and_collect(prepared: Prepared, surface: Surface,
+                       store: Store) -> tuple[list[Job], Collected]:
+    """``run --via batch``: collect what is done, send what is missing, write the sheet."""
+    check(prepared, store)
+    surface.ready()  # before paying: the answers must have somewhere to go
+    _refresh(Journal(store).jobs(_keys(prepared)), store, download=True)
+    jobs = submit(prepared, store)
+    return jobs, _write(prepared, surface, store)
+
+
+def status(store: Store, prepared: Prepared | None = None) -> list[Job]:
+    """Every job (or those holding the sheet's prompts), the running ones polled first."""
+    journal = Journal(store)
+    keys = _keys(prepared) if prepared is not None else None
+    _refresh(journal.jobs(keys), store, download=False)
+    return journal.jobs(keys)
+
+
+def check(prepared: Prepared, store: Store) -> None:
+    """Refuse what a batch cannot do, naming the fix, before any call."""
+    try:
+        require_batch_api(prepared.spec)
+    except ConfigError as exc:
+        models = sorted({job.model for job in Journal(store).jobs()})
+        hint = f" The journal holds batch jobs for: {', '.join(models)}." if models else ""
+        raise ConfigError(f"{exc}{hint}") from None
+    if not prepared.settings.use_cache:
+        raise ConfigError("--no-cache does not combine with --via batch: a batch's answers "
+                          "reach the sheet through the cache. Leave out --no-cache.")
+
+
+def _keys(prepared: Prepared) -> list[str]:
+    return [key for _, key in _keyed(prepared)]
+
+
+def _keyed(prepared: Prepared) -> list[tuple[RowJob, str]]:
+    label, params = prepared.spec.label, prepared.params
+    return [(job, answer_key(label, params, job.prompt)) for job in prepared.plan.jobs]
+
+
+def _open(spec: ModelSpec, timeout: float = TIMEOUT) -> BatchAPI:
+    return open_batch_api(spec, batch.api_key_for(spec), timeout)
+
+
+def _check_budget(prepared: Prepared, store: Store, prompts: list[str]) -> None:
+    """A batch is sent whole, so --budget must cover its worst case before it goes."""
+    limit = prepared.settings.budget
+    if limit is None:
+        return
+    batch.make_budget(prepared)  # refuses a model with no known price
+    worst = (batch.forecast(prepared, store, prompts).cost_max_usd or 0.0) * BATCH_DISCOUNT
+    if worst > limit:
+        raise ConfigError(f"--budget ${limit:,.4f} is less than this batch could cost "
+                          f"(${worst:,.4f} at batch price if every answer reaches its "
+                          "maximum length). Nothing was sent. Raise --budget, lower "
+                          "--max-tokens, or send fewer rows.")
+
+
+def _refresh(jobs: Iterable[Job], store: Store, download: bool) -> None:
+    """Poll the jobs not yet collected; with ``download``, collect those that have ended."""
+    journal = Journal(store)
+    for job in jobs:
+        if not job.open:
+            continue
+        with closing(_open(ModelSpec.parse(job.model, job.base_url))) as api:
+            try:
+                remote = api.poll(job.id)
+            except BatchError as exc:
+                if exc.status != 404:
+                    raise
+                _forget(journal, job, f"the provider no longer has batch {job.id}")
+                continue
+            if not (download and remote.ended):
+                journal.update(job.id, remote.status, remote.counts)
+                continue
+            chars = journal.prompt_chars(job.id)
+            failures, seen = _download(api.results(remote), job.model, chars, store)
+            missing = remote.error or f"the batch ended ({remote.status}) with no result for it"
+            failures.update({key: missing for key in chars if key not in seen})
+            journal.finish(job.id, remote.status, remote.counts, remote.error, failures)
+
+
+def _forget(journal: Journal, job: Job, reason: str) -> None:
+    """A batch the server does not know will never answer: close it, so its keys are
+    sent again rather than waited for forever."""
+    failures = dict.fromkeys(journal.prompt_chars(job.id), reason)
+    journal.finish(job.id, "gone", job.counts, reason, failures)
+
+
+def _download(results: Iterable[tuple[str, Completion | str]], model: str,
+              chars: dict[str, int], store: Store) -> tuple[dict[str, str], set[str]]:
+    """Store the answers as they stream in; return why requests failed, and the keys seen."""
+    failures: dict[str, str] = {}
+    seen: set[str] = set()
+    answers: list[tuple[str, Completion, int | None]] = []
+    for key, outcome in results:
+        if key not in chars:
+            continue  # not a request of this job: never trust a stray line
+        seen.add(key)
+        if isinstance(outcome, str):
+            failures[key] = outcome
+            continue
+        answers.append((key, outcome, chars[key]))
+        if len(answers) >= SAVE_EVERY:
+            store.put_many(model, answers)
+            answers = []
+    store.put_many(model, answers)
+    return failures, seen
+
+
+def _write(prepared: Prepared, surface: Surface, store: Store) -> Collected:
+    """The sheet from the cache and the journal, through ``batch.run`` with only the rows
+    the cache answers: it makes no request. Failed prompts become refused rows."""
+    keyed = _keyed(prepared)
+    keys = [key for _, key in keyed]
+    journal = Journal(store)
+    cached = store.get_many(keys)
+    in_flight = journal.in_flight(keys)
+    failures = journal.failures(keys)
+    ready: list[RowJob] = []
+    refused = list(prepared.plan.refused)
+    waiting = unsent = 0
+    for job, key in keyed:
+        if key in cached:
+            ready.append(job)
+        elif key in in_flight:
+            waiting += 1
+        elif key in failures:
+            refused.append((job.row, f"Batch API: {failures[key]}"))
+        else:
+            unsent += 1
+    plan = replace(prepared.plan, jobs=ready, refused=refused)
+    settings = replace(prepared.settings, use_cache=True, budget=None)
+    summary = batch.run(replace(prepared, plan=plan, settings=settings), surface, store)
+    return Collected(summary, waiting, unsent, journal.jobs(keys))
