@@ -16,13 +16,15 @@ from dataclasses import dataclass, replace
 
 from . import batch
 from .batch import Prepared
-from .engine import Summary
+from .chain import Chain
+from .engine import RowResult, Summary, fits
 from .errors import ConfigError
 from .estimate import BATCH_DISCOUNT, request_chars
 from .journal import Job, Journal
 from .plan import RowJob
 from .providers import Completion, ModelSpec, open_batch_api, require_batch_api
 from .providers.batchapi import BatchAPI, BatchError, split
+from .schema import Schema, SchemaMismatch
 from .sheet import Surface
 from .store import Store, answer_key
 
@@ -50,25 +52,27 @@ def submit(prepared: Prepared, store: Store) -> list[Job]:
     """Send the distinct prompts neither cached nor already in a running job; returns the new
     jobs (none when there is nothing to send), split at the provider's limits."""
     check(prepared, store)
-    prompts, _ = batch.pending(prepared, store)
+    keyed = {key: job for job, key in _keyed(prepared, store)}
     journal = Journal(store)
-    spec, params = prepared.spec, prepared.params
-    todo = {answer_key(spec.label, params, p): p for p in prompts}
-    busy = journal.in_flight(todo)
-    todo = {k: p for k, p in todo.items() if k not in busy}
+    cached = store.get_many(keyed)
+    busy = journal.in_flight(keyed)
+    todo = {k: j for k, j in keyed.items() if k not in cached and k not in busy}
     if not todo:
         return []
-    _check_budget(prepared, store, list(todo.values()))
+    _check_budget(prepared, store, [j.prompt for j in todo.values()])
+    spec, system = prepared.spec, prepared.params.system
     jobs: list[Job] = []
     with closing(_open(spec, prepared.settings.timeout)) as api:
-        requests = [(key, api.encode(key, prompt, params)) for key, prompt in todo.items()]
+        requests = [(key, api.encode(key, j.prompt, prepared.params_for(j.step)))
+                    for key, j in todo.items()]
         for chunk in split(requests, api.max_requests, api.max_bytes):
             keys = [key for key, _ in chunk]
             batch_id = api.create([line for _, line in chunk])
-            cost = batch.forecast(prepared, store, [todo[k] for k in keys]).batch_cost_usd
+            prompts = [todo[k].prompt for k in keys]
+            cost = batch.forecast(prepared, store, prompts).batch_cost_usd
             job = Job(batch_id, spec.provider, spec.label, spec.base_url or "", time.time(),
                       "submitted", len(keys), {}, cost)
-            journal.add(job, {k: request_chars(todo[k], params.system) for k in keys})
+            journal.add(job, {k: request_chars(todo[k].prompt, system) for k in keys})
             jobs.append(job)
     return jobs
 
@@ -78,7 +82,7 @@ def collect(prepared: Prepared, surface: Surface, store: Store) -> Collected:
     answers where they came, #ERROR cells where a request failed, nothing where one waits."""
     check(prepared, store)
     surface.ready()
-    _refresh(Journal(store).jobs(_keys(prepared)), store, download=True)
+    _refresh(Journal(store).jobs(_keys(prepared, store)), store, _schemas(prepared, store))
     return _write(prepared, surface, store)
 
 
@@ -87,7 +91,7 @@ def submit_and_collect(prepared: Prepared, surface: Surface,
     """``run --via batch``: collect what is done, send what is missing, write the sheet."""
     check(prepared, store)
     surface.ready()  # before paying: the answers must have somewhere to go
-    _refresh(Journal(store).jobs(_keys(prepared)), store, download=True)
+    _refresh(Journal(store).jobs(_keys(prepared, store)), store, _schemas(prepared, store))
     jobs = submit(prepared, store)
     return jobs, _write(prepared, surface, store)
 
@@ -95,8 +99,8 @@ def submit_and_collect(prepared: Prepared, surface: Surface,
 def status(store: Store, prepared: Prepared | None = None) -> list[Job]:
     """Every job (or those holding the sheet's prompts), the running ones polled first."""
     journal = Journal(store)
-    keys = _keys(prepared) if prepared is not None else None
-    _refresh(journal.jobs(keys), store, download=False)
+    keys = _keys(prepared, store) if prepared is not None else None
+    _refresh(journal.jobs(keys), store, None)
     return journal.jobs(keys)
 
 
@@ -113,13 +117,41 @@ def check(prepared: Prepared, store: Store) -> None:
                           "reach the sheet through the cache. Leave out --no-cache.")
 
 
-def _keys(prepared: Prepared) -> list[str]:
-    return [key for _, key in _keyed(prepared)]
+def _keys(prepared: Prepared, store: Store) -> list[str]:
+    return [key for _, key in _keyed(prepared, store)]
 
 
-def _keyed(prepared: Prepared) -> list[tuple[RowJob, str]]:
-    label, params = prepared.spec.label, prepared.params
-    return [(job, answer_key(label, params, job.prompt)) for job in prepared.plan.jobs]
+def _keyed(prepared: Prepared, store: Store) -> list[tuple[RowJob, str]]:
+    """The sheet's prompts and their answer keys: the ones ready now, and the later prompt
+    columns of rows whose answers they use are already cached (a chain moves one column
+    further with each batch)."""
+    label, plan, schemas = prepared.spec.label, prepared.plan, prepared.schemas
+    chain = Chain(plan, prepared.data.grid) if plan.waiting else None
+    keyed: list[tuple[RowJob, str]] = []
+    todo = list(plan.jobs)
+    while todo:
+        found = [(job, answer_key(label, prepared.params_for(job.step), job.prompt))
+                 for job in todo]
+        keyed += found
+        todo = []
+        if chain is None:
+            break
+        hits = store.get_many(key for _, key in found)
+        for job, key in found:
+            answer = hits.get(key)
+            if answer is None or (job.step in schemas and not fits(schemas[job.step],
+                                                                   answer.text)):
+                continue
+            done = RowResult(job.row, answer.text, True, True, answer, job.step)
+            todo += [item for item in chain(done) if isinstance(item, RowJob)]
+    return keyed
+
+
+def _schemas(prepared: Prepared, store: Store) -> dict[str, Schema]:
+    """The schema each structured prompt's answer must fit, by answer key."""
+    schemas = prepared.schemas
+    return {key: schemas[job.step] for job, key in _keyed(prepared, store)
+            if job.step in schemas}
 
 
 def _open(spec: ModelSpec, timeout: float = TIMEOUT) -> BatchAPI:
@@ -140,8 +172,9 @@ def _check_budget(prepared: Prepared, store: Store, prompts: list[str]) -> None:
                           "--max-tokens, or send fewer rows.")
 
 
-def _refresh(jobs: Iterable[Job], store: Store, download: bool) -> None:
-    """Poll the jobs not yet collected; with ``download``, collect those that have ended."""
+def _refresh(jobs: Iterable[Job], store: Store, download: dict[str, Schema] | None) -> None:
+    """Poll the jobs not yet collected; with ``download`` (the schemas structured answers
+    must fit, by key), collect those that have ended."""
     journal = Journal(store)
     for job in jobs:
         if not job.open:
@@ -154,11 +187,11 @@ def _refresh(jobs: Iterable[Job], store: Store, download: bool) -> None:
                     raise
                 _forget(journal, job, f"the provider no longer has batch {job.id}")
                 continue
-            if not (download and remote.ended):
+            if download is None or not remote.ended:
                 journal.update(job.id, remote.status, remote.counts)
                 continue
             chars = journal.prompt_chars(job.id)
-            failures, seen = _download(api.results(remote), job.model, chars, store)
+            failures, seen = _download(api.results(remote), job.model, chars, store, download)
             missing = remote.error or f"the batch ended ({remote.status}) with no result for it"
             failures.update({key: missing for key in chars if key not in seen})
             journal.finish(job.id, remote.status, remote.counts, remote.error, failures)
@@ -172,8 +205,10 @@ def _forget(journal: Journal, job: Job, reason: str) -> None:
 
 
 def _download(results: Iterable[tuple[str, Completion | str]], model: str,
-              chars: dict[str, int], store: Store) -> tuple[dict[str, str], set[str]]:
-    """Store the answers as they stream in; return why requests failed, and the keys seen."""
+              chars: dict[str, int], store: Store,
+              schemas: dict[str, Schema]) -> tuple[dict[str, str], set[str]]:
+    """Store the answers as they stream in; return why requests failed, and the keys seen.
+    A structured answer that does not fit its schema fails (a realtime rerun repairs it)."""
     failures: dict[str, str] = {}
     seen: set[str] = set()
     answers: list[tuple[str, Completion, int | None]] = []
@@ -181,6 +216,8 @@ def _download(results: Iterable[tuple[str, Completion | str]], model: str,
         if key not in chars:
             continue  # not a request of this job: never trust a stray line
         seen.add(key)
+        if isinstance(outcome, Completion) and key in schemas:
+            outcome = _fitting(schemas[key], outcome)
         if isinstance(outcome, str):
             failures[key] = outcome
             continue
@@ -192,10 +229,18 @@ def _download(results: Iterable[tuple[str, Completion | str]], model: str,
     return failures, seen
 
 
+def _fitting(schema: Schema, answer: Completion) -> Completion | str:
+    try:
+        schema.check(answer.text)
+    except SchemaMismatch as exc:
+        return f"the reply did not fit the fields: {exc.reason}"
+    return answer
+
+
 def _write(prepared: Prepared, surface: Surface, store: Store) -> Collected:
     """The sheet from the cache and the journal, through ``batch.run`` with only the rows
     the cache answers: it makes no request. Failed prompts become refused rows."""
-    keyed = _keyed(prepared)
+    keyed = _keyed(prepared, store)
     keys = [key for _, key in keyed]
     journal = Journal(store)
     cached = store.get_many(keys)
@@ -210,10 +255,11 @@ def _write(prepared: Prepared, surface: Surface, store: Store) -> Collected:
         elif key in in_flight:
             waiting += 1
         elif key in failures:
-            refused.append((job.row, f"Batch API: {failures[key]}"))
+            refused.append((job.row, job.step, f"Batch API: {failures[key]}"))
         else:
             unsent += 1
-    plan = replace(prepared.plan, jobs=ready, refused=refused)
+    # a later prompt column waits for the next run: it is sent once these answers are in
+    plan = replace(prepared.plan, jobs=ready, refused=refused, waiting={}, known={})
     settings = replace(prepared.settings, use_cache=True, budget=None)
     summary = batch.run(replace(prepared, plan=plan, settings=settings), surface, store)
     return Collected(summary, waiting, unsent, journal.jobs(keys))

@@ -265,3 +265,53 @@ def test_a_batch_the_server_failed_or_forgot_gives_error_cells_and_is_sent_again
     fake.finish()
     assert cli("collect", *args).exit_code == 0
     assert read_csv(tmp_path / "b.promptbatch.csv") == ["ANS a", "ANS b"]
+
+
+def test_chained_and_structured_columns_go_through_batches_round_by_round(
+    tmp_path: Path, fake: FakeBatchServer
+) -> None:
+    """customer_feedback.xlsx: summaries and JSON triage go in the first batch; each reply
+    uses its row's summary, so it goes in the next one. A triage answer that does not fit
+    its fields is not cached: the next run sends it again."""
+    misfits = iter(["no idea"])
+
+    def answer(prompt: str) -> str:
+        if prompt.startswith("Triage"):
+            fitting = '{"sentiment": "negative", "urgent": true, "score": 2}'
+            return next(misfits, fitting) if "dark mode" in prompt else fitting
+        return f"ANS {prompt[:40]}"
+
+    fake.config.answer = answer
+    out = tmp_path / "out.xlsx"
+    args = ["run", str(SAMPLES / "customer_feedback.xlsx"), "--via", "batch", "-o", str(out),
+            *model(fake, "openai")]
+    first = cli(*args)
+    assert first.exit_code == 0, first.output
+    (job,) = fake.batches.values()
+    bodies = [body for _, body in job.requests]
+    assert len(bodies) == 12
+    triage = [b for b in bodies if "response_format" in b]
+    assert len(triage) == 6
+    assert triage[0]["response_format"]["json_schema"]["schema"]["required"] == [
+        "sentiment", "urgent", "score"]
+
+    fake.finish()
+    second = cli(*args)  # collects round one, sends the replies and Dev's triage again
+    assert second.exit_code == 0, second.output
+    ws = openpyxl.load_workbook(out)["Feedback"]
+    assert [c.value for c in ws[3]][4:] == ["negative", True, 2]
+    assert ws["E6"].value is None  # Dev's triage did not fit: on its way again
+    bodies = [body for _, body in list(fake.batches.values())[1].requests]
+    replies = [b for b in bodies if "response_format" not in b]
+    assert len(replies) == 6 and len(bodies) == 7
+    assert all("whose feedback was: ANS Summarize" in b["messages"][-1]["content"]
+               for b in replies)
+
+    fake.finish()
+    third = cli(*args)  # collects the rest; nothing is left to send
+    assert third.exit_code == 0, third.output
+    assert len(fake.batches) == 2
+    ws = openpyxl.load_workbook(out)["Feedback"]
+    assert all(ws.cell(r, 4).value.startswith("ANS Write a one-sentence reply")
+               for r in range(3, 9))
+    assert [c.value for c in ws[6]][4:] == ["negative", True, 2]
