@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from enum import Enum
 from pathlib import Path
 from typing import Annotated, Any, TypeVar
 
@@ -16,6 +15,7 @@ from . import batch, batchjobs, batchreport, report, userconfig
 from .addin import addin_app
 from .errors import PromptBatchError
 from .plan import Rerun
+from .settings import Via
 from .store import Store
 from .surfaces import GOOGLE_SHEETS, open_surface
 from .table import TemplateText
@@ -59,12 +59,7 @@ OutputOpt = Annotated[str | None, typer.Option("--output", "-o", help="Where to 
                       "(default: NAME.promptbatch.xlsx beside the input).")]
 
 
-class Via(str, Enum):
-    REALTIME = "realtime"
-    BATCH = "batch"
-
-
-ViaOpt = Annotated[Via, typer.Option(help="realtime, or batch: the provider's Batch API at "
+ViaOpt = Annotated[Via | None, typer.Option(help="realtime, or batch: the provider's Batch API at "
                    "half price, answers within a day (promptbatch collect writes them).")]
 
 
@@ -122,20 +117,21 @@ def run(
                       "could pass this; unsent rows stay empty.")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Ask the model again even "
                         "for answers already stored (they are replaced).")] = False,
-    via: ViaOpt = Via.REALTIME,
+    via: ViaOpt = None,
 ) -> None:
     """Answer every row that needs it and write the answers next to the table."""
     flags = dict(model=model, concurrency=concurrency, rerun=rerun, output_column=output_column,
                  base_url=base_url, temperature=temperature, max_tokens=max_tokens,
                  system=system, rpm=rpm, tpm=tpm, budget=budget, fields=fields, schema=schema,
-                 use_cache=False if no_cache else None, skip_hidden=skip_hidden or None)
+                 use_cache=False if no_cache else None, skip_hidden=skip_hidden or None,
+                 via=via)
     surface, prepared = _prepare(book, sheet, output, flags, template, template_file,
                                  template_cell, credentials)
     if not prepared.plan.prompts:
         console.print(f"All {prepared.plan.kept} rows already have answers; nothing to send. "
                       "Use --rerun all to ask again.")
         return
-    if via is Via.BATCH:
+    if prepared.settings.via is Via.BATCH:
         _via_batch(book, surface, prepared)
         return
     store = Store()
@@ -205,12 +201,13 @@ def collect(
     base_url: BaseUrlOpt = None, rerun: RerunOpt = None, max_tokens: MaxTokensOpt = None,
     temperature: TemperatureOpt = None, system: SystemOpt = None,
     credentials: CredentialsOpt = None, skip_hidden: SkipHiddenOpt = False,
+    fields: FieldsOpt = None, schema: SchemaOpt = None,
 ) -> None:
     """Fetch finished Batch API results and write them next to the table (same options as
     the run that sent them); rows of running jobs stay empty."""
     flags = dict(model=model, rerun=rerun, output_column=output_column, base_url=base_url,
                  temperature=temperature, max_tokens=max_tokens, system=system,
-                 skip_hidden=skip_hidden or None)
+                 skip_hidden=skip_hidden or None, fields=fields, schema=schema)
     surface, prepared = _prepare(book, sheet, output, flags, template, template_file,
                                  template_cell, credentials)
     store = Store()
@@ -232,6 +229,7 @@ def status(
     base_url: BaseUrlOpt = None, rerun: RerunOpt = None, max_tokens: MaxTokensOpt = None,
     temperature: TemperatureOpt = None, system: SystemOpt = None,
     credentials: CredentialsOpt = None, skip_hidden: SkipHiddenOpt = False,
+    fields: FieldsOpt = None, schema: SchemaOpt = None,
 ) -> None:
     """List Batch API jobs: status, request counts, estimated cost, age (running ones are
     polled first)."""
@@ -239,7 +237,8 @@ def status(
     if book is not None:
         flags = dict(model=model, rerun=rerun, output_column=output_column,
                      base_url=base_url, temperature=temperature, max_tokens=max_tokens,
-                     system=system, skip_hidden=skip_hidden or None)
+                     system=system, skip_hidden=skip_hidden or None, fields=fields,
+                     schema=schema)
         _, prepared = _prepare(book, sheet, None, flags, template, template_file,
                                template_cell, credentials)
     store = Store()

@@ -7,11 +7,20 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, fields, replace
+from enum import Enum
 from typing import Any
 
 from .errors import ConfigError
 from .plan import Rerun
 from .userconfig import load_user_config
+
+
+class Via(str, Enum):
+    """How a run reaches the model."""
+
+    REALTIME = "realtime"
+    BATCH = "batch"
+    """The provider's Batch API: half price, answers within a day, collected by a later run."""
 
 
 @dataclass(frozen=True)
@@ -36,12 +45,14 @@ class Settings:
     use_cache: bool = True
     skip_hidden: bool = False
     """Leave out rows hidden in the sheet (filtered rows are hidden rows)."""
+    via: Via = Via.REALTIME
 
 
 NUMBERS: dict[str, type] = {"temperature": float, "max_tokens": int, "concurrency": int,
                             "timeout": float, "retries": int, "rpm": float, "tpm": float,
                             "budget": float}
 BOOLS = frozenset({"use_cache", "skip_hidden"})
+CHOICES: dict[str, type[Rerun] | type[Via]] = {"rerun": Rerun, "via": Via}
 NAMES = {f.name for f in fields(Settings)}
 
 
@@ -56,12 +67,13 @@ def _coerce(name: str, value: Any, where: str) -> Any:
                           and number < 1):
             raise ConfigError(f"Setting {name!r} in {where} is out of range: {value!r}.")
         return number
-    if name == "rerun":
+    if name in CHOICES:
+        kind = CHOICES[name]
         try:
-            return value if isinstance(value, Rerun) else Rerun(str(value).strip().lower())
+            return value if isinstance(value, kind) else kind(str(value).strip().lower())
         except ValueError:
-            choices = ", ".join(r.value for r in Rerun)
-            raise ConfigError(f"Setting 'rerun' in {where} must be one of {choices}.") from None
+            choices = ", ".join(c.value for c in kind)
+            raise ConfigError(f"Setting {name!r} in {where} must be one of {choices}.") from None
     if name in BOOLS:
         return str(value).strip().lower() not in ("0", "false", "no", "off")
     return str(value)

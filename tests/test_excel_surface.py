@@ -19,6 +19,7 @@ from openpyxl.utils.cell import range_boundaries
 from promptbatch_sheets import batch
 from promptbatch_sheets.errors import PromptBatchError
 from promptbatch_sheets.surfaces.xlsx import XlsxSurface
+from tests.fakes.batch_api import FakeBatchConfig, FakeBatchServer
 from tests.fakes.llm_server import FakeLLMConfig, FakeLLMServer
 
 os.environ.setdefault("XLWINGS_LICENSE_KEY", "noncommercial")  # before xlwings is imported
@@ -311,3 +312,39 @@ def test_a_table_grows_by_every_field_column(server: FakeLLMServer) -> None:
     surface.write([(0, 1, "mood"), (0, 2, "score"), (0, 4, "apart"), (1, 1, "ok"),
                    (1, 2, 3)])
     assert [a["args"] for a in actions(book, "resizeTable")] == [[0, "$A$1:$C$3"]]
+
+
+def test_ribbon_sends_through_the_batch_api_and_collects_on_the_next_press(
+        monkeypatch: pytest.MonkeyPatch) -> None:
+    """``via = batch`` in promptbatch.conf: the first press submits, a press after the
+    provider has finished writes the answers."""
+    values = [["word", ""], ["hi", ""], ["yo", ""]]
+    conf = [["key", "value"], ["template", "Say {{ word }}"], ["via", "batch"]]
+
+    def book() -> xw.Book:
+        data = _small_book(values)
+        data["sheets"].append({"name": "promptbatch.conf", "pictures": [], "tables": [],
+                               "values": conf})
+        made = remote_book(data)
+        monkeypatch.setattr(xw.Book, "_mock_caller", made, raising=False)
+        return made
+
+    with FakeBatchServer(FakeBatchConfig(answer=lambda p: f"ANS {p}")) as fake:
+        monkeypatch.setenv("OPENAI_API_KEY", "sk-test")
+        monkeypatch.setenv("PROMPTBATCH_MODEL", "openai:gpt-4o-mini")
+        monkeypatch.setenv("PROMPTBATCH_BASE_URL", fake.base_url)
+        first = book()
+        promptbatch_sheets.main()
+        (message,) = [a["args"][0] for a in actions(first, "alert")]
+        assert "Sent 2 prompts to the provider's Batch API" in message
+        assert "press Run batch again to collect them" in message
+        assert written(first) == {(0, 1): "'response"}
+
+        fake.finish()
+        second = book()
+        promptbatch_sheets.main()
+        (message,) = [a["args"][0] for a in actions(second, "alert")]
+        assert message == "2 answers are in the sheet."
+        assert written(second) == {(0, 1): "'response", (1, 1): "'ANS Say hi",
+                                   (2, 1): "'ANS Say yo"}
+        assert len(fake.batches) == 1

@@ -15,9 +15,10 @@ from typing import Any
 
 import xlwings as xw
 
-from .. import batch
+from .. import batch, batchjobs
 from ..engine import RowResult, Summary
 from ..errors import PromptBatchError, WorkbookError
+from ..settings import Via
 from ..sheet import CONF_SHEET, TEMPLATE_NAME, Cell, CellValue, SheetData, conf_settings, fit_cell
 from ..store import Store
 from ..table import Bounds, TemplateText, quote_sheet
@@ -232,23 +233,57 @@ class StatusBar:
 
 def run_batch(book: xw.Book, sheet: str | None = None) -> Summary:
     """Answer every row of ``sheet`` (default: the active one) that needs it, in place."""
-    app = book.app
     surface = ExcelSurface(book, sheet)
-    with _manual_calculation(app):
-        prepared = batch.prepare(surface)
-        status = StatusBar(app, len(prepared.plan.jobs))
-        store = Store()
-        try:
-            return batch.run(prepared, surface, store, on_result=status.step)
-        finally:
-            store.close()
-            status.restore()
+    with _manual_calculation(book.app):
+        return _realtime(book.app, surface, batch.prepare(surface))
+
+
+def _realtime(app: xw.App, surface: ExcelSurface, prepared: batch.Prepared) -> Summary:
+    status = StatusBar(app, len(prepared.plan.jobs))
+    store = Store()
+    try:
+        return batch.run(prepared, surface, store, on_result=status.step)
+    finally:
+        store.close()
+        status.restore()
+
+
+def _through_batch_api(surface: ExcelSurface, prepared: batch.Prepared) -> str:
+    """``via = batch``: collect what the provider has finished, send what is missing, and
+    say what happened; the same button collects the rest later."""
+    store = Store()
+    try:
+        jobs, collected = batchjobs.submit_and_collect(prepared, surface, store)
+    finally:
+        store.close()
+    parts = []
+    if collected.summary.cached:
+        parts.append(f"{collected.summary.cached} answers are in the sheet.")
+    if jobs:
+        cost = sum(j.estimate_usd or 0.0 for j in jobs)
+        parts.append(f"Sent {sum(j.requests for j in jobs)} prompts to the provider's Batch "
+                     f"API (about ${cost:,.4f} at half price; job "
+                     f"{', '.join(j.id for j in jobs)}).")
+    if collected.waiting or jobs:
+        parts.append("Answers come within 24 hours: press Run batch again to collect them.")
+    if collected.summary.failed:
+        parts.append(f"{collected.summary.failed} rows failed (#ERROR cells); press Run batch "
+                     "again to send them again.")
+    return " ".join(parts) or "Every row has its answer."
 
 
 def run_from_ribbon(book: xw.Book) -> None:
-    """``run_batch`` for a person at the ribbon: mistakes and failed rows come as a message."""
+    """Run batch, for a person at the ribbon: realtime, or through the provider's Batch API
+    when the promptbatch.conf sheet says ``via = batch``; mistakes, failed rows and batch
+    news come as a message."""
     try:
-        summary = run_batch(book)
+        surface = ExcelSurface(book)
+        with _manual_calculation(book.app):
+            prepared = batch.prepare(surface)
+            if prepared.settings.via is Via.BATCH:
+                book.app.alert(_through_batch_api(surface, prepared), title="PromptBatch")
+                return
+            summary = _realtime(book.app, surface, prepared)
     except PromptBatchError as exc:
         book.app.alert(str(exc), title="PromptBatch")
         return
