@@ -20,7 +20,7 @@ from .chain import Chain
 from .engine import RowResult, Summary, error_text, run_jobs, structured
 from .errors import ConfigError
 from .estimate import Estimate, calibrate, cost, estimate
-from .plan import Plan, make_plan
+from .plan import Plan, RowJob, make_plan
 from .providers import ModelSpec, Params, Provider, RetryPolicy, open_provider
 from .schema import Schema, load_schema
 from .settings import Settings, resolve
@@ -52,6 +52,13 @@ class Prepared:
     def schemas(self) -> dict[int, Schema]:
         """The structured steps' schemas, by step."""
         return {s.index: s.schema for s in self.plan.steps if s.schema is not None}
+
+    def as_sent(self, job: RowJob) -> str:
+        """The text a request carries for ``job``, as far as its size goes: a structured
+        step's schema is sent too (in the prompt, or as response_format or a tool), which
+        the engine counts the same way when it records what a request sent."""
+        schema = self.plan.steps[job.step].schema
+        return job.prompt if schema is None else job.prompt + schema.instructions()
 
     def params_for(self, step: int) -> Params:
         """What a prompt of ``step`` is sent with (and so part of its cache key)."""
@@ -128,23 +135,24 @@ def _schemas(settings: Settings, conf: dict[str, str],
     return found
 
 
-def pending(prepared: Prepared, store: Store) -> tuple[list[str], int]:
-    """The distinct prompts the cache cannot answer, and how many rows it does answer."""
+def pending(prepared: Prepared, store: Store) -> tuple[list[RowJob], int]:
+    """One job per distinct prompt the cache cannot answer, and how many it does answer."""
     label = prepared.spec.label
     keys = [answer_key(label, prepared.params_for(j.step), j.prompt) for j in prepared.plan.jobs]
     hits = store.get_many(keys) if prepared.settings.use_cache else {}
-    fresh = {k: j.prompt for k, j in zip(keys, prepared.plan.jobs, strict=True) if k not in hits}
+    fresh = {k: j for k, j in zip(keys, prepared.plan.jobs, strict=True) if k not in hits}
     return list(fresh.values()), sum(1 for k in keys if k in hits)
 
 
-def forecast(prepared: Prepared, store: Store, prompts: list[str]) -> Estimate:
-    """The estimate for ``prompts``, calibrated by this model's past answers in the cache."""
+def forecast(prepared: Prepared, store: Store, jobs: list[RowJob]) -> Estimate:
+    """The estimate for ``jobs``, calibrated by this model's past answers in the cache."""
     settings = prepared.settings
+    prompts = [prepared.as_sent(job) for job in jobs]
     return estimate(prepared.price_label, prompts, settings.max_tokens, settings.concurrency,
                     system=settings.system, history=store.history(prepared.spec.label))
 
 
-def later_prompts(prepared: Prepared, store: Store) -> list[str]:
+def later_prompts(prepared: Prepared, store: Store) -> list[RowJob]:
     """The prompts that wait for other answers, rendered with stand-ins of a typical answer's
     length: their text is unknown until the run, their size is what an estimate needs."""
     plan = prepared.plan
@@ -154,12 +162,13 @@ def later_prompts(prepared: Prepared, store: Store) -> list[str]:
     calibration = calibrate(prepared.price_label, store.history(prepared.spec.label),
                             settings.system is not None)
     stand_in = "x" * round(calibration.answer(settings.max_tokens) * calibration.chars_per_token)
-    prompts = []
+    jobs = []
     for row, steps in plan.waiting.items():
         answers = {s.index: [stand_in] * len(s.outputs) for s in plan.steps}
         answers.update(plan.known.get(row, {}))
-        prompts += [plan.render(prepared.data.grid, row, step, answers) for step in steps]
-    return prompts
+        jobs += [RowJob(row, plan.render(prepared.data.grid, row, step, answers), step)
+                 for step in steps]
+    return jobs
 
 
 def preview(prepared: Prepared, store: Store, first: int = 3) -> Preview:
@@ -259,9 +268,9 @@ def run(prepared: Prepared, surface: Surface, store: Store,
     budget = make_budget(prepared)
     guess: Estimate | None = None
 
-    def forecast_sent(prompts: list[str]) -> None:
+    def forecast_sent(jobs: list[RowJob]) -> None:
         nonlocal guess  # taken before the new answers join the model's history
-        guess = forecast(prepared, store, prompts + later_prompts(prepared, store))
+        guess = forecast(prepared, store, jobs + later_prompts(prepared, store))
 
     async def go() -> Summary:
         return await run_jobs(prepared.plan.jobs, prepared.spec.label, connect, prepared.params,

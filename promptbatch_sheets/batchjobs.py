@@ -59,7 +59,7 @@ def submit(prepared: Prepared, store: Store) -> list[Job]:
     todo = {k: j for k, j in keyed.items() if k not in cached and k not in busy}
     if not todo:
         return []
-    _check_budget(prepared, store, [j.prompt for j in todo.values()])
+    _check_budget(prepared, store, list(todo.values()))
     spec, system = prepared.spec, prepared.params.system
     jobs: list[Job] = []
     with closing(_open(spec, prepared.settings.timeout)) as api:
@@ -68,8 +68,7 @@ def submit(prepared: Prepared, store: Store) -> list[Job]:
         for chunk in split(requests, api.max_requests, api.max_bytes):
             keys = [key for key, _ in chunk]
             batch_id = api.create([line for _, line in chunk])
-            prompts = [todo[k].prompt for k in keys]
-            cost = batch.forecast(prepared, store, prompts).batch_cost_usd
+            cost = batch.forecast(prepared, store, [todo[k] for k in keys]).batch_cost_usd
             job = Job(batch_id, spec.provider, spec.label, spec.base_url or "", time.time(),
                       "submitted", len(keys), {}, cost)
             journal.add(job, {k: request_chars(todo[k].prompt, system) for k in keys})
@@ -158,13 +157,13 @@ def _open(spec: ModelSpec, timeout: float = TIMEOUT) -> BatchAPI:
     return open_batch_api(spec, batch.api_key_for(spec), timeout)
 
 
-def _check_budget(prepared: Prepared, store: Store, prompts: list[str]) -> None:
+def _check_budget(prepared: Prepared, store: Store, jobs: list[RowJob]) -> None:
     """A batch is sent whole, so --budget must cover its worst case before it goes."""
     limit = prepared.settings.budget
     if limit is None:
         return
     batch.make_budget(prepared)  # refuses a model with no known price
-    worst = (batch.forecast(prepared, store, prompts).cost_max_usd or 0.0) * BATCH_DISCOUNT
+    worst = (batch.forecast(prepared, store, jobs).cost_max_usd or 0.0) * BATCH_DISCOUNT
     if worst > limit:
         raise ConfigError(f"--budget ${limit:,.4f} is less than this batch could cost "
                           f"(${worst:,.4f} at batch price if every answer reaches its "

@@ -88,14 +88,14 @@ async def run_jobs(
     on_result: Callable[[RowResult], None],
     use_cache: bool = True,
     budget: Budget | None = None,
-    on_plan: Callable[[list[str]], None] | None = None,
+    on_plan: Callable[[list[RowJob]], None] | None = None,
     follow: Follow | None = None,
     schemas: Mapping[int, Schema] | None = None,
 ) -> Summary:
     """Answer every job, and every job ``follow`` adds; ``on_result`` is called once per job,
     in completion order.
 
-    ``on_plan`` hears the distinct prompts the cache cannot answer, before the first request
+    ``on_plan`` hears one job per distinct prompt the cache cannot answer, before the first request
     (prompts ``follow`` adds later are not among them).
 
     ``connect`` opens the provider for ``label``; it is not called when the cache holds
@@ -171,7 +171,9 @@ async def run_jobs(
 
     def deliver(key: str, result: Completion | str) -> None:
         if isinstance(result, Completion):
-            store.put(key, label, result, request_chars(prompt_by_key[key], params.system))
+            schema = step_schemas.get(step_of[key])
+            sent = prompt_by_key[key] + (schema.instructions() if schema else "")
+            store.put(key, label, result, request_chars(sent, params.system))
         done[key] = result
         for job in waiting.pop(key):
             settle(job, result, False)
@@ -242,7 +244,7 @@ async def run_jobs(
 
     admit(jobs)
     if on_plan is not None:
-        on_plan([prompt_by_key[k] for k in queue])
+        on_plan([waiting[k][0] for k in queue])
     if queue:
         async with connect() as provider:
             workers = concurrency if follow else max(1, min(concurrency, len(queue)))

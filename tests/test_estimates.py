@@ -18,7 +18,8 @@ LOCAL = "local:smollm2-135m-instruct"
 TOLERANCE = 0.25
 BOOKS = [("product_descriptions.xlsx", []), ("support_tickets.xlsx", []),
          ("translation.xlsx", []),
-         ("reviews.csv", ["--template-file", "sample_workbooks/reviews.prompt.txt"])]
+         ("reviews.csv", ["--template-file", "sample_workbooks/reviews.prompt.txt"]),
+         ("customer_feedback.xlsx", [])]
 
 
 def forecast(output: str) -> tuple[int, int]:
