@@ -13,9 +13,10 @@ import asyncio
 import re
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
+if TYPE_CHECKING:
+    import httpx
 
 ASSUMED_ANSWER_TOKENS = 256
 """Token-bucket charge for the answer when a request sets no max_tokens."""

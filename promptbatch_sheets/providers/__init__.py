@@ -15,13 +15,8 @@ from urllib.parse import urlparse
 
 from ..errors import ConfigError
 from ..limits import Limiter
-from .anthropic import AnthropicMessages
-from .base import Completion, Params, Provider, ProviderError
-from .http import HTTPProvider
+from .base import Completion, Params, Provider, ProviderError, RetryPolicy
 from .local import MODEL_NAME, EmbeddedServer
-from .openai import OpenAICompatible
-from .pool import client_pool
-from .retry import RetryPolicy
 
 __all__ = ["Completion", "ModelSpec", "Params", "Provider", "ProviderError", "RetryPolicy",
            "open_provider"]
@@ -114,6 +109,12 @@ async def open_provider(
 ) -> AsyncIterator[Provider]:
     """A ready provider for one run: pooled HTTP clients, one limiter, the embedded server
     if needed."""
+    # The HTTP stack is imported here: a run the cache answers whole never loads it.
+    from .anthropic import AnthropicMessages
+    from .http import HTTPProvider
+    from .openai import OpenAICompatible
+    from .pool import client_pool
+
     limiter = Limiter(concurrency, rpm, tpm)
     async with client_pool(concurrency, timeout) as clients:
 
