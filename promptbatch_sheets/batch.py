@@ -22,7 +22,7 @@ from .plan import Plan, make_plan
 from .providers import ModelSpec, Params, Provider, RetryPolicy, open_provider
 from .settings import Settings, resolve
 from .sheet import Cell, SheetData, Surface
-from .store import Store, answer_key
+from .store import Store, key_function
 from .table import TemplateText, locate, quote_sheet
 
 FLUSH_SECONDS = 2.0
@@ -79,8 +79,8 @@ def prepare(surface: Surface, flags: dict[str, Any] | None = None,
 
 def pending(prepared: Prepared, store: Store) -> tuple[list[str], int]:
     """The distinct prompts the cache cannot answer, and how many rows it does answer."""
-    label = prepared.spec.label
-    keys = [answer_key(label, prepared.params, j.prompt) for j in prepared.plan.jobs]
+    key_of = key_function(prepared.spec.label, prepared.params)
+    keys = [key_of(j.prompt) for j in prepared.plan.jobs]
     hits = store.get_many(keys) if prepared.settings.use_cache else {}
     fresh = {k: j.prompt for k, j in zip(keys, prepared.plan.jobs, strict=True) if k not in hits}
     return list(fresh.values()), sum(1 for k in keys if k in hits)
@@ -164,8 +164,7 @@ def run(prepared: Prepared, surface: Surface, store: Store,
     first: list[Cell] = [] if table.output_exists else [
         (table.header_row, table.output_col, table.output_header)]
     first += [(row, table.output_col, error_text(reason)) for row, reason in prepared.plan.refused]
-    if first:
-        surface.write(first)
+    writer.pending += first  # with the first answers: a file is not saved for a header alone
     retries = 0
 
     def count_retry(reason: str) -> None:

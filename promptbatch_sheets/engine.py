@@ -17,7 +17,7 @@ from .budget import Budget
 from .estimate import Estimate, request_chars, tokens
 from .plan import ERROR_PREFIX, RowJob
 from .providers import Completion, Params, Provider, ProviderError
-from .store import Store, answer_key
+from .store import Store, key_function
 
 
 @dataclass(frozen=True)
@@ -80,8 +80,9 @@ async def run_jobs(
     summary = Summary(rows=len(jobs))
     rows_by_key: dict[str, list[int]] = {}
     prompt_by_key: dict[str, str] = {}
+    key_of = key_function(label, params)
     for job in jobs:
-        key = answer_key(label, params, job.prompt)
+        key = key_of(job.prompt)
         rows_by_key.setdefault(key, []).append(job.row)
         prompt_by_key.setdefault(key, job.prompt)
 
