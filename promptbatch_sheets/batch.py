@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
+from functools import cached_property
 from pathlib import Path
 from typing import Any
 
@@ -25,7 +26,7 @@ from .providers import ModelSpec, Params, Provider, RetryPolicy, open_provider
 from .schema import Schema, load_schema
 from .settings import Settings, resolve
 from .sheet import CONF_SHEET, Cell, SheetData, Surface
-from .store import Store, answer_key
+from .store import Store, key_function
 from .table import TemplateText, locate, quote_sheet
 
 FLUSH_SECONDS = 2.0
@@ -59,6 +60,15 @@ class Prepared:
         the engine counts the same way when it records what a request sent."""
         schema = self.plan.steps[job.step].schema
         return job.prompt if schema is None else job.prompt + schema.instructions()
+
+    def key(self, job: RowJob) -> str:
+        """The answer key of ``job``: its step's parameters and its prompt."""
+        return self._key_functions[job.step](job.prompt)
+
+    @cached_property
+    def _key_functions(self) -> list[Callable[[str], str]]:
+        return [key_function(self.spec.label, self.params_for(s.index))
+                for s in self.plan.steps]
 
     def params_for(self, step: int) -> Params:
         """What a prompt of ``step`` is sent with (and so part of its cache key)."""
@@ -137,8 +147,7 @@ def _schemas(settings: Settings, conf: dict[str, str],
 
 def pending(prepared: Prepared, store: Store) -> tuple[list[RowJob], int]:
     """One job per distinct prompt the cache cannot answer, and how many it does answer."""
-    label = prepared.spec.label
-    keys = [answer_key(label, prepared.params_for(j.step), j.prompt) for j in prepared.plan.jobs]
+    keys = [prepared.key(j) for j in prepared.plan.jobs]
     hits = store.get_many(keys) if prepared.settings.use_cache else {}
     fresh = {k: j for k, j in zip(keys, prepared.plan.jobs, strict=True) if k not in hits}
     return list(fresh.values()), sum(1 for k in keys if k in hits)
@@ -245,12 +254,11 @@ def run(prepared: Prepared, surface: Surface, store: Store,
     settings = prepared.settings
     surface.ready()
     writer = BlockWriter(surface, plan)
-    first: list[Cell] = [(plan.table.header_row, o.col, o.header)
-                         for o in plan.table.outputs if not o.exists]
-    first += [(row, plan.steps[step].cols[0], error_text(reason))
-              for row, step, reason in plan.refused]
-    if first:
-        surface.write(first)
+    writer.pending += [(plan.table.header_row, o.col, o.header)
+                       for o in plan.table.outputs if not o.exists]
+    writer.pending += [(row, plan.steps[step].cols[0], error_text(reason))
+                       for row, step, reason in plan.refused]
+    # written with the first answers: a file is not saved for its headers alone
     retries = 0
 
     def count_retry(reason: str) -> None:

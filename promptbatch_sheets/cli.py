@@ -5,13 +5,13 @@ from __future__ import annotations
 import functools
 from collections.abc import Callable
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from . import batch, batchjobs, batchreport, report, userconfig
+from . import batch, report, userconfig
 from .addin import addin_app
 from .errors import PromptBatchError
 from .plan import Rerun
@@ -19,6 +19,9 @@ from .settings import Via
 from .store import Store
 from .surfaces import GOOGLE_SHEETS, open_surface
 from .table import TemplateText
+
+if TYPE_CHECKING:  # the Batch API modules load only for the commands that use them
+    from .batchjobs import Collected
 
 app = typer.Typer(help="Run one prompt template over every row of a spreadsheet.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -175,6 +178,8 @@ def preview(
 
 
 def _via_batch(book: str, surface: Any, prepared: batch.Prepared) -> None:
+    from . import batchjobs, batchreport
+
     store = Store()
     try:
         jobs, collected = batchjobs.submit_and_collect(prepared, surface, store)
@@ -185,7 +190,9 @@ def _via_batch(book: str, surface: Any, prepared: batch.Prepared) -> None:
 
 
 def _collected(book: str, surface: Any, prepared: batch.Prepared,
-               collected: batchjobs.Collected) -> None:
+               collected: Collected) -> None:
+    from . import batchreport
+
     batchreport.print_collected(console, prepared, collected, getattr(surface, "output", None),
                                 book)
     if collected.summary.failed:
@@ -210,6 +217,8 @@ def collect(
                  skip_hidden=skip_hidden or None, fields=fields, schema=schema)
     surface, prepared = _prepare(book, sheet, output, flags, template, template_file,
                                  template_cell, credentials)
+    from . import batchjobs
+
     store = Store()
     try:
         collected = batchjobs.collect(prepared, surface, store)
@@ -241,6 +250,8 @@ def status(
                      schema=schema)
         _, prepared = _prepare(book, sheet, None, flags, template, template_file,
                                template_cell, credentials)
+    from . import batchjobs, batchreport
+
     store = Store()
     try:
         jobs = batchjobs.status(store, prepared)

@@ -19,7 +19,7 @@ from .estimate import Estimate, request_chars, tokens
 from .plan import ERROR_PREFIX, RowJob
 from .providers import Completion, Params, Provider, ProviderError
 from .schema import Schema, SchemaMismatch, repair_prompt
-from .store import Store, answer_key
+from .store import Store, key_function
 
 
 @dataclass(frozen=True)
@@ -110,6 +110,14 @@ async def run_jobs(
     step_schemas = schemas or {}
     step_params = {step: structured(params, schema) for step, schema in step_schemas.items()}
     step_of: dict[str, int] = {}
+    key_functions: dict[int, Callable[[str], str]] = {}
+
+    def key_of(step: int) -> Callable[[str], str]:
+        """Each step's key function, made once: a big rerun spends much of its time hashing."""
+        if step not in key_functions:
+            key_functions[step] = key_function(label, step_params.get(step, params))
+        return key_functions[step]
+
     waiting: dict[str, list[RowJob]] = {}
     """Jobs by the key of their prompt, from the moment it is queued until it is answered."""
     prompt_by_key: dict[str, str] = {}
@@ -143,7 +151,7 @@ async def run_jobs(
         """Answer jobs from this run or the cache at once; queue the others' prompts."""
         fresh: dict[str, list[RowJob]] = {}
         for job in batch:
-            key = answer_key(label, step_params.get(job.step, params), job.prompt)
+            key = key_of(job.step)(job.prompt)
             if key in done:
                 settle(job, done[key], isinstance(done[key], Completion))
             elif key in waiting:

@@ -13,9 +13,10 @@ import asyncio
 import re
 import time
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import httpx
+if TYPE_CHECKING:
+    import httpx
 
 ASSUMED_ANSWER_TOKENS = 256
 """Token-bucket charge for the answer when a request sets no max_tokens."""
@@ -131,20 +132,21 @@ class Limiter:
 
     def throttled_by_server(self, headers: httpx.Headers, wait: float | None) -> None:
         """A 429 (or a headerless 503): pause everyone for the server's wait. Where the limits
-        are known, the buckets set the pace, so they are emptied; where they are not, the
-        window is halved, once per burst (AIMD)."""
+        are known, the buckets set the pace, so they are emptied and refill only from the end
+        of the pause: a pause saved up as a burst would overrun the server's next slice. Where
+        the limits are not known, the window is halved, once per burst (AIMD)."""
         self.throttled += 1
         now = time.monotonic()
         self._learn(headers)
+        if wait:
+            self.paused_until = max(self.paused_until, now + wait)
         buckets = [b for b in (self.requests, self.tokens) if b is not None]
         for bucket in buckets:
-            bucket.level, bucket.stamp = min(bucket.level, 0.0), now
+            bucket.level, bucket.stamp = min(bucket.level, 0.0), max(now, self.paused_until)
         if not buckets and now - self.last_cut > 1.0:
             self.window = max(1.0, self.window / 2)
             self.last_cut = now
             self.opened = True  # a server that pushes back before answering is not opened wide
-        if wait:
-            self.paused_until = max(self.paused_until, now + wait)
 
     def overloaded(self, wait: float | None) -> None:
         """Anthropic's 529 is everyone's overload: pause, but keep the learned rate."""

@@ -14,13 +14,13 @@ import re
 from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
-from typing import Any
-
-import jsonschema
-from jsonschema.exceptions import ValidationError, best_match
+from typing import TYPE_CHECKING, Any
 
 from .errors import ConfigError
 from .sheet import CellValue
+
+if TYPE_CHECKING:
+    import jsonschema
 
 KINDS = ("string", "number", "integer", "boolean", "enum", "json")
 """What a field holds; ``json`` is a nested object or array, written as compact JSON text."""
@@ -34,6 +34,14 @@ not a second bill for a reply that rambled."""
 MAX_REASONS = 3
 """Problems named per invalid reply: enough for the repair retry, short enough for a cell."""
 _FENCE = re.compile(r"```(?:json|JSON)?\s*\n?(.*?)```", re.DOTALL)
+
+
+def _jsonschema() -> Any:
+    """jsonschema, imported on first use: a run without structured answers never loads it."""
+    import jsonschema
+    import jsonschema.exceptions
+
+    return jsonschema
 
 
 class SchemaMismatch(ValueError):
@@ -92,8 +100,8 @@ class Schema:
             raise ConfigError(f"{origin}: the schema must be a JSON object "
                               '({"type": "object", "properties": {...}}).')
         try:
-            jsonschema.validators.validator_for(value).check_schema(value)
-        except jsonschema.SchemaError as exc:
+            _jsonschema().validators.validator_for(value).check_schema(value)
+        except _jsonschema().SchemaError as exc:
             raise ConfigError(f"{origin}: the schema is not a valid JSON schema: "
                               f"{exc.message}.") from None
         props = value.get("properties")
@@ -115,7 +123,7 @@ class Schema:
 
     @cached_property
     def _validator(self) -> Any:
-        kind = jsonschema.validators.validator_for(self.json_schema)
+        kind = _jsonschema().validators.validator_for(self.json_schema)
         return kind(self.json_schema, format_checker=kind.FORMAT_CHECKER)
 
     def check(self, reply: str) -> dict[str, Any]:
@@ -128,7 +136,7 @@ class Schema:
         value = extract_object(reply)
         errors = list(self._validator.iter_errors(value))
         if errors:
-            first = best_match(errors)
+            first = _jsonschema().exceptions.best_match(errors)
             reasons = dict.fromkeys(describe(e) for e in [first, *errors])
             raise SchemaMismatch("; ".join(list(reasons)[:MAX_REASONS]))
         return value
@@ -216,7 +224,7 @@ _TYPE_WORDS = {"string": "a string", "number": "a number", "integer": "a whole n
                "null": "null"}
 
 
-def describe(error: ValidationError) -> str:
+def describe(error: jsonschema.exceptions.ValidationError) -> str:
     """A validation error in a user's words: ``score: 'high' is not a number``."""
     where = ".".join(str(p) for p in error.absolute_path)
     prefix = f"{where}: " if where else ""

@@ -10,8 +10,6 @@ from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from openpyxl.utils import get_column_letter
-
 from .errors import TableError
 from .template import display, variable_name
 
@@ -104,9 +102,19 @@ class Table:
         return self.value(grid, row, self.output_col)
 
 
+def column_letter(col: int) -> str:
+    """Excel's name of a 1-based column (1 -> A, 28 -> AB); computed here, not imported from
+    openpyxl, so a CSV run does not load openpyxl."""
+    letters = ""
+    while col > 0:
+        col, rest = divmod(col - 1, 26)
+        letters = chr(ord("A") + rest) + letters
+    return letters
+
+
 def cell_name(sheet: str, row: int, col: int) -> str:
     """An A1 reference a user can click to: ``'Sheet 1'!B3``."""
-    return f"{quote_sheet(sheet)}!{get_column_letter(col + 1)}{row + 1}"
+    return f"{quote_sheet(sheet)}!{column_letter(col + 1)}{row + 1}"
 
 
 def quote_sheet(sheet: str) -> str:
@@ -317,7 +325,7 @@ def _check_unnamed(grid: Grid, cols: list[int], sheet: str, header_row: int,
                        if c < len(grid[r]) and _text(grid[r][c])), None)
         if filled is not None:
             raise TableError(
-                f"Column {get_column_letter(c + 1)} has data ({cell_name(sheet, filled, c)}) "
+                f"Column {column_letter(c + 1)} has data ({cell_name(sheet, filled, c)}) "
                 f"but no header: {cell_name(sheet, header_row, c)} is empty. Give it a header "
                 "so the template can use it as a variable, or move the data out of the table.")
 
@@ -327,10 +335,10 @@ def _check_unmerged(merged: Sequence[Bounds], col: int, header_row: int, last_ro
     """Excel shows only the first cell of a merged range: answers there would be hidden."""
     for m in merged:
         if m.left <= col <= m.right and m.top <= last_row and m.bottom >= header_row:
-            corner = f"{get_column_letter(m.right + 1)}{m.bottom + 1}"
+            corner = f"{column_letter(m.right + 1)}{m.bottom + 1}"
             area = f"{cell_name(sheet, m.top, m.left)}:{corner}"
             raise TableError(
-                f"The answers column {get_column_letter(col + 1)} crosses the merged cells "
+                f"The answers column {column_letter(col + 1)} crosses the merged cells "
                 f"{area}; answers written there "
                 "would be hidden. Unmerge them (Home > Merge & Center), or choose another "
                 "answers column with --output-column NAME.")

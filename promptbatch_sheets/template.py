@@ -10,7 +10,7 @@ import datetime as dt
 import functools
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import jinja2
@@ -80,6 +80,9 @@ class Template:
     uses_row: bool
     """The template reads ``row[...]``, so any column may matter."""
     _compiled: jinja2.Template
+    _globals: dict[str, Any] = field(compare=False, repr=False)
+    """Jinja's globals (``range``, ``dict``...) merged once: Jinja would merge them into the
+    context of every row, most of the cost of rendering a short prompt."""
 
     @classmethod
     def parse(cls, source: str, origin: str = "the template") -> Template:
@@ -95,7 +98,8 @@ class Template:
                 f"Template syntax error in {origin}, line {exc.lineno}: {exc.message}"
             ) from None
         names = frozenset(meta.find_undeclared_variables(ast))
-        return cls(source, origin, names - {"row"}, "row" in names, compiled)
+        return cls(source, origin, names - {"row"}, "row" in names, compiled,
+                   dict(compiled.globals))
 
     def check_columns(self, headers: Sequence[str]) -> None:
         """Fail before any model call if the template names a variable no header provides."""
@@ -113,7 +117,8 @@ class Template:
     def render(self, row: Mapping[str, Any], where: str = "") -> str:
         """Render one row (header -> cell value); errors name ``where`` (the row) and the cause."""
         values = {h: template_value(v) for h, v in row.items() if h}
-        context: dict[str, Any] = {variable_name(h): v for h, v in values.items()}
+        context = self._globals.copy()
+        context.update({variable_name(h): v for h, v in values.items()})
         context["row"] = values
         try:
             text = self._render_bounded(context)
@@ -137,10 +142,14 @@ class Template:
         return text
 
     def _render_bounded(self, context: dict[str, Any]) -> str | None:
-        """Render piece by piece and stop early, so a runaway loop costs no memory."""
+        """Render piece by piece and stop early, so a runaway loop costs no memory.
+
+        ``context`` already holds the globals, so it is shared with Jinja as it is, and
+        Jinja's low-level render function is called without ``generate``'s copy of it."""
         parts: list[str] = []
         size = 0
-        for part in self._compiled.generate(context):
+        compiled = self._compiled
+        for part in compiled.root_render_func(compiled.new_context(context, shared=True)):
             size += len(part)
             if size > MAX_RENDERED_CHARS:
                 return None

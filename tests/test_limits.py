@@ -57,6 +57,14 @@ def test_429_under_known_limits_empties_the_buckets_not_the_window() -> None:
     assert limiter.requests is not None and limiter.requests.level <= 0
 
 
+def test_a_pause_is_not_saved_up_as_a_burst() -> None:
+    limiter = Limiter(max_concurrency=64, rpm=600)  # 10 a second, bursts of at most 2
+    limiter.throttled_by_server(httpx.Headers(), wait=1.0)
+    assert limiter.requests is not None
+    # When the pause ends the bucket starts refilling; it did not fill up during the pause.
+    assert limiter.requests.wait_for(1, now=limiter.paused_until) == pytest.approx(0.1)
+
+
 def test_overload_pauses_without_lowering_the_rate() -> None:
     limiter = Limiter(max_concurrency=16)
     limiter.succeeded(httpx.Headers({"x-ratelimit-limit-requests": "600"}))

@@ -5,6 +5,8 @@ from __future__ import annotations
 import csv
 import shutil
 import sqlite3
+import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -49,6 +51,16 @@ def test_csv_run_then_rerun_is_free(tmp_path: Path, llm: FakeLLMServer) -> None:
     assert again.exit_code == 0
     assert len(chat_requests(llm)) == 2  # all three rows came from the cache
     assert "from cache" in again.output and read_csv(out) == rows
+
+
+def test_the_command_loads_no_http_or_workbook_library_up_front() -> None:
+    """A rerun the cache answers whole starts fast: httpx loads only when a request must be
+    sent, openpyxl only when a workbook is opened."""
+    code = ("import sys, promptbatch_sheets.cli; "
+            "print(sorted({'httpx', 'openpyxl'} & set(sys.modules)))")
+    loaded = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                            check=True).stdout
+    assert loaded.strip() == "[]"
 
 
 def test_transient_faults_are_retried(tmp_path: Path, llm: FakeLLMServer) -> None:

@@ -7,10 +7,11 @@ from typing import Any
 import pytest
 from hypothesis import given
 from hypothesis import strategies as st
+from openpyxl.utils import get_column_letter
 
 from promptbatch_sheets.errors import PromptBatchError, TableError
 from promptbatch_sheets.plan import Rerun, make_plan
-from promptbatch_sheets.table import Bounds, TemplateText, locate
+from promptbatch_sheets.table import Bounds, TemplateText, column_letter, locate
 
 GRID: list[list[Any]] = [
     ["Template", "Describe {{ name }} in {{ words }} words."],
@@ -20,6 +21,10 @@ GRID: list[list[Any]] = [
     [None, None],
     ["Lamp", 7.0],
 ]
+
+
+def test_column_letters_are_excels_for_every_column() -> None:
+    assert all(column_letter(c) == get_column_letter(c) for c in range(1, 16_385))  # A..XFD
 
 
 def test_label_cell_header_and_new_output_column() -> None:

@@ -11,18 +11,16 @@ import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from ..errors import ConfigError
 from ..limits import Limiter
-from . import anthropic_batch, batchapi, openai_batch
-from .anthropic import AnthropicMessages
-from .base import Completion, Params, Provider, ProviderError, SchemaMode
-from .http import HTTPProvider
+from .base import Completion, Params, Provider, ProviderError, RetryPolicy, SchemaMode
 from .local import MODEL_NAME, EmbeddedServer
-from .openai import OpenAICompatible
-from .pool import client_pool
-from .retry import RetryPolicy
+
+if TYPE_CHECKING:
+    from .batchapi import BatchAPI
 
 __all__ = ["Completion", "ModelSpec", "Params", "Provider", "ProviderError", "RetryPolicy",
            "SchemaMode", "open_provider"]
@@ -129,6 +127,12 @@ async def open_provider(
 ) -> AsyncIterator[Provider]:
     """A ready provider for one run: pooled HTTP clients, one limiter, the embedded server
     if needed."""
+    # The HTTP stack is imported here: a run the cache answers whole never loads it.
+    from .anthropic import AnthropicMessages
+    from .http import HTTPProvider
+    from .openai import OpenAICompatible
+    from .pool import client_pool
+
     limiter = Limiter(concurrency, rpm, tpm)
     async with client_pool(concurrency, timeout) as clients:
 
@@ -150,8 +154,7 @@ async def open_provider(
                    spec.base_url)
 
 
-BATCH_APIS: dict[str, Callable[[str, str, str | None, float], batchapi.BatchAPI]] = {
-    "openai": openai_batch.OpenAIBatch, "anthropic": anthropic_batch.AnthropicBatch}
+BATCH_APIS = ("openai", "anthropic")
 """Providers with a Batch API (half price, answers within a day)."""
 
 
@@ -164,8 +167,12 @@ def require_batch_api(spec: ModelSpec) -> None:
             "realtime, or choose one of those models.")
 
 
-def open_batch_api(spec: ModelSpec, api_key: str | None, timeout: float) -> batchapi.BatchAPI:
+def open_batch_api(spec: ModelSpec, api_key: str | None, timeout: float) -> BatchAPI:
     """The Batch API client for ``spec``'s provider and server; close it when done."""
     require_batch_api(spec)
     assert spec.base_url
-    return BATCH_APIS[spec.provider](spec.base_url, spec.model, api_key, timeout)
+    from .anthropic_batch import AnthropicBatch  # the HTTP stack, only when a batch is due
+    from .openai_batch import OpenAIBatch
+
+    kind = OpenAIBatch if spec.provider == "openai" else AnthropicBatch
+    return kind(spec.base_url, spec.model, api_key, timeout)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import random
 from dataclasses import dataclass
 from typing import Literal, Protocol
 
@@ -28,6 +29,22 @@ class Completion:
     prompt_tokens: int
     completion_tokens: int
     finish_reason: str | None = None
+
+
+@dataclass(frozen=True)
+class RetryPolicy:
+    """How often and how long to retry a passing failure (see ``retry.with_retries``)."""
+
+    attempts: int = 6
+    base_delay: float = 0.5
+    max_delay: float = 30.0
+
+    def delay(self, attempt: int, server_wait: float | None) -> float:
+        """Full jitter on an exponential ceiling; a server's wait is the floor, plus jitter."""
+        backoff = random.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))
+        if server_wait is None:
+            return backoff
+        return min(self.max_delay, server_wait) + random.uniform(0, self.base_delay / 2)
 
 
 class ProviderError(Exception):

@@ -10,8 +10,8 @@ from typing import Any
 import httpx
 
 from ..limits import Limiter, request_tokens
-from .base import Completion, Params, ProviderError, SchemaMode
-from .retry import RETRY_STATUSES, Retryable, RetryPolicy, server_wait, with_retries
+from .base import Completion, Params, ProviderError, RetryPolicy, SchemaMode
+from .retry import RETRY_STATUSES, Retryable, server_wait, with_retries
 
 
 def redact(text: str, secret: str | None) -> str:

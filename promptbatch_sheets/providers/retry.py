@@ -3,16 +3,14 @@
 from __future__ import annotations
 
 import asyncio
-import random
 from collections.abc import Awaitable, Callable
-from dataclasses import dataclass
 from datetime import datetime, timezone
 from email.utils import parsedate_to_datetime
 from typing import TypeVar
 
 import httpx
 
-from .base import ProviderError
+from .base import ProviderError, RetryPolicy
 
 T = TypeVar("T")
 
@@ -26,20 +24,6 @@ class Retryable(Exception):
     def __init__(self, reason: str, wait: float | None = None) -> None:
         super().__init__(reason)
         self.wait = wait
-
-
-@dataclass(frozen=True)
-class RetryPolicy:
-    attempts: int = 6
-    base_delay: float = 0.5
-    max_delay: float = 30.0
-
-    def delay(self, attempt: int, server_wait: float | None) -> float:
-        """Full jitter on an exponential ceiling; a server's wait is the floor, plus jitter."""
-        backoff = random.uniform(0, min(self.max_delay, self.base_delay * 2**attempt))
-        if server_wait is None:
-            return backoff
-        return min(self.max_delay, server_wait) + random.uniform(0, self.base_delay / 2)
 
 
 def server_wait(headers: httpx.Headers) -> float | None:

@@ -7,9 +7,8 @@ from pathlib import Path
 from ..errors import ConfigError, WorkbookError
 from ..sheet import Surface
 from .csvfile import CsvSurface
-from .xlsx import XlsxSurface
 
-__all__ = ["CsvSurface", "XlsxSurface", "open_surface"]
+__all__ = ["CsvSurface", "open_surface"]
 
 UNSUPPORTED = {
     ".xls": "an old binary Excel file",
@@ -35,6 +34,8 @@ def open_surface(source: str, sheet: str | None = None, output: str | None = Non
     out = Path(output) if output else None
     suffix = path.suffix.lower()
     if suffix in (".xlsx", ".xlsm"):
+        from .xlsx import XlsxSurface  # openpyxl loads only for workbooks
+
         return XlsxSurface(path, sheet, out)
     if suffix in (".csv", ".tsv", ".txt"):
         return CsvSurface(path, out)

@@ -67,3 +67,4 @@ class CsvSurface:
                     r + [""] * (width - len(r)) for r in self._rows)
 
         atomic_write(self.output, save)
+        self._dirty = False
