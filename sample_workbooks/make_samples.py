@@ -14,6 +14,7 @@ import datetime
 import io
 import re
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 
 from openpyxl import Workbook
@@ -77,6 +78,16 @@ def write_header(ws: Worksheet, row: int, names: list[str]) -> None:
         cell = ws.cell(row=row, column=col, value=name)
         cell.font = BOLD
         cell.fill = HEADER_FILL
+
+
+def write_conf(wb: Workbook, rows: Sequence[tuple[str, str | int]]) -> None:
+    """A promptbatch.conf sheet: key | value rows under a header."""
+    conf = wb.create_sheet("promptbatch.conf")
+    write_header(conf, 1, ["key", "value"])
+    for offset, (key, value) in enumerate(rows):
+        conf.cell(row=2 + offset, column=1, value=key)
+        conf.cell(row=2 + offset, column=2, value=value)
+    set_widths(conf, {"A": 16, "B": 90})
 
 
 def set_widths(ws: Worksheet, widths: dict[str, float]) -> None:
@@ -304,12 +315,7 @@ def build_translation(path: Path) -> None:
         ws.cell(row=row, column=2, value=language)
     set_widths(ws, {"A": 40, "B": 18, "C": 50})
 
-    conf = wb.create_sheet("promptbatch.conf")
-    write_header(conf, 1, ["key", "value"])
-    for offset, (key, value) in enumerate(CONF_ROWS):
-        conf.cell(row=2 + offset, column=1, value=key)
-        conf.cell(row=2 + offset, column=2, value=value)
-    set_widths(conf, {"A": 16, "B": 90})
+    write_conf(wb, CONF_ROWS)
     save_deterministic(wb, path)
 
 
@@ -391,12 +397,7 @@ def build_feedback(path: Path) -> None:
     set_widths(ws, {"A": 12, "B": 60, "C": 50, "D": 60, "E": 12, "F": 10, "G": 8})
     ws.freeze_panes = "A3"
 
-    conf = wb.create_sheet("promptbatch.conf")
-    write_header(conf, 1, ["key", "value"])
-    for offset, (key, value) in enumerate(TRIAGE_CONF):
-        conf.cell(row=2 + offset, column=1, value=key)
-        conf.cell(row=2 + offset, column=2, value=value)
-    set_widths(conf, {"A": 16, "B": 90})
+    write_conf(wb, TRIAGE_CONF)
     save_deterministic(wb, path)
 
 

@@ -42,11 +42,12 @@ from email.parser import BytesParser
 from email.policy import HTTP
 from typing import Any
 
-import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import Response
 from starlette.routing import Route
+
+from tests.fakes.threaded import ThreadedServer
 
 ENDPOINT = "/v1/chat/completions"
 CUSTOM_ID = re.compile(r"^[a-zA-Z0-9_-]{1,64}$")
@@ -119,22 +120,21 @@ def _multipart(content_type: str, body: bytes) -> dict[str, tuple[str | None, by
     return fields
 
 
-class FakeBatchServer:
+class FakeBatchServer(ThreadedServer):
     """Use as a context manager. ``requests`` records every call as ``{"method", "path",
     "headers"}``; ``batches`` holds every batch accepted, by id."""
+
+    name = "fake Batch API"
 
     def __init__(self, config: FakeBatchConfig | None = None, port: int = 0) -> None:
         self.config = config or FakeBatchConfig()
         self.requests: list[dict[str, Any]] = []
         self.batches: dict[str, Batch] = {}
         self.files: dict[str, bytes] = {}
-        self.port = port
         self._ids = itertools.count(1)
         self._rng = random.Random(self.config.seed)
         self._lock = threading.Lock()
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._app = Starlette(routes=[
+        super().__init__(Starlette(routes=[
             Route("/v1/files", self._upload, methods=["POST"]),
             Route("/v1/files/{id}/content", self._file_content, methods=["GET"]),
             Route("/v1/batches", self._openai_create, methods=["POST"]),
@@ -143,7 +143,7 @@ class FakeBatchServer:
             Route("/v1/messages/batches/{id}", self._anthropic_get, methods=["GET"]),
             Route("/v1/messages/batches/{id}/results", self._anthropic_results,
                   methods=["GET"]),
-        ])
+        ]), port)
 
     # ------------------------------------------------------------------ for tests
 
@@ -176,33 +176,6 @@ class FakeBatchServer:
         return [_prompt(body) for b in self.batches.values() for _, body in b.requests]
 
     # ------------------------------------------------------------------ lifecycle
-
-    def start(self) -> FakeBatchServer:
-        config = uvicorn.Config(self._app, host="127.0.0.1", port=self.port, log_level="warning",
-                                lifespan="off", access_log=False)
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("fake Batch API did not start")
-            time.sleep(0.005)
-        self.port = int(self._server.servers[0].sockets[0].getsockname()[1])
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        self._server = self._thread = None
-
-    def __enter__(self) -> FakeBatchServer:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
     # ------------------------------------------------------------------ shared
 

@@ -20,12 +20,13 @@ from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
-import uvicorn
 from openpyxl.utils import column_index_from_string, get_column_letter
 from starlette.applications import Starlette
 from starlette.requests import Request
 from starlette.responses import JSONResponse
 from starlette.routing import Route
+
+from tests.fakes.threaded import ThreadedServer
 
 from .token_endpoint import TokenEndpoint
 
@@ -96,8 +97,10 @@ def _a1_title(title: str) -> str:
     return "'" + title.replace("'", "''") + "'"
 
 
-class FakeSheetsAPI:
+class FakeSheetsAPI(ThreadedServer):
     """Use as a context manager or ``start()`` / ``stop()``; add spreadsheets with ``add``."""
+
+    name = "fake Sheets API"
 
     def __init__(self, write_quota_per_minute: int = 60) -> None:
         self.write_quota = write_quota_per_minute
@@ -108,14 +111,11 @@ class FakeSheetsAPI:
         """Statuses (429, 5xx) to answer the next write requests with, before the quota."""
         self._writes: deque[float] = deque()
         self._lock = threading.Lock()
-        self.port = 0
-        self._server: uvicorn.Server | None = None
-        self._thread: threading.Thread | None = None
-        self._app = Starlette(routes=[
+        super().__init__(Starlette(routes=[
             Route("/token", self.tokens.handle, methods=["POST"]),
             Route("/v4/spreadsheets/{rest:path}", self._handle, methods=["GET", "POST", "PUT"]),
             Route("/v1/projects/-/serviceAccounts/{email}/allowedLocations", self._locations),
-        ])
+        ]))
 
     @property
     def root_url(self) -> str:
@@ -143,33 +143,6 @@ class FakeSheetsAPI:
         return [r for r in self.requests if r["write"]]
 
     # ------------------------------------------------------------------ server
-
-    def start(self) -> FakeSheetsAPI:
-        config = uvicorn.Config(self._app, host="127.0.0.1", port=0, log_level="warning",
-                                lifespan="off", access_log=False)
-        self._server = uvicorn.Server(config)
-        self._thread = threading.Thread(target=self._server.run, daemon=True)
-        self._thread.start()
-        deadline = time.monotonic() + 10
-        while not self._server.started:
-            if time.monotonic() > deadline or not self._thread.is_alive():
-                raise RuntimeError("fake Sheets API did not start")
-            time.sleep(0.005)
-        self.port = int(self._server.servers[0].sockets[0].getsockname()[1])
-        return self
-
-    def stop(self) -> None:
-        if self._server is not None:
-            self._server.should_exit = True
-        if self._thread is not None:
-            self._thread.join(timeout=10)
-        self._server = self._thread = None
-
-    def __enter__(self) -> FakeSheetsAPI:
-        return self.start()
-
-    def __exit__(self, *exc_info: object) -> None:
-        self.stop()
 
     # ------------------------------------------------------------------ dispatch
 
