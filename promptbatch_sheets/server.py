@@ -36,6 +36,16 @@ from .errors import PromptBatchError
 from .estimate import estimate
 from .plan import RowJob
 from .providers import ModelSpec, Params, Provider
+from .serve_input import (
+    BadRequest,
+    Scalar,
+    body_fields,
+    cell_list,
+    number_field,
+    row_grid,
+    sampling_options,
+    text_field,
+)
 from .settings import Settings, resolve
 from .sheet import fit_cell
 from .store import Store, answer_key
@@ -47,20 +57,10 @@ DEFAULT_PORT = 8787
 TOKEN_FILE = "serve-token"
 MAX_BODY = 5 * 1024 * 1024
 """Bytes per request: a chunk of rows, never a whole workbook."""
-MAX_ROWS = 5000
 MAX_WAIT_S = 300.0
 CELL_LIMIT = 50_000
 """Characters a Google Sheets cell holds."""
 PREVIEW_FIRST_MAX = 20
-Scalar = str | int | float | bool | None
-
-
-class BadRequest(Exception):
-    """The request itself is malformed; its text goes back with a 400 (or ``status``)."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def token_path() -> Path:
@@ -120,62 +120,7 @@ class Backend:
                       options.get("max_tokens", s.max_tokens), options.get("system", s.system))
 
 
-# --------------------------------------------------------------------------- request parsing
-
-
-def _fields(body: Any, required: set[str], optional: set[str]) -> dict[str, Any]:
-    if not isinstance(body, dict):
-        raise BadRequest("The request body must be a JSON object.")
-    unknown = sorted(set(body) - required - optional)
-    if unknown:
-        raise BadRequest(f"Unknown field(s) {', '.join(unknown)}. The model and its server "
-                         "are chosen where promptbatch serve runs, not per request.")
-    missing = sorted(required - set(body))
-    if missing:
-        raise BadRequest(f"Missing field(s) {', '.join(missing)}.")
-    return body
-
-
-def _text(value: Any, name: str) -> str:
-    if not isinstance(value, str):
-        raise BadRequest(f"{name} must be a string.")
-    return value
-
-
-def _number(value: Any, name: str, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-        raise BadRequest(f"{name} must be a number from {low:g} to {high:g}.")
-    return float(value)
-
-
-def _cells(value: Any, name: str) -> list[Scalar]:
-    if not isinstance(value, list) or not all(
-            v is None or isinstance(v, (str, int, float, bool)) for v in value):
-        raise BadRequest(f"{name} must be a list of cell values (text, numbers, booleans).")
-    return value
-
-
-def _grid(value: Any, name: str) -> list[list[Scalar]]:
-    if not isinstance(value, list):
-        raise BadRequest(f"{name} must be a list of rows.")
-    if len(value) > MAX_ROWS:
-        raise BadRequest(f"{name} has {len(value):,} rows; send at most {MAX_ROWS:,} per "
-                         "request.", 413)
-    return [_cells(row, f"each row of {name}") for row in value]
-
-
-def _options(value: Any) -> dict[str, Any]:
-    """Sampling options a sheet may set; each is part of the answer's cache key."""
-    options = _fields(value if value is not None else {}, set(),
-                      {"temperature", "max_tokens", "system"})
-    out: dict[str, Any] = {}
-    if options.get("temperature") is not None:
-        out["temperature"] = _number(options["temperature"], "options.temperature", 0, 2)
-    if options.get("max_tokens") is not None:
-        out["max_tokens"] = int(_number(options["max_tokens"], "options.max_tokens", 1, 100_000))
-    if options.get("system") is not None:
-        out["system"] = _text(options["system"], "options.system")
-    return out
+# --------------------------------------------------------------------------- rows
 
 
 @dataclass(frozen=True)
@@ -189,12 +134,12 @@ class Rows:
 
 
 def _rows_request(backend: Backend, body: dict[str, Any]) -> Rows:
-    template = Template.parse(_text(body["template"], "template"),
-                              _text(body.get("origin", "the template"), "origin"))
-    headers = [display(h).strip() for h in _cells(body["headers"], "headers")]
+    template = Template.parse(text_field(body["template"], "template"),
+                              text_field(body.get("origin", "the template"), "origin"))
+    headers = [display(h).strip() for h in cell_list(body["headers"], "headers")]
     template.check_columns(headers)
-    return Rows(template, headers, _grid(body["rows"], "rows"),
-                backend.params(_options(body.get("options"))))
+    return Rows(template, headers, row_grid(body["rows"], "rows"),
+                backend.params(sampling_options(body.get("options"))))
 
 
 def _render(rows: Rows) -> tuple[list[RowJob], dict[int, str]]:
@@ -221,10 +166,10 @@ ROW_FIELDS = {"template", "headers", "rows"}
 
 async def complete(backend: Backend, body: Any) -> dict[str, Any]:
     """Answers for a chunk of rows, from the cache first; ``null`` for rows past the wait."""
-    body = _fields(body, ROW_FIELDS, {"origin", "options", "wait_seconds"})
+    body = body_fields(body, ROW_FIELDS, {"origin", "options", "wait_seconds"})
     rows = _rows_request(backend, body)
     wait = body.get("wait_seconds")
-    wait = None if wait is None else _number(wait, "wait_seconds", 1, MAX_WAIT_S)
+    wait = None if wait is None else number_field(wait, "wait_seconds", 1, MAX_WAIT_S)
     jobs, settled = _render(rows)
     answers: list[str | None] = [settled.get(i) for i in range(len(rows.rows))]
     counts = {"cached": 0, "answered": 0, "failed": sum(1 for t in settled.values() if t)}
@@ -244,16 +189,16 @@ async def complete(backend: Backend, body: Any) -> dict[str, Any]:
 
 async def preview(backend: Backend, body: Any) -> dict[str, Any]:
     """Counts, first prompts and an estimate for rows to send; ``total`` scales a sample."""
-    body = _fields(body, ROW_FIELDS, {"origin", "options", "total", "first"})
+    body = body_fields(body, ROW_FIELDS, {"origin", "options", "total", "first"})
     rows = _rows_request(backend, body)
-    first = int(_number(body.get("first", 3), "first", 0, PREVIEW_FIRST_MAX))
+    first = int(number_field(body.get("first", 3), "first", 0, PREVIEW_FIRST_MAX))
     jobs, settled = _render(rows)
     keys = {job.row: answer_key(backend.spec.label, rows.params, job.prompt) for job in jobs}
     hits = backend.store.get_many(keys.values())
     fresh = list({keys[j.row]: j.prompt for j in jobs if keys[j.row] not in hits}.values())
     errors = [t for t in settled.values() if t]
     sent = len(jobs) + len(errors)
-    total = int(_number(body.get("total", sent), "total", sent, 10_000_000))
+    total = int(number_field(body.get("total", sent), "total", sent, 10_000_000))
     scale = total / sent if sent else 1.0
     guess = estimate(backend.model, fresh, rows.params.max_tokens,
                      backend.settings.concurrency)
@@ -279,14 +224,15 @@ async def preview(backend: Backend, body: Any) -> dict[str, Any]:
 
 async def find_table(backend: Backend, body: Any) -> dict[str, Any]:
     """Where the template, header row and output column sit, read by the CLI's own rules."""
-    body = _fields(body, {"sheet", "grid"}, {"template", "origin", "output_column"})
-    sheet = _text(body["sheet"], "sheet")
+    body = body_fields(body, {"sheet", "grid"}, {"template", "origin", "output_column"})
+    sheet = text_field(body["sheet"], "sheet")
     explicit = None
     if body.get("template") is not None:
-        explicit = TemplateText(_text(body["template"], "template"),
-                                _text(body.get("origin", "prompt_template"), "origin"))
-    output = _text(body.get("output_column") or backend.settings.output_column, "output_column")
-    table = locate(_grid(body["grid"], "grid"), sheet, explicit=explicit, output_header=output)
+        explicit = TemplateText(text_field(body["template"], "template"),
+                                text_field(body.get("origin", "prompt_template"), "origin"))
+    output = text_field(body.get("output_column") or backend.settings.output_column,
+                        "output_column")
+    table = locate(row_grid(body["grid"], "grid"), sheet, explicit=explicit, output_header=output)
     template = Template.parse(table.template.text, table.template.origin)
     template.check_columns(list(table.columns.values()))
     return {
