@@ -53,13 +53,19 @@ def cell_list(value: Any, name: str) -> list[Scalar]:
     return value
 
 
-def row_grid(value: Any, name: str) -> list[list[Scalar]]:
+def row_grid(value: Any, name: str, max_rows: int = MAX_ROWS) -> list[list[Scalar]]:
     if not isinstance(value, list):
         raise BadRequest(f"{name} must be a list of rows.")
-    if len(value) > MAX_ROWS:
-        raise BadRequest(f"{name} has {len(value):,} rows; send at most {MAX_ROWS:,} per "
+    if len(value) > max_rows:
+        raise BadRequest(f"{name} has {len(value):,} rows; send at most {max_rows:,} per "
                          "request.", 413)
     return [cell_list(row, f"each row of {name}") for row in value]
+
+
+def text_list(value: Any, name: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise BadRequest(f"{name} must be a list of texts.")
+    return value
 
 
 def sampling_options(value: Any) -> dict[str, Any]:

@@ -31,11 +31,12 @@ from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
 from . import batch, userconfig
-from .engine import RowResult, error_text, run_jobs
+from .engine import RowResult, error_text, run_jobs, structured
 from .errors import PromptBatchError
 from .estimate import estimate
-from .plan import RowJob
+from .plan import ERROR_PREFIX, RowJob
 from .providers import ModelSpec, Params, Provider
+from .schema import Schema, load_schema
 from .serve_input import (
     BadRequest,
     Scalar,
@@ -45,11 +46,12 @@ from .serve_input import (
     row_grid,
     sampling_options,
     text_field,
+    text_list,
 )
+from .serve_sheet import layout, schema_text, sheet_request
 from .settings import Settings, resolve
-from .sheet import fit_cell
+from .sheet import CellValue, fit_cell
 from .store import Store, answer_key
-from .table import TemplateText, locate
 from .template import Template, display
 
 DEFAULT_HOST = "127.0.0.1"
@@ -131,6 +133,24 @@ class Rows:
     headers: list[str]
     rows: list[list[Scalar]]
     params: Params
+    schema: Schema | None = None
+    """The fields each answer must have; None for free text."""
+    uses: tuple[str, ...] = ()
+    """Headers holding other prompt columns' answers this template depends on."""
+
+    @property
+    def asked(self) -> Params:
+        """What each prompt is sent with, and so part of its cache key."""
+        return self.params if self.schema is None else structured(self.params, self.schema)
+
+
+def _schema(body: dict[str, Any]) -> Schema | None:
+    """Structured answers: ``fields`` (``score (number), reason``) or ``schema`` (JSON)."""
+    fields = body.get("fields")
+    schema = body.get("schema")
+    return load_schema(fields=None if fields is None else text_field(fields, "fields"),
+                       schema=None if schema is None else schema_text(schema, "schema"),
+                       origin="the request's fields")
 
 
 def _rows_request(backend: Backend, body: dict[str, Any]) -> Rows:
@@ -138,12 +158,17 @@ def _rows_request(backend: Backend, body: dict[str, Any]) -> Rows:
                               text_field(body.get("origin", "the template"), "origin"))
     headers = [display(h).strip() for h in cell_list(body["headers"], "headers")]
     template.check_columns(headers)
+    uses = tuple(text_list(body.get("uses") or [], "uses"))
+    missing = next((u for u in uses if u not in headers), None)
+    if missing is not None:
+        raise BadRequest(f"uses names {missing!r}, which is not among the headers.")
     return Rows(template, headers, row_grid(body["rows"], "rows"),
-                backend.params(sampling_options(body.get("options"))))
+                backend.params(sampling_options(body.get("options"))), _schema(body), uses)
 
 
 def _render(rows: Rows) -> tuple[list[RowJob], dict[int, str]]:
-    """Prompts by row index, and the cells settled without a model: blanks and render errors."""
+    """Prompts by row index, and the cells settled without a model: blanks, render errors,
+    and rows whose template uses an answer that failed."""
     jobs: list[RowJob] = []
     settled: dict[int, str] = {}
     for i, cells in enumerate(rows.rows):
@@ -152,6 +177,12 @@ def _render(rows: Rows) -> tuple[list[RowJob], dict[int, str]]:
         if all(display(v).strip() == "" for v in record.values()):
             settled[i] = ""
             continue
+        failed = next((u for u in rows.uses if display(record.get(u)).startswith(ERROR_PREFIX)),
+                      None)
+        if failed is not None:
+            settled[i] = error_text(f"uses the answer in column {failed!r}, which failed; a "
+                                    "rerun retries both")
+            continue
         try:
             jobs.append(RowJob(i, rows.template.render(record, "this row")))
         except PromptBatchError as exc:
@@ -159,28 +190,39 @@ def _render(rows: Rows) -> tuple[list[RowJob], dict[int, str]]:
     return jobs, settled
 
 
+def _answer(rows: Rows, result: RowResult) -> Answer:
+    """The cell text, or one typed cell per field of an answer that fits them."""
+    if rows.schema is None or not result.ok:
+        return fit_cell(result.text.strip(), CELL_LIMIT)
+    values = rows.schema.cells(rows.schema.check(result.text))
+    return [fit_cell(v, CELL_LIMIT) if isinstance(v, str) else v for v in values]
+
+
 # --------------------------------------------------------------------------- routes
 
 ROW_FIELDS = {"template", "headers", "rows"}
+ROW_OPTIONAL = {"origin", "options", "fields", "schema", "uses"}
+Answer = str | list[CellValue] | None
 
 
 async def complete(backend: Backend, body: Any) -> dict[str, Any]:
     """Answers for a chunk of rows, from the cache first; ``null`` for rows past the wait."""
-    body = body_fields(body, ROW_FIELDS, {"origin", "options", "wait_seconds"})
+    body = body_fields(body, ROW_FIELDS, ROW_OPTIONAL | {"wait_seconds"})
     rows = _rows_request(backend, body)
     wait = body.get("wait_seconds")
     wait = None if wait is None else number_field(wait, "wait_seconds", 1, MAX_WAIT_S)
     jobs, settled = _render(rows)
-    answers: list[str | None] = [settled.get(i) for i in range(len(rows.rows))]
+    answers: list[Answer] = [settled.get(i) for i in range(len(rows.rows))]
     counts = {"cached": 0, "answered": 0, "failed": sum(1 for t in settled.values() if t)}
 
     def deliver(result: RowResult) -> None:
-        answers[result.row] = fit_cell(result.text.strip(), CELL_LIMIT)
+        answers[result.row] = _answer(rows, result)
         key = "cached" if result.cached else "answered" if result.ok else "failed"
         counts[key] += 1
 
     run = run_jobs(jobs, backend.spec.label, backend.connect, rows.params, backend.store,
-                   concurrency=backend.settings.concurrency, on_result=deliver)
+                   concurrency=backend.settings.concurrency, on_result=deliver,
+                   schemas=None if rows.schema is None else {0: rows.schema})
     with contextlib.suppress(asyncio.TimeoutError):  # what arrived is stored; ask again
         await asyncio.wait_for(run, wait)
     pending = sum(1 for a in answers if a is None)
@@ -189,11 +231,11 @@ async def complete(backend: Backend, body: Any) -> dict[str, Any]:
 
 async def preview(backend: Backend, body: Any) -> dict[str, Any]:
     """Counts, first prompts and an estimate for rows to send; ``total`` scales a sample."""
-    body = body_fields(body, ROW_FIELDS, {"origin", "options", "total", "first"})
+    body = body_fields(body, ROW_FIELDS, ROW_OPTIONAL | {"total", "first"})
     rows = _rows_request(backend, body)
     first = int(number_field(body.get("first", 3), "first", 0, PREVIEW_FIRST_MAX))
     jobs, settled = _render(rows)
-    keys = {job.row: answer_key(backend.spec.label, rows.params, job.prompt) for job in jobs}
+    keys = {job.row: answer_key(backend.spec.label, rows.asked, job.prompt) for job in jobs}
     hits = backend.store.get_many(keys.values())
     fresh = list({keys[j.row]: j.prompt for j in jobs if keys[j.row] not in hits}.values())
     errors = [t for t in settled.values() if t]
@@ -223,27 +265,8 @@ async def preview(backend: Backend, body: Any) -> dict[str, Any]:
 
 
 async def find_table(backend: Backend, body: Any) -> dict[str, Any]:
-    """Where the template, header row and output column sit, read by the CLI's own rules."""
-    body = body_fields(body, {"sheet", "grid"}, {"template", "origin", "output_column"})
-    sheet = text_field(body["sheet"], "sheet")
-    explicit = None
-    if body.get("template") is not None:
-        explicit = TemplateText(text_field(body["template"], "template"),
-                                text_field(body.get("origin", "prompt_template"), "origin"))
-    output = text_field(body.get("output_column") or backend.settings.output_column,
-                        "output_column")
-    table = locate(row_grid(body["grid"], "grid"), sheet, explicit=explicit, output_header=output)
-    template = Template.parse(table.template.text, table.template.origin)
-    template.check_columns(list(table.columns.values()))
-    return {
-        "template": table.template.text,
-        "origin": table.template.origin,
-        "header_row": table.header_row,
-        "columns": [[c, h] for c, h in table.columns.items()],
-        "output_col": table.output_col,
-        "output_header": table.output_header,
-        "output_exists": table.output_exists,
-    }
+    """Where the table and every prompt column sit, read by the CLI's own rules."""
+    return layout(sheet_request(backend.settings, body))
 
 
 async def health(backend: Backend, body: Any) -> dict[str, Any]:

@@ -198,6 +198,8 @@ def test_locate_reads_the_sheet_by_the_cli_rules(api: httpx.Client) -> None:
     grid = [["template", "Describe {{ product }}"], [], ["Product", "Price", "Response"],
             ["kettle", "25", ""]]
     data = api.post("/v1/locate", json={"sheet": "Items", "grid": grid}, headers=AUTH).json()
+    assert [s["name"] for s in data.pop("steps")] == ["response"]
+    assert data.pop("options") == {}
     assert data == {"template": "Describe {{ product }}", "origin": "'Items'!B1",
                     "header_row": 2, "columns": [[0, "Product"], [1, "Price"]],
                     "output_col": 2, "output_header": "Response", "output_exists": True}
