@@ -88,13 +88,8 @@ def layout(sent: SentSheet) -> dict[str, Any]:
     options = {k: getattr(sent.settings, k) for k in SAMPLING
                if getattr(sent.settings, k) is not None}
     return {
-        "template": table.template.text,
-        "origin": table.template.origin,
         "header_row": table.header_row,
         "columns": [[c, h] for c, h in table.columns.items()],
-        "output_col": table.output_col,
-        "output_header": table.output_header,
-        "output_exists": table.output_exists,
         "options": options,
         "steps": [_step(table, steps, steps[i], [steps[j] for j in order[:n]])
                   for n, i in enumerate(order)],

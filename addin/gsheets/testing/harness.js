@@ -331,4 +331,23 @@ function loadScript({ sheets, settings, fetchAllMs = 0 } = {}) {
   };
 }
 
-module.exports = { FakeSheet, loadScript, startBackend };
+const SIX_MINUTES = 6 * 60 * 1000;
+
+/** Fires continuation triggers as Apps Script would, checking each pass fits in 6 minutes. */
+function drainTriggers(app) {
+  let passes = 0;
+  while (app.triggers.length) {
+    assert.equal(app.triggers.length, 1, 'one continuation at a time');
+    const trigger = app.triggers[0];
+    assert.equal(trigger.handler, 'pbContinue');
+    app.clock.now = Math.max(app.clock.now, trigger.at);
+    const start = app.clock.now;
+    app.gs[trigger.handler]();
+    assert.ok(app.clock.now - start < SIX_MINUTES, `pass took ${(app.clock.now - start) / 1000} s`);
+    assert.equal(app.lock.held, false, 'the lock is released after each pass');
+    assert.ok(++passes < 20, 'the run ends');
+  }
+  return passes;
+}
+
+module.exports = { FakeSheet, SIX_MINUTES, drainTriggers, loadScript, startBackend };
