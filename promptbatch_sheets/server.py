@@ -30,7 +30,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import batch, userconfig
+from . import batch, serve_batch, userconfig
 from .engine import RowResult, error_text, run_jobs, structured
 from .errors import PromptBatchError
 from .estimate import estimate
@@ -269,6 +269,18 @@ async def find_table(backend: Backend, body: Any) -> dict[str, Any]:
     return layout(sheet_request(backend.settings, body))
 
 
+async def batch_submit(backend: Backend, body: Any) -> dict[str, Any]:
+    """A provider Batch API job for the sheet's unanswered prompts (see serve_batch)."""
+    return {"model": backend.model, **await serve_batch.submit(
+        backend.settings, backend.spec, backend.store.path, body)}
+
+
+async def batch_collect(backend: Backend, body: Any) -> dict[str, Any]:
+    """The finished answers of the sheet's Batch API jobs, as cells to write."""
+    return {"model": backend.model, **await serve_batch.collect(
+        backend.settings, backend.spec, backend.store.path, body)}
+
+
 async def health(backend: Backend, body: Any) -> dict[str, Any]:
     return {"ok": True, "model": backend.model}
 
@@ -334,6 +346,8 @@ def create_app(token: str, settings: Settings | None = None,
         _route("/v1/complete", complete, secret),
         _route("/v1/preview", preview, secret),
         _route("/v1/locate", find_table, secret),
+        _route("/v1/batch/submit", batch_submit, secret),
+        _route("/v1/batch/collect", batch_collect, secret),
         _route("/v1/health", health, secret, method="GET"),
     ])
     app.state.backend = backend

@@ -49,6 +49,9 @@ function onOpen() {
     .addItem('Run selected rows', 'pbRunSelected')
     .addItem('Preview', 'pbPreview')
     .addSeparator()
+    .addItem('Submit as batch (half price)', 'pbSubmitBatch')
+    .addItem('Collect batch results', 'pbCollectBatch')
+    .addSeparator()
     .addItem('Settings', 'pbSettings')
     .addToUi();
 }
