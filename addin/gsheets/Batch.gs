@@ -29,6 +29,7 @@ function pbSubmitBatch() {
 function pbCollectBatch() {
   pbBatchCall_('/v1/batch/collect', function (data) {
     var lines = pbBatchCounts_(data);
+    if (!data.answered && !data.failed && data.waiting) lines.unshift('No answer has come back yet.');
     data.jobs.forEach(function (job) {
       lines.push(job.id + ': ' + job.status + (job.collected ? ', collected' : '') + ', ' + job.progress + '.');
     });
@@ -61,8 +62,11 @@ function pbBatchCall_(path, report) {
 
 /** What the sheet now holds, and what is still to come. */
 function pbBatchCounts_(data) {
-  var lines = ['Written: ' + data.answered + ' answers, ' + data.failed + ' errors' +
-    (data.failed ? ' (cells starting with #ERROR:; submit again to resend them)' : '') + '.'];
+  var lines = [];
+  if (data.answered || data.failed) {
+    lines.push('Written: ' + data.answered + ' answers, ' + data.failed + ' errors' +
+      (data.failed ? ' (cells starting with #ERROR:; submit again to resend them)' : '') + '.');
+  }
   if (data.waiting) lines.push(data.waiting + ' answers wait for running jobs.');
   if (data.unsent) {
     lines.push(data.unsent + ' prompts are not sent yet (a prompt column that uses another one goes ' +

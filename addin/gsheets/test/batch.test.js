@@ -30,7 +30,7 @@ test('submit sends the unanswered prompts once; collect writes them on their row
     'Tagline for lamp', 'Tagline for mug']);
 
   app.gs.pbCollectBatch();
-  assert.match(app.log.alerts.at(-1).message, /Written: 0 answers, 0 errors\.\n7 answers wait/);
+  assert.match(app.log.alerts.at(-1).message, /^No answer has come back yet\.\n7 answers wait/);
   assert.match(app.log.alerts.at(-1).message, /batch_\d+: (validating|in_progress), 0\/5 done\./);
   assert.equal(sheet.grid[3][1], '');
 
