@@ -27,7 +27,7 @@ from .schema import Schema, load_schema
 from .settings import Settings, resolve
 from .sheet import CONF_SHEET, Cell, SheetData, Surface
 from .store import Store, key_function
-from .table import TemplateText, locate, quote_sheet
+from .table import Table, TemplateText, locate, quote_sheet
 
 FLUSH_SECONDS = 2.0
 """Answers reach the sheet at least this often while a run goes on."""
@@ -101,6 +101,24 @@ def prepare(surface: Surface, flags: dict[str, Any] | None = None,
     settings = resolve(flags or {}, data.settings)
     if template_cell:
         template = TemplateText(surface.cell_text(template_cell), template_cell)
+    return plan_sheet(data, settings, template, base_dir)
+
+
+def plan_sheet(data: SheetData, settings: Settings, template: TemplateText | None = None,
+               base_dir: Path | None = None) -> Prepared:
+    """Everything ``prepare`` decides, from a sheet already read and settings already
+    merged: the HTTP server gets both from a request, not from a surface."""
+    table, schemas = read_sheet(data, settings, template, base_dir)
+    plan = make_plan(table, data.grid, settings.rerun, data.uncalculated, schemas)
+    spec = ModelSpec.parse(settings.model or LOCAL, settings.base_url)
+    params = Params(settings.temperature, settings.max_tokens, settings.system)
+    return Prepared(data, plan, settings, spec, params, model_defaulted=not settings.model)
+
+
+def read_sheet(data: SheetData, settings: Settings, template: TemplateText | None = None,
+               base_dir: Path | None = None) -> tuple[Table, dict[str, Schema]]:
+    """The sheet's table, every template in it, and the structured answers' schemas by
+    prompt name; ``template`` (command line) wins over the sheet's own."""
     conf = {key: TemplateText(text, f"{quote_sheet(CONF_SHEET)} (key {key})")
             for key, text in data.settings.items() if key.partition(".")[0] == "template"}
     named = {key.partition(".")[2]: text for key, text in conf.items() if "." in key}
@@ -118,11 +136,7 @@ def prepare(surface: Surface, flags: dict[str, Any] | None = None,
             f"The {quote_sheet(CONF_SHEET)} sheet describes the answers of {unknown!r} "
             f"(fields.{unknown} or schema.{unknown}), but no template fills a column of that "
             f"name. Prompt columns: {', '.join(map(repr, names.values()))}.")
-    plan = make_plan(table, data.grid, settings.rerun, data.uncalculated,
-                     {names[n]: s for n, s in schemas.items()})
-    spec = ModelSpec.parse(settings.model or LOCAL, settings.base_url)
-    params = Params(settings.temperature, settings.max_tokens, settings.system)
-    return Prepared(data, plan, settings, spec, params, model_defaulted=not settings.model)
+    return table, {names[n]: s for n, s in schemas.items()}
 
 
 def _schemas(settings: Settings, conf: dict[str, str],

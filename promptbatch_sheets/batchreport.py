@@ -24,7 +24,7 @@ def _money(value: float | None) -> str:
     return "unknown" if value is None else f"${value:,.4f}"
 
 
-def _counts(job: Job) -> str:
+def progress(job: Job) -> str:
     """Done and failed requests, whichever provider's request_counts names them."""
     counts = job.counts
     done = counts.get("completed", 0) + counts.get("succeeded", 0)
@@ -44,7 +44,7 @@ def print_jobs(console: Console, jobs: list[Job]) -> None:
         state = job.status + ("" if job.open else ", collected")
         console.print(f"[bold]{job.id}[/]  {job.model}  est. {_money(job.estimate_usd)}  "
                       f"sent {age(now - job.created)} ago")
-        console.print(f"  {state}: {_counts(job)}" + (f"; {job.error}" if job.error else ""))
+        console.print(f"  {state}: {progress(job)}" + (f"; {job.error}" if job.error else ""))
 
 
 def print_submitted(console: Console, jobs: list[Job]) -> None:

@@ -126,7 +126,7 @@ def make_plan(table: Table, grid: Grid, rerun: Rerun = Rerun.MISSING,
     ``schemas`` are the structured answers' schemas by prompt name.
     """
     steps = _steps(table, schemas or {})
-    order = _running_order(steps, table)
+    order = running_order(steps, table)
     used = sorted({c for s in steps for c, h in table.columns.items()
                    if variable_name(h) in s.template.variables or s.template.uses_row})
     _check_calculated(table, used, uncalculated)
@@ -173,7 +173,7 @@ def _steps(table: Table, schemas: Mapping[str, Schema]) -> list[Step]:
     return steps
 
 
-def _running_order(steps: list[Step], table: Table) -> list[int]:
+def running_order(steps: list[Step], table: Table) -> list[int]:
     """Steps after the steps whose answers they use; a cycle could never start."""
     try:
         return list(TopologicalSorter({s.index: s.needs for s in steps}).static_order())

@@ -30,16 +30,28 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response
 from starlette.routing import Route
 
-from . import batch, userconfig
-from .engine import RowResult, error_text, run_jobs
+from . import batch, serve_batch, userconfig
+from .engine import RowResult, error_text, run_jobs, structured
 from .errors import PromptBatchError
 from .estimate import estimate
-from .plan import RowJob
+from .plan import ERROR_PREFIX, RowJob
 from .providers import ModelSpec, Params, Provider
+from .schema import Schema, load_schema
+from .serve_input import (
+    BadRequest,
+    Scalar,
+    body_fields,
+    cell_list,
+    number_field,
+    row_grid,
+    sampling_options,
+    text_field,
+    text_list,
+)
+from .serve_sheet import layout, schema_text, sheet_request
 from .settings import Settings, resolve
-from .sheet import fit_cell
+from .sheet import CellValue, fit_cell
 from .store import Store, answer_key
-from .table import TemplateText, locate
 from .template import Template, display
 
 DEFAULT_HOST = "127.0.0.1"
@@ -47,20 +59,10 @@ DEFAULT_PORT = 8787
 TOKEN_FILE = "serve-token"
 MAX_BODY = 5 * 1024 * 1024
 """Bytes per request: a chunk of rows, never a whole workbook."""
-MAX_ROWS = 5000
 MAX_WAIT_S = 300.0
 CELL_LIMIT = 50_000
 """Characters a Google Sheets cell holds."""
 PREVIEW_FIRST_MAX = 20
-Scalar = str | int | float | bool | None
-
-
-class BadRequest(Exception):
-    """The request itself is malformed; its text goes back with a 400 (or ``status``)."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def token_path() -> Path:
@@ -120,62 +122,7 @@ class Backend:
                       options.get("max_tokens", s.max_tokens), options.get("system", s.system))
 
 
-# --------------------------------------------------------------------------- request parsing
-
-
-def _fields(body: Any, required: set[str], optional: set[str]) -> dict[str, Any]:
-    if not isinstance(body, dict):
-        raise BadRequest("The request body must be a JSON object.")
-    unknown = sorted(set(body) - required - optional)
-    if unknown:
-        raise BadRequest(f"Unknown field(s) {', '.join(unknown)}. The model and its server "
-                         "are chosen where promptbatch serve runs, not per request.")
-    missing = sorted(required - set(body))
-    if missing:
-        raise BadRequest(f"Missing field(s) {', '.join(missing)}.")
-    return body
-
-
-def _text(value: Any, name: str) -> str:
-    if not isinstance(value, str):
-        raise BadRequest(f"{name} must be a string.")
-    return value
-
-
-def _number(value: Any, name: str, low: float, high: float) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not low <= value <= high:
-        raise BadRequest(f"{name} must be a number from {low:g} to {high:g}.")
-    return float(value)
-
-
-def _cells(value: Any, name: str) -> list[Scalar]:
-    if not isinstance(value, list) or not all(
-            v is None or isinstance(v, (str, int, float, bool)) for v in value):
-        raise BadRequest(f"{name} must be a list of cell values (text, numbers, booleans).")
-    return value
-
-
-def _grid(value: Any, name: str) -> list[list[Scalar]]:
-    if not isinstance(value, list):
-        raise BadRequest(f"{name} must be a list of rows.")
-    if len(value) > MAX_ROWS:
-        raise BadRequest(f"{name} has {len(value):,} rows; send at most {MAX_ROWS:,} per "
-                         "request.", 413)
-    return [_cells(row, f"each row of {name}") for row in value]
-
-
-def _options(value: Any) -> dict[str, Any]:
-    """Sampling options a sheet may set; each is part of the answer's cache key."""
-    options = _fields(value if value is not None else {}, set(),
-                      {"temperature", "max_tokens", "system"})
-    out: dict[str, Any] = {}
-    if options.get("temperature") is not None:
-        out["temperature"] = _number(options["temperature"], "options.temperature", 0, 2)
-    if options.get("max_tokens") is not None:
-        out["max_tokens"] = int(_number(options["max_tokens"], "options.max_tokens", 1, 100_000))
-    if options.get("system") is not None:
-        out["system"] = _text(options["system"], "options.system")
-    return out
+# --------------------------------------------------------------------------- rows
 
 
 @dataclass(frozen=True)
@@ -186,19 +133,42 @@ class Rows:
     headers: list[str]
     rows: list[list[Scalar]]
     params: Params
+    schema: Schema | None = None
+    """The fields each answer must have; None for free text."""
+    uses: tuple[str, ...] = ()
+    """Headers holding other prompt columns' answers this template depends on."""
+
+    @property
+    def asked(self) -> Params:
+        """What each prompt is sent with, and so part of its cache key."""
+        return self.params if self.schema is None else structured(self.params, self.schema)
+
+
+def _schema(body: dict[str, Any]) -> Schema | None:
+    """Structured answers: ``fields`` (``score (number), reason``) or ``schema`` (JSON)."""
+    fields = body.get("fields")
+    schema = body.get("schema")
+    return load_schema(fields=None if fields is None else text_field(fields, "fields"),
+                       schema=None if schema is None else schema_text(schema, "schema"),
+                       origin="the request's fields")
 
 
 def _rows_request(backend: Backend, body: dict[str, Any]) -> Rows:
-    template = Template.parse(_text(body["template"], "template"),
-                              _text(body.get("origin", "the template"), "origin"))
-    headers = [display(h).strip() for h in _cells(body["headers"], "headers")]
+    template = Template.parse(text_field(body["template"], "template"),
+                              text_field(body.get("origin", "the template"), "origin"))
+    headers = [display(h).strip() for h in cell_list(body["headers"], "headers")]
     template.check_columns(headers)
-    return Rows(template, headers, _grid(body["rows"], "rows"),
-                backend.params(_options(body.get("options"))))
+    uses = tuple(text_list(body.get("uses") or [], "uses"))
+    missing = next((u for u in uses if u not in headers), None)
+    if missing is not None:
+        raise BadRequest(f"uses names {missing!r}, which is not among the headers.")
+    return Rows(template, headers, row_grid(body["rows"], "rows"),
+                backend.params(sampling_options(body.get("options"))), _schema(body), uses)
 
 
 def _render(rows: Rows) -> tuple[list[RowJob], dict[int, str]]:
-    """Prompts by row index, and the cells settled without a model: blanks and render errors."""
+    """Prompts by row index, and the cells settled without a model: blanks, render errors,
+    and rows whose template uses an answer that failed."""
     jobs: list[RowJob] = []
     settled: dict[int, str] = {}
     for i, cells in enumerate(rows.rows):
@@ -207,6 +177,12 @@ def _render(rows: Rows) -> tuple[list[RowJob], dict[int, str]]:
         if all(display(v).strip() == "" for v in record.values()):
             settled[i] = ""
             continue
+        failed = next((u for u in rows.uses if display(record.get(u)).startswith(ERROR_PREFIX)),
+                      None)
+        if failed is not None:
+            settled[i] = error_text(f"uses the answer in column {failed!r}, which failed; a "
+                                    "rerun retries both")
+            continue
         try:
             jobs.append(RowJob(i, rows.template.render(record, "this row")))
         except PromptBatchError as exc:
@@ -214,28 +190,39 @@ def _render(rows: Rows) -> tuple[list[RowJob], dict[int, str]]:
     return jobs, settled
 
 
+def _answer(rows: Rows, result: RowResult) -> Answer:
+    """The cell text, or one typed cell per field of an answer that fits them."""
+    if rows.schema is None or not result.ok:
+        return fit_cell(result.text.strip(), CELL_LIMIT)
+    values = rows.schema.cells(rows.schema.check(result.text))
+    return [fit_cell(v, CELL_LIMIT) if isinstance(v, str) else v for v in values]
+
+
 # --------------------------------------------------------------------------- routes
 
 ROW_FIELDS = {"template", "headers", "rows"}
+ROW_OPTIONAL = {"origin", "options", "fields", "schema", "uses"}
+Answer = str | list[CellValue] | None
 
 
 async def complete(backend: Backend, body: Any) -> dict[str, Any]:
     """Answers for a chunk of rows, from the cache first; ``null`` for rows past the wait."""
-    body = _fields(body, ROW_FIELDS, {"origin", "options", "wait_seconds"})
+    body = body_fields(body, ROW_FIELDS, ROW_OPTIONAL | {"wait_seconds"})
     rows = _rows_request(backend, body)
     wait = body.get("wait_seconds")
-    wait = None if wait is None else _number(wait, "wait_seconds", 1, MAX_WAIT_S)
+    wait = None if wait is None else number_field(wait, "wait_seconds", 1, MAX_WAIT_S)
     jobs, settled = _render(rows)
-    answers: list[str | None] = [settled.get(i) for i in range(len(rows.rows))]
+    answers: list[Answer] = [settled.get(i) for i in range(len(rows.rows))]
     counts = {"cached": 0, "answered": 0, "failed": sum(1 for t in settled.values() if t)}
 
     def deliver(result: RowResult) -> None:
-        answers[result.row] = fit_cell(result.text.strip(), CELL_LIMIT)
+        answers[result.row] = _answer(rows, result)
         key = "cached" if result.cached else "answered" if result.ok else "failed"
         counts[key] += 1
 
     run = run_jobs(jobs, backend.spec.label, backend.connect, rows.params, backend.store,
-                   concurrency=backend.settings.concurrency, on_result=deliver)
+                   concurrency=backend.settings.concurrency, on_result=deliver,
+                   schemas=None if rows.schema is None else {0: rows.schema})
     with contextlib.suppress(asyncio.TimeoutError):  # what arrived is stored; ask again
         await asyncio.wait_for(run, wait)
     pending = sum(1 for a in answers if a is None)
@@ -244,16 +231,16 @@ async def complete(backend: Backend, body: Any) -> dict[str, Any]:
 
 async def preview(backend: Backend, body: Any) -> dict[str, Any]:
     """Counts, first prompts and an estimate for rows to send; ``total`` scales a sample."""
-    body = _fields(body, ROW_FIELDS, {"origin", "options", "total", "first"})
+    body = body_fields(body, ROW_FIELDS, ROW_OPTIONAL | {"total", "first"})
     rows = _rows_request(backend, body)
-    first = int(_number(body.get("first", 3), "first", 0, PREVIEW_FIRST_MAX))
+    first = int(number_field(body.get("first", 3), "first", 0, PREVIEW_FIRST_MAX))
     jobs, settled = _render(rows)
-    keys = {job.row: answer_key(backend.spec.label, rows.params, job.prompt) for job in jobs}
+    keys = {job.row: answer_key(backend.spec.label, rows.asked, job.prompt) for job in jobs}
     hits = backend.store.get_many(keys.values())
     fresh = list({keys[j.row]: j.prompt for j in jobs if keys[j.row] not in hits}.values())
     errors = [t for t in settled.values() if t]
     sent = len(jobs) + len(errors)
-    total = int(_number(body.get("total", sent), "total", sent, 10_000_000))
+    total = int(number_field(body.get("total", sent), "total", sent, 10_000_000))
     scale = total / sent if sent else 1.0
     guess = estimate(backend.model, fresh, rows.params.max_tokens,
                      backend.settings.concurrency)
@@ -278,26 +265,20 @@ async def preview(backend: Backend, body: Any) -> dict[str, Any]:
 
 
 async def find_table(backend: Backend, body: Any) -> dict[str, Any]:
-    """Where the template, header row and output column sit, read by the CLI's own rules."""
-    body = _fields(body, {"sheet", "grid"}, {"template", "origin", "output_column"})
-    sheet = _text(body["sheet"], "sheet")
-    explicit = None
-    if body.get("template") is not None:
-        explicit = TemplateText(_text(body["template"], "template"),
-                                _text(body.get("origin", "prompt_template"), "origin"))
-    output = _text(body.get("output_column") or backend.settings.output_column, "output_column")
-    table = locate(_grid(body["grid"], "grid"), sheet, explicit=explicit, output_header=output)
-    template = Template.parse(table.template.text, table.template.origin)
-    template.check_columns(list(table.columns.values()))
-    return {
-        "template": table.template.text,
-        "origin": table.template.origin,
-        "header_row": table.header_row,
-        "columns": [[c, h] for c, h in table.columns.items()],
-        "output_col": table.output_col,
-        "output_header": table.output_header,
-        "output_exists": table.output_exists,
-    }
+    """Where the table and every prompt column sit, read by the CLI's own rules."""
+    return layout(sheet_request(backend.settings, body))
+
+
+async def batch_submit(backend: Backend, body: Any) -> dict[str, Any]:
+    """A provider Batch API job for the sheet's unanswered prompts (see serve_batch)."""
+    return {"model": backend.model, **await serve_batch.submit(
+        backend.settings, backend.spec, backend.store.path, body)}
+
+
+async def batch_collect(backend: Backend, body: Any) -> dict[str, Any]:
+    """The finished answers of the sheet's Batch API jobs, as cells to write."""
+    return {"model": backend.model, **await serve_batch.collect(
+        backend.settings, backend.spec, backend.store.path, body)}
 
 
 async def health(backend: Backend, body: Any) -> dict[str, Any]:
@@ -365,6 +346,8 @@ def create_app(token: str, settings: Settings | None = None,
         _route("/v1/complete", complete, secret),
         _route("/v1/preview", preview, secret),
         _route("/v1/locate", find_table, secret),
+        _route("/v1/batch/submit", batch_submit, secret),
+        _route("/v1/batch/collect", batch_collect, secret),
         _route("/v1/health", health, secret, method="GET"),
     ])
     app.state.backend = backend

@@ -97,3 +97,9 @@ def resolve(flags: dict[str, Any], sheet: dict[str, str], sheet_name: str = "") 
     merged.update(_layer(sheet, f"the {sheet_name or 'promptbatch.conf'} sheet"))
     merged.update(_layer(flags, "the command line"))
     return replace(Settings(), **merged)
+
+
+def overlay(base: Settings, values: dict[str, Any], where: str) -> Settings:
+    """``base`` with ``values`` on top, checked as any layer is: the HTTP server lays the
+    settings a sheet sends over its own."""
+    return replace(base, **_layer(values, where))

@@ -198,12 +198,13 @@ def test_locate_reads_the_sheet_by_the_cli_rules(api: httpx.Client) -> None:
     grid = [["template", "Describe {{ product }}"], [], ["Product", "Price", "Response"],
             ["kettle", "25", ""]]
     data = api.post("/v1/locate", json={"sheet": "Items", "grid": grid}, headers=AUTH).json()
-    assert data == {"template": "Describe {{ product }}", "origin": "'Items'!B1",
-                    "header_row": 2, "columns": [[0, "Product"], [1, "Price"]],
-                    "output_col": 2, "output_header": "Response", "output_exists": True}
+    (step,) = data.pop("steps")
+    assert data == {"header_row": 2, "columns": [[0, "Product"], [1, "Price"]], "options": {}}
+    assert (step["template"], step["origin"]) == ("Describe {{ product }}", "'Items'!B1")
+    assert step["outputs"] == [{"col": 2, "header": "Response", "exists": True}]
     named = {"sheet": "Items", "grid": grid[2:], "template": "{{ price }}", "origin": "name"}
     data = api.post("/v1/locate", json=named, headers=AUTH).json()
-    assert (data["template"], data["header_row"]) == ("{{ price }}", 0)
+    assert (data["steps"][0]["template"], data["header_row"]) == ("{{ price }}", 0)
     r = api.post("/v1/locate", json={"sheet": "Items", "grid": [["a"]]}, headers=AUTH)
     assert r.status_code == 400 and "No prompt template" in r.json()["error"]
 

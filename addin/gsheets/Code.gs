@@ -37,7 +37,8 @@ var PB = {
   CONTINUE: 'pbContinue',
   KEY_URL: 'PB_BACKEND_URL',
   KEY_TOKEN: 'PB_TOKEN',
-  KEY_JOB: 'PB_JOB'
+  KEY_JOB: 'PB_JOB',
+  CONF_SHEET: 'promptbatch.conf'
 };
 
 /** Adds the PromptBatch menu. */
@@ -47,6 +48,9 @@ function onOpen() {
     .addItem('Run batch', 'pbRunBatch')
     .addItem('Run selected rows', 'pbRunSelected')
     .addItem('Preview', 'pbPreview')
+    .addSeparator()
+    .addItem('Submit as batch (half price)', 'pbSubmitBatch')
+    .addItem('Collect batch results', 'pbCollectBatch')
     .addSeparator()
     .addItem('Settings', 'pbSettings')
     .addToUi();
@@ -169,19 +173,42 @@ function pbCall_(settings, path, payload) {
 
 // ----------------------------------------------------------------------------- the sheet
 
-/** Where the template, header row, input and output columns are, by the CLI's own rules. */
+/**
+ * Where the table and its prompt columns are, by the CLI's own rules (the backend reads them):
+ * `steps` lists every prompt column in running order, with its template, answers columns,
+ * the earlier answers it reads and its fields.
+ */
 function pbLocate_(settings, spreadsheet, sheet, values) {
-  var payload = { sheet: sheet.getName(), grid: values.slice(0, PB.HEAD_ROWS) };
+  return pbCall_(settings, '/v1/locate', pbSheetPayload_(spreadsheet, sheet, values.slice(0, PB.HEAD_ROWS)));
+}
+
+/** A sheet as the backend reads it: a grid, the promptbatch.conf rows, the named template. */
+function pbSheetPayload_(spreadsheet, sheet, grid) {
+  var payload = { sheet: sheet.getName(), grid: grid, conf: pbConfRows_(spreadsheet) };
   var named = spreadsheet.getRangeByName('prompt_template');
   if (named) {
     payload.template = String(named.getValue());
     payload.origin = 'the named range prompt_template';
   }
-  return pbCall_(settings, '/v1/locate', payload);
+  return payload;
 }
 
-/** Data rows (0-based) that need an answer: not blank, and no answer yet (or an error). */
-function pbPendingRows_(values, layout, ranges) {
+/** The key/value rows of a sheet named promptbatch.conf (any case), as the CLI reads them. */
+function pbConfRows_(spreadsheet) {
+  var sheets = spreadsheet.getSheets();
+  for (var i = 0; i < sheets.length; i++) {
+    if (sheets[i].getName().toLowerCase() === PB.CONF_SHEET) {
+      return sheets[i].getDataRange().getDisplayValues().map(function (row) { return row.slice(0, 2); });
+    }
+  }
+  return [];
+}
+
+/**
+ * Data rows (0-based) whose cells of this prompt column need an answer: the row is not blank,
+ * and its answers cells are all empty or the first holds an error.
+ */
+function pbPendingRows_(values, layout, step, ranges) {
   var rows = [];
   var kept = 0;
   for (var r = layout.header_row + 1; r < values.length; r++) {
@@ -189,8 +216,9 @@ function pbPendingRows_(values, layout, ranges) {
     var cells = values[r];
     var blank = layout.columns.every(function (c) { return String(cells[c[0]] || '').trim() === ''; });
     if (blank) continue;
-    var current = String(cells[layout.output_col] || '');
-    if (current.trim() !== '' && current.indexOf(PB.ERROR) !== 0) {
+    var current = step.outputs.map(function (o) { return String(cells[o.col] || ''); });
+    var empty = current.every(function (v) { return v.trim() === ''; });
+    if (!empty && current[0].indexOf(PB.ERROR) !== 0) {
       kept++;
       continue;
     }
@@ -199,21 +227,71 @@ function pbPendingRows_(values, layout, ranges) {
   return { rows: rows, kept: kept };
 }
 
-function pbRowValues_(values, layout, r) {
-  return layout.columns.map(function (c) { return values[r][c[0]] === undefined ? '' : values[r][c[0]]; });
+/** The columns a prompt column's template sees: the inputs, then earlier answers. */
+function pbStepColumns_(layout, step) {
+  return layout.columns.concat(step.reads);
 }
 
-/** Writes answers as rich text, so `=...` or `12` lands as text, never as a formula or number. */
-function pbWriteAnswers_(sheet, column, cells) {
+function pbRowValues_(values, columns, r) {
+  return columns.map(function (c) { return values[r][c[0]] === undefined ? '' : values[r][c[0]]; });
+}
+
+/** The /v1/complete (or /v1/preview) request for rows of one prompt column. */
+function pbStepPayload_(layout, step, values, rows) {
+  var columns = pbStepColumns_(layout, step);
+  var payload = {
+    template: step.template, origin: step.origin, uses: step.uses, options: layout.options,
+    headers: columns.map(function (c) { return c[1]; }),
+    rows: rows.map(function (r) { return pbRowValues_(values, columns, r); })
+  };
+  if (step.schema) payload.schema = step.schema;
+  return payload;
+}
+
+/** Creates the answers headers the sheet lacks, as text. */
+function pbWriteHeaders_(sheet, layout) {
+  layout.steps.forEach(function (step) {
+    step.outputs.forEach(function (o) {
+      if (!o.exists) pbWriteColumn_(sheet, o.col, [[layout.header_row, o.header]]);
+    });
+  });
+}
+
+/**
+ * Writes one prompt column's answers: text, or one typed value per field (an error string
+ * goes to the first field's cell, and empties the others).
+ */
+function pbWriteAnswers_(sheet, step, cells) {
+  step.outputs.forEach(function (o, k) {
+    pbWriteColumn_(sheet, o.col, cells.map(function (cell) {
+      var answer = cell[1];
+      return [cell[0], Array.isArray(answer) ? answer[k] : (k === 0 ? answer : '')];
+    }));
+  });
+}
+
+/**
+ * Writes [row, value] cells of one column in blocks of neighbouring rows. Text goes in as rich
+ * text, so `=...` or `12` lands as text, never as a formula or number; numbers and booleans
+ * from structured answers go in as values, so the sheet can sum and filter them.
+ */
+function pbWriteColumn_(sheet, column, cells) {
   cells.sort(function (a, b) { return a[0] - b[0]; });
+  var isText = function (v) { return typeof v === 'string' || v === null || v === undefined; };
   var i = 0;
   while (i < cells.length) {
+    var text = isText(cells[i][1]);
     var j = i;
-    while (j + 1 < cells.length && cells[j + 1][0] === cells[j][0] + 1) j++;
-    var block = cells.slice(i, j + 1).map(function (cell) {
-      return [SpreadsheetApp.newRichTextValue().setText(cell[1]).build()];
-    });
-    sheet.getRange(cells[i][0] + 1, column + 1, block.length, 1).setRichTextValues(block);
+    while (j + 1 < cells.length && cells[j + 1][0] === cells[j][0] + 1 && isText(cells[j + 1][1]) === text) j++;
+    var block = cells.slice(i, j + 1);
+    var range = sheet.getRange(cells[i][0] + 1, column + 1, block.length, 1);
+    if (text) {
+      range.setRichTextValues(block.map(function (cell) {
+        return [SpreadsheetApp.newRichTextValue().setText(cell[1] === null || cell[1] === undefined ? '' : cell[1]).build()];
+      }));
+    } else {
+      range.setValues(block.map(function (cell) { return [cell[1]]; }));
+    }
     i = j + 1;
   }
 }
@@ -248,7 +326,7 @@ function pbRunSelected() {
 function pbStart_(ranges) {
   var sheet = SpreadsheetApp.getActiveSpreadsheet().getActiveSheet();
   var job = {
-    sheetId: sheet.getSheetId(), ranges: ranges, cursor: 0, stalls: 0, passes: 0,
+    sheetId: sheet.getSheetId(), ranges: ranges, step: 0, cursor: 0, stalls: 0, passes: 0,
     answered: 0, cached: 0, failed: 0
   };
   pbPass_(job, true);
@@ -288,7 +366,7 @@ function pbPass_(job, interactive) {
         '.', false);
     } else {
       pbSchedule_(PB.CONTINUE_MS);
-      pbTell_('Answered ' + (job.answered + job.cached + job.failed) + ' rows so far; ' +
+      pbTell_('Answered ' + (job.answered + job.cached + job.failed) + ' answers so far; ' +
         'the run continues by itself in a minute.', false);
     }
   } catch (err) {
@@ -300,19 +378,34 @@ function pbPass_(job, interactive) {
   }
 }
 
-/** Answers rows from the job's cursor on; true when the run is complete, false to continue. */
+/**
+ * Answers the sheet's prompt columns in running order, from the job's step and cursor on; a
+ * later column reads the answers the earlier ones wrote. True when the run is complete,
+ * false to continue in the next pass.
+ */
 function pbWork_(job, started, save) {
   var spreadsheet = SpreadsheetApp.getActiveSpreadsheet();
   var sheet = pbSheetById_(spreadsheet, job.sheetId);
   if (!sheet) throw new Error('The sheet of this run no longer exists.');
   var settings = pbSettings_();
-  var values = sheet.getDataRange().getDisplayValues();
-  var layout = pbLocate_(settings, spreadsheet, sheet, values);
-  if (!layout.output_exists) {
-    pbWriteAnswers_(sheet, layout.output_col, [[layout.header_row, layout.output_header]]);
+  var layout = pbLocate_(settings, spreadsheet, sheet, sheet.getDataRange().getDisplayValues());
+  pbWriteHeaders_(sheet, layout);
+  var run = { sheet: sheet, settings: settings, layout: layout };
+  job.step = job.step || 0;
+  while (job.step < layout.steps.length) {
+    var values = sheet.getDataRange().getDisplayValues();
+    if (!pbWorkStep_(job, run, layout.steps[job.step], values, started, save)) return false;
+    job.step++;
+    job.cursor = 0;
+    save();
   }
-  var headers = layout.columns.map(function (c) { return c[1]; });
-  var queue = pbPendingRows_(values, layout, job.ranges).rows
+  return true;
+}
+
+/** Answers one prompt column's rows from the cursor on; false when the pass runs out of time. */
+function pbWorkStep_(job, run, step, values, started, save) {
+  var spreadsheet = SpreadsheetApp.getActiveSpreadsheet();
+  var queue = pbPendingRows_(values, run.layout, step, job.ranges).rows
     .filter(function (r) { return r >= job.cursor; });
   while (queue.length) {
     if (pbNow_() - started > PB.RUN_BUDGET_MS) return false;
@@ -320,17 +413,15 @@ function pbWork_(job, started, save) {
     var chunks = [];
     for (var i = 0; i < round.length; i += PB.CHUNK_ROWS) chunks.push(round.slice(i, i + PB.CHUNK_ROWS));
     var requests = chunks.map(function (chunk) {
-      return pbRequest_(settings, '/v1/complete', {
-        template: layout.template, origin: layout.origin, headers: headers,
-        rows: chunk.map(function (r) { return pbRowValues_(values, layout, r); }),
-        wait_seconds: PB.ROUND_WAIT_S
-      });
+      var payload = pbStepPayload_(run.layout, step, values, chunk);
+      payload.wait_seconds = PB.ROUND_WAIT_S;
+      return pbRequest_(run.settings, '/v1/complete', payload);
     });
     var responses;
     try {
       responses = UrlFetchApp.fetchAll(requests);
     } catch (err) {
-      throw new Error('Cannot reach the backend at ' + settings.url + ': ' + err.message);
+      throw new Error('Cannot reach the backend at ' + run.settings.url + ': ' + err.message);
     }
     var unanswered = [];
     chunks.forEach(function (chunk, k) {
@@ -340,7 +431,7 @@ function pbWork_(job, started, save) {
         if (answers[n] === null) unanswered.push(r);
         else cells.push([r, answers[n]]);
       });
-      pbWriteAnswers_(sheet, layout.output_col, cells);
+      pbWriteAnswers_(run.sheet, step, cells);
     });
     job.stalls = unanswered.length === round.length ? job.stalls + 1 : 0;
     if (job.stalls >= PB.MAX_STALLS) {
@@ -349,7 +440,7 @@ function pbWork_(job, started, save) {
     queue = unanswered.concat(queue);
     job.cursor = queue.length ? Math.min.apply(null, queue) : round[round.length - 1] + 1;
     save();
-    spreadsheet.toast((job.answered + job.cached + job.failed) + ' rows answered...', PB.TITLE, 5);
+    spreadsheet.toast((job.answered + job.cached + job.failed) + ' cells answered (' + step.name + ')...', PB.TITLE, 5);
   }
   return true;
 }
@@ -402,17 +493,15 @@ function pbPreview() {
     var settings = pbSettings_();
     var values = sheet.getDataRange().getDisplayValues();
     var layout = pbLocate_(settings, spreadsheet, sheet, values);
-    var pending = pbPendingRows_(values, layout, null);
-    var sample = pending.rows.slice(0, PB.PREVIEW_ROWS);
-    var data = pbCall_(settings, '/v1/preview', {
-      template: layout.template, origin: layout.origin,
-      headers: layout.columns.map(function (c) { return c[1]; }),
-      rows: sample.map(function (r) { return pbRowValues_(values, layout, r); }),
-      total: pending.rows.length, first: 3
-    });
+    var step = layout.steps[0];
+    var pending = pbPendingRows_(values, layout, step, null);
+    var payload = pbStepPayload_(layout, step, values, pending.rows.slice(0, PB.PREVIEW_ROWS));
+    payload.total = pending.rows.length;
+    payload.first = 3;
+    var data = pbCall_(settings, '/v1/preview', payload);
     var e = data.estimate;
     var lines = [
-      'Template: ' + layout.origin + '; answers go to column "' + layout.output_header + '".',
+      'Template: ' + step.origin + '; answers go to ' + pbColumnNames_(step) + '.',
       'Model: ' + data.model,
       'Rows to answer: ' + data.rows + ' (' + pending.kept + ' already answered are kept).',
       'From the cache: ' + data.cached + (data.sample < data.rows ? ' of the first ' + data.sample : '') +
@@ -421,6 +510,11 @@ function pbPreview() {
         (e.cost_usd === null ? 'cost unknown' : '$' + e.cost_usd.toFixed(4)) +
         ', about ' + Math.ceil(e.seconds) + ' s.'
     ];
+    if (layout.steps.length > 1) {
+      lines.push('These counts are for "' + step.name + '"; then come ' + layout.steps.slice(1).map(function (later) {
+        return '"' + later.name + '"' + (later.uses.length ? ' (uses ' + later.uses.join(', ') + ')' : '');
+      }).join(', ') + '.');
+    }
     if (data.render_errors) lines.push(data.render_errors + ' rows fail to render, e.g. ' + data.first_error);
     data.first_prompts.forEach(function (prompt, n) {
       lines.push('', 'Prompt ' + (n + 1) + ':', prompt.length > 500 ? prompt.slice(0, 500) + '...' : prompt);
@@ -431,6 +525,11 @@ function pbPreview() {
   }
 }
 
+function pbColumnNames_(step) {
+  var names = step.outputs.map(function (o) { return '"' + o.header + '"'; });
+  return (names.length > 1 ? 'columns ' : 'column ') + names.join(', ');
+}
+
 // ----------------------------------------------------------------------------- =PROMPTBATCH
 
 /**
@@ -439,10 +538,13 @@ function pbPreview() {
  * @param {string} template The prompt template, e.g. "Describe {{ product }} in one line."
  * @param {Array<Array<*>>} table The table with its header row first; or data rows, with headers.
  * @param {Array<Array<*>>} [headers] The header row, when the second argument holds data rows only.
- * @return One answer per data row, as a column (one answer for one row with headers).
+ * @param {string|Array<Array<string>>} [fields] Answer in columns, e.g.
+ *   "sentiment (positive|negative), score (number), reason"; or a range of such header cells.
+ * @return One answer per data row, as a column (one answer for one row with headers); with
+ *   fields, one row of typed cells per data row.
  * @customfunction
  */
-function PROMPTBATCH(template, table, headers) {
+function PROMPTBATCH(template, table, headers, fields) {
   try {
     if (typeof template !== 'string' || !template.trim()) {
       return PB.ERROR + ' the first argument must be the prompt template.';
@@ -451,12 +553,30 @@ function PROMPTBATCH(template, table, headers) {
     var withHeaders = headers !== undefined && headers !== null && headers !== '';
     var head = (withHeaders ? pbGrid_(headers)[0] : grid[0]).map(function (h) { return String(pbCell_(h)); });
     var rows = withHeaders ? grid : grid.slice(1);
-    var answers = pbAnswerRows_(pbSettings_(), template, head, rows);
+    var spec = pbFieldsSpec_(fields);
+    var answers = pbAnswerRows_(pbSettings_(), template, head, rows, spec);
+    if (spec) return answers.length ? answers.map(function (a) { return pbFieldCells_(a, spec); }) : '';
     if (withHeaders && answers.length === 1) return answers[0];
     return answers.length ? answers.map(function (a) { return [a]; }) : '';
   } catch (err) {
     return PB.ERROR + ' ' + err.message;
   }
+}
+
+/** The fields argument as one text: a text, or the non-empty cells of a range, joined. */
+function pbFieldsSpec_(fields) {
+  if (fields === undefined || fields === null) return '';
+  var parts = Array.isArray(fields) ? pbGrid_(fields).reduce(function (all, row) { return all.concat(row); }, []) : [fields];
+  return parts.map(function (f) { return String(f).trim(); }).filter(Boolean).join(', ');
+}
+
+/** A row of cells for one structured answer: its values, or the reason in the first cell. */
+function pbFieldCells_(answer, spec) {
+  if (Array.isArray(answer)) return answer;
+  var width = spec.split(/,(?![^(]*\))/).length;
+  var row = [answer];
+  while (row.length < width) row.push('');
+  return row;
 }
 
 function pbGrid_(value) {
@@ -474,19 +594,23 @@ function pbCell_(value) {
   return value;
 }
 
-/** Answers from the script cache first, then one backend call for the rest (within 30 s). */
-function pbAnswerRows_(settings, template, head, rows) {
+/**
+ * Answers from the script cache first, then one backend call for the rest (within 30 s). With
+ * `fields` an answer is a list of typed values, kept in the cache as JSON.
+ */
+function pbAnswerRows_(settings, template, head, rows, fields) {
   var cache = CacheService.getDocumentCache() || CacheService.getScriptCache();
   var cells = rows.map(function (row) { return row.map(pbCell_); });
   var keys = cells.map(function (row) {
+    var question = fields ? [settings.url, template, head, row, fields] : [settings.url, template, head, row];
     var digest = Utilities.computeDigest(Utilities.DigestAlgorithm.SHA_256,
-      JSON.stringify([settings.url, template, head, row]), Utilities.Charset.UTF_8);
+      JSON.stringify(question), Utilities.Charset.UTF_8);
     return 'pb1:' + Utilities.base64EncodeWebSafe(digest);
   });
   var hits = {};
   for (var i = 0; i < keys.length; i += PB.CACHE_BATCH) {
     var found = cache.getAll(keys.slice(i, i + PB.CACHE_BATCH));
-    Object.keys(found).forEach(function (k) { hits[k] = found[k]; });
+    Object.keys(found).forEach(function (k) { hits[k] = fields ? JSON.parse(found[k]) : found[k]; });
   }
   var answers = keys.map(function (k, n) {
     if (cells[n].every(function (v) { return String(v).trim() === ''; })) return '';
@@ -495,20 +619,23 @@ function pbAnswerRows_(settings, template, head, rows) {
   var missing = [];
   answers.forEach(function (a, n) { if (a === null) missing.push(n); });
   if (!missing.length) return answers;
-  var data = pbCall_(settings, '/v1/complete', {
+  var payload = {
     template: template, origin: 'the PROMPTBATCH formula', headers: head,
     rows: missing.map(function (n) { return cells[n]; }), wait_seconds: PB.FORMULA_WAIT_S
-  });
+  };
+  if (fields) payload.fields = fields;
+  var data = pbCall_(settings, '/v1/complete', payload);
   var fresh = {};
   missing.forEach(function (n, j) {
-    var text = data.answers[j];
-    if (text === null) {
-      text = PB.ERROR + ' no answer within ' + PB.FORMULA_WAIT_S + ' s (answers so far are saved: ' +
+    var answer = data.answers[j];
+    if (answer === null) {
+      answer = PB.ERROR + ' no answer within ' + PB.FORMULA_WAIT_S + ' s (answers so far are saved: ' +
         're-enter the formula to continue, or use PromptBatch > Run batch for a big table).';
-    } else if (text && text.indexOf(PB.ERROR) !== 0 && text.length <= PB.CACHE_MAX_CHARS) {
-      fresh[keys[n]] = text;
+    } else {
+      var kept = Array.isArray(answer) ? JSON.stringify(answer) : answer;
+      if (kept && kept.indexOf(PB.ERROR) !== 0 && kept.length <= PB.CACHE_MAX_CHARS) fresh[keys[n]] = kept;
     }
-    answers[n] = text;
+    answers[n] = answer;
   });
   var freshKeys = Object.keys(fresh);
   for (var m = 0; m < freshKeys.length; m += PB.CACHE_BATCH) {

@@ -8,14 +8,15 @@ let backend;
 before(async () => { backend = await startBackend(); });
 after(() => backend.stop());
 
-test('onOpen builds the PromptBatch menu with its four commands', () => {
+test('onOpen builds the PromptBatch menu with its commands', () => {
   const app = loadScript();
   app.gs.onOpen();
   assert.equal(app.log.menus.length, 1);
   const menu = app.log.menus[0];
   assert.equal(menu.title, 'PromptBatch');
   const items = menu.items.filter((i) => !i.separator);
-  assert.deepEqual(items.map((i) => i.caption), ['Run batch', 'Run selected rows', 'Preview', 'Settings']);
+  assert.deepEqual(items.map((i) => i.caption), ['Run batch', 'Run selected rows', 'Preview',
+    'Submit as batch (half price)', 'Collect batch results', 'Settings']);
   for (const item of items) assert.equal(typeof app.gs[item.fn], 'function', item.fn);
 });
 

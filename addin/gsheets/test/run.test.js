@@ -2,9 +2,8 @@
 // Run batch, Run selected rows and Preview against a real `promptbatch serve`.
 const assert = require('node:assert/strict');
 const { after, before, test } = require('node:test');
-const { FakeSheet, loadScript, startBackend } = require('../testing/harness');
+const { FakeSheet, SIX_MINUTES, drainTriggers, loadScript, startBackend } = require('../testing/harness');
 
-const SIX_MINUTES = 6 * 60 * 1000;
 let backend;
 before(async () => { backend = await startBackend(); });
 after(() => backend.stop());
@@ -15,23 +14,6 @@ function productSheet(rows, name = 'Products') {
     ['Product', 'Audience', 'response']];
   for (let i = 0; i < rows; i++) grid.push([`${name} item ${i}`, i % 2 ? 'cooks' : 'runners', '']);
   return new FakeSheet(name, grid);
-}
-
-/** Fires continuation triggers as Apps Script would, checking each pass fits in 6 minutes. */
-function drainTriggers(app) {
-  let passes = 0;
-  while (app.triggers.length) {
-    assert.equal(app.triggers.length, 1, 'one continuation at a time');
-    const trigger = app.triggers[0];
-    assert.equal(trigger.handler, 'pbContinue');
-    app.clock.now = Math.max(app.clock.now, trigger.at);
-    const start = app.clock.now;
-    app.gs[trigger.handler]();
-    assert.ok(app.clock.now - start < SIX_MINUTES, `pass took ${(app.clock.now - start) / 1000} s`);
-    assert.equal(app.lock.held, false, 'the lock is released after each pass');
-    assert.ok(++passes < 20, 'the run ends');
-  }
-  return passes;
 }
 
 test('Run batch answers 2,000 rows over several trigger continuations', async () => {

@@ -1,6 +1,6 @@
-// Test harness for Code.gs: small fakes of the Apps Script services it uses, a loader that
-// evaluates Code.gs unmodified in a vm context, and a real `promptbatch serve` backend in front
-// of the fake LLM. UrlFetchApp is synchronous in Apps Script, so the fake runs each batch of
+// Test harness for the Apps Script files: small fakes of the Apps Script services they use, a
+// loader that evaluates every .gs file unmodified in one vm context, and a real `promptbatch
+// serve` backend in front of the fake LLM (or the fake Batch APIs). UrlFetchApp is synchronous in Apps Script, so the fake runs each batch of
 // requests in a child node process (execFileSync) that uses fetch.
 'use strict';
 
@@ -47,19 +47,24 @@ function lines(child) {
   };
 }
 
-/** The fake LLM and `promptbatch serve` on 127.0.0.1, each on a free port. */
-async function startBackend() {
+/**
+ * A fake model server and `promptbatch serve` on 127.0.0.1, each on a free port: the fake LLM
+ * (an openai-compatible model), or with `{ batch: true }` the fake Batch APIs behind an
+ * openai: model. `ask(line)` sends the fake a command and resolves with its JSON reply.
+ */
+async function startBackend({ batch = false } = {}) {
   const home = fs.mkdtempSync(path.join(os.tmpdir(), 'pb-gs-'));
-  const llm = spawn(path.join(VENV_BIN, 'python'), [path.join(__dirname, 'fake_llm.py')],
+  const fake = spawn(path.join(VENV_BIN, 'python'), [path.join(__dirname, batch ? 'fake_batch.py' : 'fake_llm.py')],
     { cwd: REPO, stdio: ['pipe', 'pipe', 'pipe'] });
-  const llmLines = lines(llm);
-  const { base_url: baseUrl } = JSON.parse(await llmLines.next());
+  const fakeLines = lines(fake);
+  const { base_url: baseUrl } = JSON.parse(await fakeLines.next());
   const env = {
     ...process.env, PROMPTBATCH_HOME: home, PROMPTBATCH_CONFIG: path.join(home, 'config.toml'),
-    PROMPTBATCH_RETRIES: '1'
+    PROMPTBATCH_RETRIES: '1', OPENAI_API_KEY: 'sk-test-batch-key'
   };
+  const model = batch ? 'openai:gpt-4o-mini' : 'openai-compatible:fake';
   const server = spawn(path.join(VENV_BIN, 'promptbatch'),
-    ['serve', '--port', '0', '--model', 'openai-compatible:fake', '--base-url', baseUrl],
+    ['serve', '--port', '0', '--model', model, '--base-url', baseUrl],
     { cwd: REPO, env, stdio: ['ignore', 'pipe', 'pipe'] });
   const serverLines = lines(server);
   let url = null;
@@ -71,14 +76,15 @@ async function startBackend() {
   return {
     url,
     token,
-    /** Counters of the fake LLM: `ok` answers and all `requests`. */
-    async llmStats() {
-      llm.stdin.write('stats\n');
-      return JSON.parse(await llmLines.next());
+    async ask(command) {
+      fake.stdin.write(command + '\n');
+      return JSON.parse(await fakeLines.next());
     },
+    /** Counters of the fake LLM: `ok` answers and all `requests`. */
+    llmStats() { return this.ask('stats'); },
     stop() {
-      llm.stdin.end();
-      llm.kill();
+      fake.stdin.end();
+      fake.kill();
       server.kill();
       fs.rmSync(home, { recursive: true, force: true });
     }
@@ -197,7 +203,7 @@ function fakeCache() {
 }
 
 /**
- * Everything Code.gs may touch, loaded with Code.gs itself. `clock.now` replaces pbNow_; each
+ * Everything the script may touch, loaded with the script itself. `clock.now` replaces pbNow_; each
  * UrlFetchApp.fetchAll advances it by `fetchAllMs` (a simulated round trip).
  */
 function loadScript({ sheets, settings, fetchAllMs = 0 } = {}) {
@@ -311,7 +317,10 @@ function loadScript({ sheets, settings, fetchAllMs = 0 } = {}) {
     }
   };
   vm.createContext(context);
-  vm.runInContext(fs.readFileSync(path.join(ADDIN, 'Code.gs'), 'utf8'), context, { filename: 'Code.gs' });
+  // Apps Script runs every .gs file of a project in one global scope.
+  fs.readdirSync(ADDIN).filter((name) => name.endsWith('.gs')).sort().forEach((name) => {
+    vm.runInContext(fs.readFileSync(path.join(ADDIN, name), 'utf8'), context, { filename: name });
+  });
   context.pbNow_ = () => clock.now;
   return {
     gs: context,
@@ -331,4 +340,23 @@ function loadScript({ sheets, settings, fetchAllMs = 0 } = {}) {
   };
 }
 
-module.exports = { FakeSheet, loadScript, startBackend };
+const SIX_MINUTES = 6 * 60 * 1000;
+
+/** Fires continuation triggers as Apps Script would, checking each pass fits in 6 minutes. */
+function drainTriggers(app) {
+  let passes = 0;
+  while (app.triggers.length) {
+    assert.equal(app.triggers.length, 1, 'one continuation at a time');
+    const trigger = app.triggers[0];
+    assert.equal(trigger.handler, 'pbContinue');
+    app.clock.now = Math.max(app.clock.now, trigger.at);
+    const start = app.clock.now;
+    app.gs[trigger.handler]();
+    assert.ok(app.clock.now - start < SIX_MINUTES, `pass took ${(app.clock.now - start) / 1000} s`);
+    assert.equal(app.lock.held, false, 'the lock is released after each pass');
+    assert.ok(++passes < 20, 'the run ends');
+  }
+  return passes;
+}
+
+module.exports = { FakeSheet, SIX_MINUTES, drainTriggers, loadScript, startBackend };

@@ -1,0 +1,85 @@
+/**
+ * PromptBatch for Google Sheets: the provider's Batch API from the menu (half price, answers
+ * within a day). "Submit as batch" sends the sheet's unanswered prompts as one job; "Collect
+ * batch results" writes what has come back. The backend keeps the jobs in its journal, so a
+ * collect works days later, after either side restarted. Only a backend whose model is
+ * openai:... or anthropic:... has a Batch API; any other says so.
+ *
+ * The whole sheet goes to the backend in one request (up to 5 MB), which plans it by the same
+ * rules as `promptbatch run --via batch` and returns the cells to write.
+ */
+
+/** Menu: collect what is done, then send what neither the cache nor a running job holds. */
+function pbSubmitBatch() {
+  pbBatchCall_('/v1/batch/submit', function (data) {
+    var lines = [];
+    if (data.sent) {
+      lines.push('Sent ' + data.sent + ' requests in batch job ' + data.new_jobs.join(', ') +
+        ' (estimated ' + (data.estimate_usd === null ? 'cost unknown' : '$' + data.estimate_usd.toFixed(4)) +
+        ' at half the realtime price).',
+      'Answers come within 24 hours: then use PromptBatch > Collect batch results.');
+    } else {
+      lines.push('Nothing new to send: every prompt is answered or in a running job.');
+    }
+    return lines.concat(pbBatchCounts_(data));
+  });
+}
+
+/** Menu: write the answers of finished jobs; rows of running jobs stay as they are. */
+function pbCollectBatch() {
+  pbBatchCall_('/v1/batch/collect', function (data) {
+    var lines = pbBatchCounts_(data);
+    if (!data.answered && !data.failed && data.waiting) lines.unshift('No answer has come back yet.');
+    data.jobs.forEach(function (job) {
+      lines.push(job.id + ': ' + job.status + (job.collected ? ', collected' : '') + ', ' + job.progress + '.');
+    });
+    if (!data.jobs.length) lines.push('No batch job holds this sheet\'s prompts: use PromptBatch > Submit as batch.');
+    return lines;
+  });
+}
+
+/** Sends the active sheet to a batch route under the document lock, writes the cells back. */
+function pbBatchCall_(path, report) {
+  var ui = SpreadsheetApp.getUi();
+  var lock = LockService.getDocumentLock();
+  if (!lock.tryLock(5000)) {
+    ui.alert('PromptBatch', 'Another PromptBatch run is writing to this spreadsheet. Try again when it ends.', ui.ButtonSet.OK);
+    return;
+  }
+  try {
+    var spreadsheet = SpreadsheetApp.getActiveSpreadsheet();
+    var sheet = spreadsheet.getActiveSheet();
+    var values = sheet.getDataRange().getDisplayValues();
+    var data = pbCall_(pbSettings_(), path, pbSheetPayload_(spreadsheet, sheet, values));
+    pbWriteCells_(sheet, data.cells);
+    ui.alert('PromptBatch batch', report(data).join('\n'), ui.ButtonSet.OK);
+  } catch (err) {
+    ui.alert('PromptBatch', err.message, ui.ButtonSet.OK);
+  } finally {
+    lock.releaseLock();
+  }
+}
+
+/** What the sheet now holds, and what is still to come. */
+function pbBatchCounts_(data) {
+  var lines = [];
+  if (data.answered || data.failed) {
+    lines.push('Written: ' + data.answered + ' answers, ' + data.failed + ' errors' +
+      (data.failed ? ' (cells starting with #ERROR:; submit again to resend them)' : '') + '.');
+  }
+  if (data.waiting) lines.push(data.waiting + ' answers wait for running jobs.');
+  if (data.unsent) {
+    lines.push(data.unsent + ' prompts are not sent yet (a prompt column that uses another one goes ' +
+      'once those answers are in): use Submit as batch again.');
+  }
+  return lines;
+}
+
+/** [row, col, value] cells (0-based) into the sheet, column by column, in blocks. */
+function pbWriteCells_(sheet, cells) {
+  var byColumn = {};
+  cells.forEach(function (cell) {
+    (byColumn[cell[1]] = byColumn[cell[1]] || []).push([cell[0], cell[2]]);
+  });
+  Object.keys(byColumn).forEach(function (col) { pbWriteColumn_(sheet, Number(col), byColumn[col]); });
+}
