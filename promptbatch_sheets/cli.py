@@ -125,8 +125,8 @@ def run(
                         transient=False, disable=not console.is_terminal)
     with progress:
         task = progress.add_task(f"{prepared.plan.table.sheet}", total=len(jobs))
-        summary = batch.run(prepared, surface, store,
-                            on_result=lambda _r: progress.advance(task))
+        summary = batch.run(prepared, surface, store, on_result=None if progress.disable
+                            else lambda _r: progress.advance(task))  # none for a hidden bar
     store.close()
     report.print_summary(console, prepared, summary, getattr(surface, "output", None))
     if summary.failed or summary.unsent:

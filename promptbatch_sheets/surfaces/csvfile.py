@@ -33,8 +33,7 @@ class CsvSurface:
             self._dialect = csv.Sniffer().sniff(text[:4096], delimiters=",;\t")
         except csv.Error:
             self._dialect = csv.excel
-        self._rows = [list(r) for r in csv.reader(io.StringIO(text, newline=""),
-                                                  dialect=self._dialect)]
+        self._rows = list(csv.reader(io.StringIO(text, newline=""), dialect=self._dialect))
         return SheetData(name=self.path.stem, grid=self._rows)
 
     def cell_text(self, ref: str) -> str:
@@ -62,7 +61,7 @@ class CsvSurface:
         def save(tmp: Path) -> None:
             with tmp.open("w", encoding="utf-8", newline="") as handle:
                 csv.writer(handle, dialect=self._dialect).writerows(
-                    r + [""] * (width - len(r)) for r in self._rows)
+                    r if len(r) == width else r + [""] * (width - len(r)) for r in self._rows)
 
         atomic_write(self.output, save)
         self._dirty = False
