@@ -7,10 +7,10 @@ on a 429 (AIMD), a request bucket and a token bucket. The buckets start from the
 (Ollama, vLLM, llama.cpp) are steered by 429/503 alone.
 
 The window starts at the whole concurrency. Waiting for a first answer's headers before
-opening it cost the median latency at the start of every run; a server over its limit says so
-at once instead (a 429 comes back in a round trip, not after the model's latency, and carries
-the same headers), so at most the first wave beyond its allowance is refused, and the buckets
-pace everything after it.
+opening it left most of the window idle for a model's latency at the start of every run; a
+server over its limit says so at once instead (a 429 comes back in a round trip, not after the
+model's latency, and carries the same headers), so at most the first wave beyond its allowance
+is refused, and the buckets pace everything after it.
 """
 
 from __future__ import annotations
