@@ -144,8 +144,8 @@ def run(
     plan = prepared.plan
     with progress:
         task = progress.add_task(plan.table.sheet, total=plan.prompts - len(plan.refused))
-        summary = batch.run(prepared, surface, store,
-                            on_result=lambda _r: progress.advance(task))
+        summary = batch.run(prepared, surface, store, on_result=None if progress.disable
+                            else lambda _r: progress.advance(task))  # none for a hidden bar
     store.close()
     report.print_summary(console, prepared, summary, getattr(surface, "output", None))
     if summary.failed or summary.unsent:

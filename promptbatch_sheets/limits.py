@@ -5,6 +5,12 @@ on a 429 (AIMD), a request bucket and a token bucket. The buckets start from the
 (--rpm, --tpm) and learn the provider's own limits from its headers (OpenAI's
 ``x-ratelimit-*``, Anthropic's ``anthropic-ratelimit-*``). Servers that send no headers
 (Ollama, vLLM, llama.cpp) are steered by 429/503 alone.
+
+The window starts at the whole concurrency. Waiting for a first answer's headers before
+opening it left most of the window idle for a model's latency at the start of every run; a
+server over its limit says so at once instead (a 429 comes back in a round trip, not after the
+model's latency, and carries the same headers), so at most the first wave beyond its allowance
+is refused, and the buckets pace everything after it.
 """
 
 from __future__ import annotations
@@ -32,11 +38,6 @@ def request_tokens(payload: dict[str, Any]) -> int:
 BURST_SECONDS = 0.2
 """A bucket holds this many seconds' worth: providers enforce per-minute limits in short
 slices, and a full second's burst landing late in one slice doubles up with the next."""
-
-
-PROBE_WINDOW = 8.0
-"""Requests in flight until the first answer: it brings the provider's limit headers, so the
-buckets can pace the rest instead of a blind burst of the whole concurrency."""
 
 
 @dataclass
@@ -91,8 +92,7 @@ class Limiter:
     def __init__(self, max_concurrency: int, rpm: float | None = None,
                  tpm: float | None = None) -> None:
         self.max_concurrency = max_concurrency
-        self.window = min(float(max_concurrency), PROBE_WINDOW)
-        self.opened = False
+        self.window = float(max_concurrency)
         self.in_flight = 0
         self.user_rpm, self.user_tpm = rpm, tpm
         self.requests = Bucket(rpm) if rpm else None
@@ -122,12 +122,9 @@ class Limiter:
             self._changed.notify_all()
 
     def succeeded(self, headers: httpx.Headers) -> None:
-        """Open the window after the first answer, then grow a cut window back by one per
-        window of answers (AIMD); learn limits from headers."""
+        """Learn limits from headers; grow a cut window back by one per window of answers
+        (AIMD)."""
         self._learn(headers)
-        if not self.opened:
-            self.opened = True
-            self.window = float(self.max_concurrency)
         self.window = min(float(self.max_concurrency), self.window + 1.0 / self.window)
 
     def throttled_by_server(self, headers: httpx.Headers, wait: float | None) -> None:
@@ -146,7 +143,6 @@ class Limiter:
         if not buckets and now - self.last_cut > 1.0:
             self.window = max(1.0, self.window / 2)
             self.last_cut = now
-            self.opened = True  # a server that pushes back before answering is not opened wide
 
     def overloaded(self, wait: float | None) -> None:
         """Anthropic's 529 is everyone's overload: pause, but keep the learned rate."""

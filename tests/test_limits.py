@@ -27,15 +27,13 @@ def test_rate_limited_server_is_paced_not_hammered(tmp_path: Path) -> None:
         throttled, answered = server.count_429, server.count_ok
     assert result.exit_code == 0, result.output
     assert answered == 60
-    assert throttled <= 12  # learning the limit costs a few 429s, not a storm
+    assert throttled <= 32 - 20  # the first wave past the server's 20 a second, then none
     assert elapsed >= 2.0  # 20 requests a second: the run was paced to the server's limit
 
 
 def test_window_halves_on_429_and_grows_back() -> None:
     limiter = Limiter(max_concurrency=64)
-    assert limiter.window == 8  # a probe until the first answer brings the limit headers
-    limiter.succeeded(httpx.Headers())
-    assert int(limiter.window) == 64  # then the user's concurrency
+    assert limiter.window == 64  # the user's concurrency from the start
     limiter.throttled_by_server(httpx.Headers(), wait=0.01)  # a server with no limit headers
     assert limiter.window == 32
     limiter.throttled_by_server(httpx.Headers(), wait=0.01)  # same burst: not cut again

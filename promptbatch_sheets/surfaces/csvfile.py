@@ -34,8 +34,7 @@ class CsvSurface:
             self._delimiter = csv.Sniffer().sniff(text[:4096], delimiters=",;\t").delimiter
         except csv.Error:
             self._delimiter = ","
-        self._rows = [list(r) for r in csv.reader(io.StringIO(text, newline=""),
-                                                  delimiter=self._delimiter)]
+        self._rows = list(csv.reader(io.StringIO(text, newline=""), delimiter=self._delimiter))
         return SheetData(name=self.path.stem, grid=self._rows)
 
     def cell_text(self, ref: str) -> str:
@@ -64,7 +63,7 @@ class CsvSurface:
         def save(tmp: Path) -> None:
             with tmp.open("w", encoding="utf-8", newline="") as handle:
                 csv.writer(handle, delimiter=self._delimiter).writerows(
-                    r + [""] * (width - len(r)) for r in self._rows)
+                    r if len(r) == width else r + [""] * (width - len(r)) for r in self._rows)
 
         atomic_write(self.output, save)
         self._dirty = False
