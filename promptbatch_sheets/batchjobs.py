@@ -26,7 +26,7 @@ from .providers import Completion, ModelSpec, open_batch_api, require_batch_api
 from .providers.batchapi import BatchAPI, BatchError, split
 from .schema import Schema, SchemaMismatch
 from .sheet import Surface
-from .store import Store, answer_key
+from .store import Store
 
 SAVE_EVERY = 500
 """Answers stored per transaction while a results file streams in."""
@@ -124,13 +124,12 @@ def _keyed(prepared: Prepared, store: Store) -> list[tuple[RowJob, str]]:
     """The sheet's prompts and their answer keys: the ones ready now, and the later prompt
     columns of rows whose answers they use are already cached (a chain moves one column
     further with each batch)."""
-    label, plan, schemas = prepared.spec.label, prepared.plan, prepared.schemas
+    plan, schemas = prepared.plan, prepared.schemas
     chain = Chain(plan, prepared.data.grid) if plan.waiting else None
     keyed: list[tuple[RowJob, str]] = []
     todo = list(plan.jobs)
     while todo:
-        found = [(job, answer_key(label, prepared.params_for(job.step), job.prompt))
-                 for job in todo]
+        found = [(job, prepared.key(job)) for job in todo]
         keyed += found
         todo = []
         if chain is None:
