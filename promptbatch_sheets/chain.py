@@ -41,14 +41,17 @@ class Chain:
             if gone is None and not all(n in answers for n in needs):
                 continue
             steps.remove(index)
-            try:
-                if gone is not None:
-                    raise TemplateError(needs_failed(self.plan.table, row, gone))
-                settled.append(RowJob(row, self.plan.render(self.grid, row, index, answers),
-                                      index))
-            except TemplateError as exc:
-                lost.add(index)
-                settled.append(RowResult(row, error_text(str(exc)), False, False, step=index))
+            reason = needs_failed(self.plan.table, row, gone) if gone is not None else None
+            if reason is None:
+                try:
+                    prompt = self.plan.render(self.grid, row, index, answers)
+                except TemplateError as exc:
+                    reason = str(exc)
+                else:
+                    settled.append(RowJob(row, prompt, index))
+                    continue
+            lost.add(index)
+            settled.append(RowResult(row, error_text(reason), False, False, step=index))
         if not steps:
             del self.waiting[row], self.answers[row]
         return settled

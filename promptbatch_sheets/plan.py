@@ -10,7 +10,7 @@ engine send identical prompts once.
 from __future__ import annotations
 
 from collections.abc import Collection, Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from enum import Enum
 from graphlib import CycleError, TopologicalSorter
 from typing import Any
@@ -153,7 +153,7 @@ def make_plan(table: Table, grid: Grid, rerun: Rerun = Rerun.MISSING,
                 plan.waiting.setdefault(row, []).append(index)
         if known and row in plan.waiting:
             plan.known[row] = known
-    return Plan(table, steps, plan.jobs, kept, plan.refused, plan.waiting, plan.known)
+    return replace(plan, kept=kept)
 
 
 def _steps(table: Table, schemas: Mapping[str, Schema]) -> list[Step]:
