@@ -5,9 +5,9 @@
     summary = run(prepare(surface), surface, Store())
 """
 
-from .batch import Prepared, prepare, preview, run
 from .engine import RowResult, Summary
 from .errors import PromptBatchError
+from .runner import Prepared, prepare, preview, run
 from .store import Store
 from .surfaces import open_surface
 

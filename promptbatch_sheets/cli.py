@@ -1,4 +1,4 @@
-"""The ``promptbatch`` command: a thin layer of commands over ``batch``; no logic lives here."""
+"""The ``promptbatch`` command: a thin layer of commands over ``runner``; no logic lives here."""
 
 from __future__ import annotations
 
@@ -11,7 +11,7 @@ import typer
 from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-from . import batch, report, userconfig
+from . import report, runner, userconfig
 from .addin import addin_app
 from .errors import PromptBatchError
 from .plan import Rerun
@@ -21,7 +21,7 @@ from .surfaces import GOOGLE_SHEETS, open_surface
 from .table import TemplateText
 
 if TYPE_CHECKING:  # the Batch API modules load only for the commands that use them
-    from .batchjobs import Collected
+    from .batchapi import Collected
 
 app = typer.Typer(help="Run one prompt template over every row of a spreadsheet.",
                   no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
@@ -93,10 +93,10 @@ def _template(text: str | None, file: Path | None) -> TemplateText | None:
 
 def _prepare(book: str, sheet: str | None, output: str | None, flags: dict[str, Any],
              template: str | None, template_file: Path | None,
-             template_cell: str | None, credentials: str | None) -> tuple[Any, batch.Prepared]:
+             template_cell: str | None, credentials: str | None) -> tuple[Any, runner.Prepared]:
     surface = open_surface(book, sheet, output, credentials)
     folder = None if book.startswith(GOOGLE_SHEETS) else Path(book).parent
-    prepared = batch.prepare(surface, flags, _template(template, template_file), template_cell,
+    prepared = runner.prepare(surface, flags, _template(template, template_file), template_cell,
                              base_dir=folder)
     if prepared.model_defaulted:
         console.print("No model given: using the embedded local model "
@@ -135,7 +135,7 @@ def run(
                       "Use --rerun all to ask again.")
         return
     if prepared.settings.via is Via.BATCH:
-        _via_batch(book, surface, prepared)
+        _via_batch_api(book, surface, prepared)
         return
     store = Store()
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
@@ -144,7 +144,7 @@ def run(
     plan = prepared.plan
     with progress:
         task = progress.add_task(plan.table.sheet, total=plan.prompts - len(plan.refused))
-        summary = batch.run(prepared, surface, store, on_result=None if progress.disable
+        summary = runner.run(prepared, surface, store, on_result=None if progress.disable
                             else lambda _r: progress.advance(task))  # none for a hidden bar
     store.close()
     report.print_summary(console, prepared, summary, getattr(surface, "output", None))
@@ -172,29 +172,27 @@ def preview(
     _, prepared = _prepare(book, sheet, None, flags, template, template_file, template_cell,
                            credentials)
     store = Store()
-    result = batch.preview(prepared, store, first)
+    result = runner.preview(prepared, store, first)
     store.close()
     report.print_preview(Console(highlight=False), result)
 
 
-def _via_batch(book: str, surface: Any, prepared: batch.Prepared) -> None:
-    from . import batchjobs, batchreport
+def _via_batch_api(book: str, surface: Any, prepared: runner.Prepared) -> None:
+    from . import batchapi
 
     store = Store()
     try:
-        jobs, collected = batchjobs.submit_and_collect(prepared, surface, store)
+        jobs, collected = batchapi.submit_and_collect(prepared, surface, store)
     finally:
         store.close()
-    batchreport.print_submitted(console, jobs)
+    report.print_submitted(console, jobs)
     _collected(book, surface, prepared, collected)
 
 
-def _collected(book: str, surface: Any, prepared: batch.Prepared,
+def _collected(book: str, surface: Any, prepared: runner.Prepared,
                collected: Collected) -> None:
-    from . import batchreport
-
-    batchreport.print_collected(console, prepared, collected, getattr(surface, "output", None),
-                                book)
+    report.print_collected(console, prepared, collected, getattr(surface, "output", None),
+                           book)
     if collected.summary.failed:
         raise typer.Exit(1)
 
@@ -217,11 +215,11 @@ def collect(
                  skip_hidden=skip_hidden or None, fields=fields, schema=schema)
     surface, prepared = _prepare(book, sheet, output, flags, template, template_file,
                                  template_cell, credentials)
-    from . import batchjobs
+    from . import batchapi
 
     store = Store()
     try:
-        collected = batchjobs.collect(prepared, surface, store)
+        collected = batchapi.collect(prepared, surface, store)
     finally:
         store.close()
     _collected(book, surface, prepared, collected)
@@ -250,14 +248,14 @@ def status(
                      schema=schema)
         _, prepared = _prepare(book, sheet, None, flags, template, template_file,
                                template_cell, credentials)
-    from . import batchjobs, batchreport
+    from . import batchapi
 
     store = Store()
     try:
-        jobs = batchjobs.status(store, prepared)
+        jobs = batchapi.status(store, prepared)
     finally:
         store.close()
-    batchreport.print_jobs(Console(highlight=False), jobs)
+    report.print_jobs(Console(highlight=False), jobs)
 
 
 @app.command()

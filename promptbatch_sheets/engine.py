@@ -1,4 +1,4 @@
-"""The batch runner: dedupe, cache, a bounded pool of requests, one result per row.
+"""The realtime engine: dedupe, cache, a bounded pool of requests, one result per row.
 
 It knows rows only as ``RowJob(row, prompt)``: no spreadsheet, no HTTP. Identical prompts are
 sent once; answers already in the store cost nothing; each fresh answer is stored the moment
@@ -15,10 +15,11 @@ from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
 
 from .budget import Budget
+from .errors import ProviderError, SchemaMismatch
 from .estimate import Estimate, request_chars, tokens
 from .plan import ERROR_PREFIX, RowJob
-from .providers import Completion, Params, Provider, ProviderError
-from .schema import Schema, SchemaMismatch, repair_prompt
+from .providers import Completion, Params, Provider
+from .schema import Schema, repair_prompt
 from .store import Store, key_function
 
 
@@ -147,10 +148,10 @@ async def run_jobs(
             if ready:
                 admit(ready, first=True)
 
-    def admit(batch: Sequence[RowJob], first: bool = False) -> None:
+    def admit(arrivals: Sequence[RowJob], first: bool = False) -> None:
         """Answer jobs from this run or the cache at once; queue the others' prompts."""
         fresh: dict[str, list[RowJob]] = {}
-        for job in batch:
+        for job in arrivals:
             key = key_of(job.step)(job.prompt)
             if key in done:
                 settle(job, done[key], isinstance(done[key], Completion))

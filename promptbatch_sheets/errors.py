@@ -1,10 +1,30 @@
-"""The one exception type a user ever sees: a message that names the place and the fix."""
+"""Every exception promptbatch raises on purpose, in three families by who hears of it.
+
+    Exception
+     ├── PromptBatchError       a mistake in the user's input or setup. The CLI prints it as
+     │    │                     one line and exits 2; serve answers 400 with it. Raised before
+     │    │                     any model call, so it costs nothing.
+     │    ├── TemplateError     the prompt template cannot be parsed or rendered
+     │    ├── TableError        the sheet holds no usable table
+     │    ├── ConfigError       a setting is missing or wrong: model, key, base URL, a number
+     │    ├── WorkbookError     a file cannot be read or written safely
+     │    └── BatchError        a provider Batch API call failed
+     ├── RowError               one row's failure. Its text lands in the row's answer cell
+     │    │                     after ``#ERROR:``; the run goes on, and a rerun retries it.
+     │    ├── ProviderError     a request failed for good (after the retries it deserved)
+     │    └── SchemaMismatch    a reply is not the JSON the row's fields ask for
+     └── BadRequest             a request to ``promptbatch serve`` is malformed: its text goes
+                                back with a 400 (or 413), and nothing runs
+
+``providers.retry.Retryable`` never leaves the providers: it is a passing fault that the retry
+loop turns into another attempt, or at the end into a ProviderError.
+"""
 
 from __future__ import annotations
 
 
 class PromptBatchError(Exception):
-    """A mistake in the user's input or setup. The CLI prints it without a traceback."""
+    """A mistake in the user's input or setup: a message that names the place and the fix."""
 
 
 class TemplateError(PromptBatchError):
@@ -21,3 +41,37 @@ class ConfigError(PromptBatchError):
 
 class WorkbookError(PromptBatchError):
     """A file cannot be read or written safely."""
+
+
+class BatchError(PromptBatchError):
+    """A Batch API call failed; the message names the call and the server's reason."""
+
+    def __init__(self, message: str, status: int | None = None) -> None:
+        super().__init__(message)
+        self.status = status
+        """The HTTP status, when the server answered."""
+
+
+class RowError(Exception):
+    """One row's failure; ``str()`` is what its cell says after ``#ERROR:``."""
+
+
+class ProviderError(RowError):
+    """A request that failed for good; its text lands in the row's cell after ``#ERROR:``."""
+
+
+class SchemaMismatch(RowError):
+    """A reply that is not the JSON the schema asks for; ``reason`` fits in a cell."""
+
+    def __init__(self, reason: str) -> None:
+        super().__init__(reason)
+        self.reason = reason
+
+
+class BadRequest(Exception):
+    """A request to ``promptbatch serve`` is malformed; its text goes back with a 400 (or
+    ``status``)."""
+
+    def __init__(self, message: str, status: int = 400) -> None:
+        super().__init__(message)
+        self.status = status

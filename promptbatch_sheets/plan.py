@@ -17,8 +17,7 @@ from typing import Any
 
 from .errors import TableError, TemplateError
 from .schema import Schema
-from .sheet import CellValue
-from .table import Grid, Output, Table, cell_name
+from .table import CellValue, Grid, Output, Table, cell_name
 from .template import Template, display, variable_name
 
 ERROR_PREFIX = "#ERROR:"

@@ -16,8 +16,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import ConfigError
-from .sheet import CellValue
+from .errors import ConfigError, SchemaMismatch
+from .table import CellValue
 
 if TYPE_CHECKING:
     import jsonschema
@@ -42,14 +42,6 @@ def _jsonschema() -> Any:
     import jsonschema.exceptions
 
     return jsonschema
-
-
-class SchemaMismatch(ValueError):
-    """A reply that is not the JSON the schema asks for; ``reason`` fits in a cell."""
-
-    def __init__(self, reason: str) -> None:
-        super().__init__(reason)
-        self.reason = reason
 
 
 @dataclass(frozen=True)

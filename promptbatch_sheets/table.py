@@ -14,6 +14,9 @@ from .errors import TableError
 from .template import display, variable_name
 
 Grid = Sequence[Sequence[Any]]
+CellValue = str | int | float | bool
+"""What an answer cell holds: text, or a typed field of a structured answer."""
+
 LABEL_SCAN_ROWS = 10
 """How far down a ``template`` label cell is looked for."""
 

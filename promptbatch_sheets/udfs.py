@@ -26,16 +26,17 @@ from typing import Any
 
 import xlwings as xw
 
-from .batch import LOCAL, connector
 from .engine import RowResult, error_text, run_jobs
-from .errors import PromptBatchError, TemplateError
+from .errors import PromptBatchError, SchemaMismatch, TemplateError
 from .plan import ERROR_PREFIX, RowJob
 from .providers import ModelSpec, Params
-from .schema import Schema, SchemaMismatch, load_schema
+from .runner import LOCAL, connector
+from .schema import Schema, load_schema
 from .settings import Settings, resolve
-from .sheet import CellValue, fit_cell
 from .store import Store, answer_key, default_path
+from .surfaces.base import fit_cell
 from .surfaces.xlsx import EXCEL_CELL_LIMIT
+from .table import CellValue
 from .template import Template, display, variable_name
 
 GATHER_SECONDS = 0.05

@@ -10,7 +10,7 @@ import pytest
 from click.testing import Result
 from typer.testing import CliRunner
 
-from promptbatch_sheets import batch
+from promptbatch_sheets import runner
 from promptbatch_sheets.cli import app
 from promptbatch_sheets.providers import RetryPolicy
 from tests.fakes.llm_server import FakeLLMConfig, FakeLLMServer
@@ -33,7 +33,7 @@ def isolated_home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
 @pytest.fixture(autouse=True)
 def fast_backoff(monkeypatch: pytest.MonkeyPatch) -> None:
     """Backoff starts at 10 ms instead of 500 ms; a server's retry-after still sets the floor."""
-    monkeypatch.setattr(batch, "RetryPolicy", functools.partial(RetryPolicy, base_delay=0.01))
+    monkeypatch.setattr(runner, "RetryPolicy", functools.partial(RetryPolicy, base_delay=0.01))
 
 
 @pytest.fixture

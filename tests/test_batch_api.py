@@ -12,7 +12,7 @@ from pathlib import Path
 import openpyxl
 import pytest
 
-from promptbatch_sheets.providers import openai_batch
+from promptbatch_sheets.providers.batchapi import openai as openai_batch
 from tests.conftest import SAMPLES, cli
 from tests.fakes.batch_api import FakeBatchConfig, FakeBatchServer
 from tests.fakes.llm_server import FakeLLMServer

@@ -7,10 +7,11 @@ from collections.abc import Iterator
 
 import pytest
 
+from promptbatch_sheets.errors import BatchError
 from promptbatch_sheets.providers import Completion, ModelSpec, Params, open_batch_api
 from promptbatch_sheets.providers.anthropic import messages_payload
-from promptbatch_sheets.providers.anthropic_batch import AnthropicBatch
-from promptbatch_sheets.providers.batchapi import BatchError, Remote, split
+from promptbatch_sheets.providers.batchapi import Remote, split
+from promptbatch_sheets.providers.batchapi.anthropic import AnthropicBatch
 from promptbatch_sheets.providers.openai import chat_payload
 from tests.fakes.batch_api import FakeBatchConfig, FakeBatchServer
 

@@ -11,7 +11,8 @@ import pytest
 
 from promptbatch_sheets.estimate import MIN_HISTORY, calibrate, estimate
 from promptbatch_sheets.providers import Completion
-from promptbatch_sheets.store import MIGRATIONS, Store, default_path
+from promptbatch_sheets.store import Store, default_path
+from promptbatch_sheets.store.migrations import MIGRATIONS
 from tests.conftest import cli
 
 LOCAL = "local:smollm2-135m-instruct"

@@ -16,7 +16,7 @@ import openpyxl
 import pytest
 from openpyxl.utils.cell import range_boundaries
 
-from promptbatch_sheets import batch
+from promptbatch_sheets import runner
 from promptbatch_sheets.errors import PromptBatchError
 from promptbatch_sheets.surfaces.xlsx import XlsxSurface
 from tests.fakes.batch_api import FakeBatchConfig, FakeBatchServer
@@ -27,7 +27,7 @@ os.environ.setdefault("XLWINGS_LICENSE_KEY", "noncommercial")  # before xlwings 
 import xlwings as xw  # noqa: E402
 
 import promptbatch_sheets  # noqa: E402
-from promptbatch_sheets.surfaces.excel import ExcelSurface, blocks, entry, run_batch  # noqa: E402
+from promptbatch_sheets.surfaces.excel import ExcelSurface, blocks, entry, run_sheet  # noqa: E402
 
 
 def _remote_engine() -> None:
@@ -116,9 +116,9 @@ def server(monkeypatch: pytest.MonkeyPatch) -> Any:
         yield srv
 
 
-def expected(path: Path) -> tuple[batch.Prepared, dict[tuple[int, int], str]]:
+def expected(path: Path) -> tuple[runner.Prepared, dict[tuple[int, int], str]]:
     """What the xlsx surface would send for the same file, and the cell text of each answer."""
-    prepared = batch.prepare(XlsxSurface(path))
+    prepared = runner.prepare(XlsxSurface(path))
     col = prepared.plan.table.output_col
     return prepared, {(j.row, col): entry(reply(j.prompt)) for j in prepared.plan.jobs}
 
@@ -130,7 +130,7 @@ def test_run_batch_writes_answers_as_text_in_blocks(name: str, samples: Path,
     prepared, answers = expected(path)
     book = remote_book(payload(path))
 
-    summary = run_batch(book)
+    summary = run_sheet(book)
 
     table = prepared.plan.table
     cells = written(book)
@@ -149,7 +149,7 @@ def test_run_batch_writes_answers_as_text_in_blocks(name: str, samples: Path,
 def test_kept_rows_and_defined_name(samples: Path, server: FakeLLMServer) -> None:
     """support_tickets: template from the name prompt_template, Excel Table, kept answers."""
     book = remote_book(payload(samples / "support_tickets.xlsx"))
-    run_batch(book)
+    run_sheet(book)
     cells = written(book)
     assert (2, 4) not in cells and (6, 4) not in cells  # E3 billing, E7 bug are kept
     assert (8, 4) in cells  # E9 held #ERROR: timeout and is asked again
@@ -161,7 +161,7 @@ def test_kept_rows_and_defined_name(samples: Path, server: FakeLLMServer) -> Non
 
 def test_conf_sheet_settings_reach_the_model(samples: Path, server: FakeLLMServer) -> None:
     book = remote_book(payload(samples / "translation.xlsx"))
-    run_batch(book)
+    run_sheet(book)
     body = server.requests[0]["json"]
     assert body["temperature"] == 0 and body["max_tokens"] == 60
     assert written(book)[0, 2] == "'Translation"
@@ -172,7 +172,7 @@ def test_failure_restores_calculation(samples: Path, server: FakeLLMServer) -> N
     data["sheets"][0]["values"][0][1] = "Describe {{ colour }}"
     book = remote_book(data)
     with pytest.raises(PromptBatchError, match="colour"):
-        run_batch(book)
+        run_sheet(book)
     calc = [a["args"] for a in actions(book) if a["func"] == "setCalculation"]
     assert calc == [["Manual"], ["Automatic"]]
     assert not actions(book, "setValues")
@@ -181,7 +181,7 @@ def test_failure_restores_calculation(samples: Path, server: FakeLLMServer) -> N
 
 def test_manual_calculation_is_left_alone(samples: Path, server: FakeLLMServer) -> None:
     book = remote_book(payload(samples / "product_descriptions.xlsx", calculation="Manual"))
-    run_batch(book)
+    run_sheet(book)
     assert not actions(book, "setCalculation")
 
 
@@ -197,7 +197,7 @@ def test_used_range_away_from_a1_keeps_coordinates(server: FakeLLMServer) -> Non
               ["", "template", "Say {{ word }}"], ["", "word", ""], ["", "hi", ""],
               ["", "yo", ""]]
     book = remote_book(_small_book(values, used_range_address="B3:C6"))
-    run_batch(book)
+    run_sheet(book)
     assert written(book) == {(3, 2): "'response", (4, 2): entry(reply("Say hi")),
                              (5, 2): entry(reply("Say yo"))}
 
@@ -212,7 +212,7 @@ def test_new_column_right_of_a_table_joins_it(server: FakeLLMServer) -> None:
     data["sheets"].append({"name": "promptbatch.conf", "pictures": [], "tables": [],
                            "values": [["key", "value"], ["template", "Say {{ word }}"]]})
     book = remote_book(data)
-    run_batch(book)
+    run_sheet(book)
     resize = actions(book, "resizeTable")
     assert [a["args"] for a in resize] == [[0, "$A$1:$B$3"]]
     assert written(book)[0, 1] == "'response"
@@ -229,7 +229,7 @@ def test_two_chained_columns_right_of_a_table_join_it(server: FakeLLMServer) -> 
                            "values": [["key", "value"], ["template.a", "Say {{ word }}"],
                                       ["template.b", "Echo {{ a }}"]]})
     book = remote_book(data)
-    run_batch(book)
+    run_sheet(book)
     assert [a["args"] for a in actions(book, "resizeTable")] == [[0, "$A$1:$C$2"]]
     cells = written(book)
     assert (cells[0, 1], cells[0, 2]) == ("'a", "'b")
@@ -286,7 +286,7 @@ def test_prompt_template_name(names: list[dict[str, Any]], prompt: str,
     data["sheets"].append({"name": "Prompts", "pictures": [], "tables": [],
                            "values": [["Book {{ word }}"], ["Sheet {{ word }}"]]})
     data["names"] = names
-    run_batch(remote_book(data))
+    run_sheet(remote_book(data))
     assert server.prompts == [prompt]
 
 

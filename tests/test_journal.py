@@ -5,9 +5,9 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
-from promptbatch_sheets.journal import Job, Journal
 from promptbatch_sheets.providers import Completion
 from promptbatch_sheets.store import Store
+from promptbatch_sheets.store.journal import Job, Journal
 
 
 def job(job_id: str, created: float) -> Job:

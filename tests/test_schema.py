@@ -10,14 +10,8 @@ import pytest
 from hypothesis import given
 from hypothesis import strategies as st
 
-from promptbatch_sheets.errors import ConfigError
-from promptbatch_sheets.schema import (
-    Field,
-    Schema,
-    SchemaMismatch,
-    load_schema,
-    repair_prompt,
-)
+from promptbatch_sheets.errors import ConfigError, SchemaMismatch
+from promptbatch_sheets.schema import Field, Schema, load_schema, repair_prompt
 from tests.fakes.structured import value_for
 
 SPEC = "sentiment (positive|negative|neutral), score (number), reason, spam (boolean), count (int)"

@@ -10,16 +10,17 @@ from typing import Any
 import httpx
 import pytest
 
+from promptbatch_sheets.errors import ProviderError, SchemaMismatch
 from promptbatch_sheets.providers import ModelSpec, Params
 from promptbatch_sheets.providers.anthropic import AnthropicMessages
-from promptbatch_sheets.providers.base import ProviderError, SchemaMode
+from promptbatch_sheets.providers.base import SchemaMode
 from promptbatch_sheets.providers.http import HTTPProvider
 from promptbatch_sheets.providers.openai import (
     OpenAICompatible,
     parse_chat_completion,
     strict_allowed,
 )
-from promptbatch_sheets.schema import Schema, SchemaMismatch
+from promptbatch_sheets.schema import Schema
 from tests.fakes.llm_server import BAD_JSON_REPLY, FakeLLMServer
 
 REVIEW = Schema.from_fields("sentiment (positive|negative), score (number), reason, spam "

@@ -16,13 +16,13 @@ from urllib.parse import urlparse
 
 from ..errors import ConfigError
 from ..limits import Limiter
-from .base import Completion, Params, Provider, ProviderError, RetryPolicy, SchemaMode
+from .base import Completion, Params, Provider, RetryPolicy, SchemaMode
 from .local import MODEL_NAME, EmbeddedServer
 
 if TYPE_CHECKING:
     from .batchapi import BatchAPI
 
-__all__ = ["Completion", "ModelSpec", "Params", "Provider", "ProviderError", "RetryPolicy",
+__all__ = ["Completion", "ModelSpec", "Params", "Provider", "RetryPolicy",
            "SchemaMode", "open_provider"]
 
 
@@ -171,8 +171,8 @@ def open_batch_api(spec: ModelSpec, api_key: str | None, timeout: float) -> Batc
     """The Batch API client for ``spec``'s provider and server; close it when done."""
     require_batch_api(spec)
     assert spec.base_url
-    from .anthropic_batch import AnthropicBatch  # the HTTP stack, only when a batch is due
-    from .openai_batch import OpenAIBatch
+    from .batchapi.anthropic import AnthropicBatch  # the HTTP stack, only when a batch is due
+    from .batchapi.openai import OpenAIBatch
 
     kind = OpenAIBatch if spec.provider == "openai" else AnthropicBatch
     return kind(spec.base_url, spec.model, api_key, timeout)

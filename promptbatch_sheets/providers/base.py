@@ -47,10 +47,6 @@ class RetryPolicy:
         return min(self.max_delay, server_wait) + random.uniform(0, self.base_delay / 2)
 
 
-class ProviderError(Exception):
-    """A request that failed for good; its text lands in the row's cell after ``#ERROR:``."""
-
-
 class Provider(Protocol):
     """Sends one prompt and returns one completion, retrying what is worth retrying."""
 

@@ -9,8 +9,9 @@ from typing import Any
 
 import httpx
 
+from ..errors import ProviderError
 from ..limits import Limiter, request_tokens
-from .base import Completion, Params, ProviderError, RetryPolicy, SchemaMode
+from .base import Completion, Params, RetryPolicy, SchemaMode
 from .retry import RETRY_STATUSES, Retryable, server_wait, with_retries
 
 

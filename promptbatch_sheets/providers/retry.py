@@ -10,7 +10,8 @@ from typing import TypeVar
 
 import httpx
 
-from .base import ProviderError, RetryPolicy
+from ..errors import ProviderError
+from .base import RetryPolicy
 
 T = TypeVar("T")
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from ..errors import ConfigError, WorkbookError
-from ..sheet import Surface
+from .base import Surface
 from .csvfile import CsvSurface
 
 __all__ = ["CsvSurface", "open_surface"]

@@ -9,8 +9,8 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import WorkbookError
-from ..sheet import Cell, SheetData
 from ..template import display
+from .base import Cell, SheetData
 from .files import SaveSchedule, atomic_write, check_output, check_readable, default_output
 
 

@@ -15,14 +15,14 @@ from typing import Any
 
 import xlwings as xw
 
-from .. import batch, batchjobs
+from .. import batchapi, runner
 from ..engine import RowResult, Summary
 from ..errors import PromptBatchError, WorkbookError
 from ..settings import Via
-from ..sheet import CONF_SHEET, TEMPLATE_NAME, Cell, CellValue, SheetData, conf_settings, fit_cell
 from ..store import Store
-from ..table import Bounds, TemplateText, quote_sheet
+from ..table import Bounds, CellValue, TemplateText, quote_sheet
 from ..template import display
+from .base import CONF_SHEET, TEMPLATE_NAME, Cell, SheetData, conf_settings, fit_cell
 from .xlsx import EXCEL_CELL_LIMIT
 
 TEXT_PREFIX = "'"
@@ -231,29 +231,29 @@ class StatusBar:
             self.app.status_bar = self.before
 
 
-def run_batch(book: xw.Book, sheet: str | None = None) -> Summary:
+def run_sheet(book: xw.Book, sheet: str | None = None) -> Summary:
     """Answer every row of ``sheet`` (default: the active one) that needs it, in place."""
     surface = ExcelSurface(book, sheet)
     with _manual_calculation(book.app):
-        return _realtime(book.app, surface, batch.prepare(surface))
+        return _realtime(book.app, surface, runner.prepare(surface))
 
 
-def _realtime(app: xw.App, surface: ExcelSurface, prepared: batch.Prepared) -> Summary:
+def _realtime(app: xw.App, surface: ExcelSurface, prepared: runner.Prepared) -> Summary:
     status = StatusBar(app, len(prepared.plan.jobs))
     store = Store()
     try:
-        return batch.run(prepared, surface, store, on_result=status.step)
+        return runner.run(prepared, surface, store, on_result=status.step)
     finally:
         store.close()
         status.restore()
 
 
-def _through_batch_api(surface: ExcelSurface, prepared: batch.Prepared) -> str:
+def _through_batch_api(surface: ExcelSurface, prepared: runner.Prepared) -> str:
     """``via = batch``: collect what the provider has finished, send what is missing, and
     say what happened; the same button collects the rest later."""
     store = Store()
     try:
-        jobs, collected = batchjobs.submit_and_collect(prepared, surface, store)
+        jobs, collected = batchapi.submit_and_collect(prepared, surface, store)
     finally:
         store.close()
     parts = []
@@ -279,7 +279,7 @@ def run_from_ribbon(book: xw.Book) -> None:
     try:
         surface = ExcelSurface(book)
         with _manual_calculation(book.app):
-            prepared = batch.prepare(surface)
+            prepared = runner.prepare(surface)
             if prepared.settings.via is Via.BATCH:
                 book.app.alert(_through_batch_api(surface, prepared), title="PromptBatch")
                 return

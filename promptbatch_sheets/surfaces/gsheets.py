@@ -25,8 +25,8 @@ from requests import Response
 from requests.exceptions import RequestException
 
 from ..errors import WorkbookError
-from ..sheet import CONF_SHEET, TEMPLATE_NAME, Cell, CellValue, SheetData, conf_settings, fit_cell
-from ..table import TemplateText, quote_sheet
+from ..table import CellValue, TemplateText, quote_sheet
+from .base import CONF_SHEET, TEMPLATE_NAME, Cell, SheetData, conf_settings, fit_cell
 from .gsheets_auth import Login, login
 
 GOOGLE_CELL_LIMIT = 50_000

@@ -20,8 +20,8 @@ from openpyxl.workbook.workbook import Workbook
 from openpyxl.worksheet.worksheet import Worksheet
 
 from ..errors import PromptBatchError, WorkbookError
-from ..sheet import CONF_SHEET, TEMPLATE_NAME, Cell, SheetData, conf_settings
 from ..table import Bounds, TemplateText, quote_sheet
+from .base import CONF_SHEET, TEMPLATE_NAME, Cell, SheetData, conf_settings
 from .files import SaveSchedule, atomic_write, check_output, check_readable, default_output
 from .xlsx_patch import EXCEL_CELL_LIMIT as EXCEL_CELL_LIMIT  # other surfaces import it here
 from .xlsx_patch import check_package, check_writable, locate_parts, patch_workbook

@@ -29,7 +29,8 @@ from xml.etree import ElementTree as ET
 from openpyxl.utils.cell import column_index_from_string, get_column_letter, range_boundaries
 
 from ..errors import WorkbookError
-from ..sheet import Cell, CellValue, fit_cell
+from ..table import CellValue
+from .base import Cell, fit_cell
 
 EXCEL_CELL_LIMIT = 32_767
 MAX_ROWS, MAX_COLS = 1_048_576, 16_384

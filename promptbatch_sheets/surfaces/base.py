@@ -7,8 +7,8 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol
 
-from .table import Bounds, Grid, TemplateText
-from .template import display
+from ..table import Bounds, CellValue, Grid, TemplateText
+from ..template import display
 
 
 @dataclass(frozen=True)
@@ -48,9 +48,6 @@ def conf_settings(rows: Iterable[Sequence[Any]]) -> dict[str, str]:
         settings[name] = display(value)
     return settings
 
-
-CellValue = str | int | float | bool
-"""What an answer cell holds: text, or a typed field of a structured answer."""
 
 Cell = tuple[int, int, CellValue]
 """(row, column, value), 0-based, in the sheet that was read."""

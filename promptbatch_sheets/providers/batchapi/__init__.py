@@ -17,21 +17,12 @@ from urllib.parse import urlparse
 import certifi
 import httpx
 
-from ..errors import PromptBatchError
-from .base import Completion, Params
-from .http import error_message, redact
+from ...errors import BatchError
+from ..base import Completion, Params
+from ..http import error_message, redact
 
 Outcome = Completion | str
 """One request's result: the answer, or why there is none (for its row's #ERROR cell)."""
-
-
-class BatchError(PromptBatchError):
-    """A Batch API call failed; the message names the call and the server's reason."""
-
-    def __init__(self, message: str, status: int | None = None) -> None:
-        super().__init__(message)
-        self.status = status
-        """The HTTP status, when the server answered."""
 
 
 @dataclass(frozen=True)
@@ -49,7 +40,7 @@ class Remote:
 
 
 class BatchAPI(Protocol):
-    """What batchjobs needs of a provider: encode, create, poll, read results."""
+    """What a Batch API run (batchapi.py) needs of a provider: encode, create, poll, read."""
 
     @property
     def max_requests(self) -> int:

@@ -2,7 +2,7 @@
 
 Half the realtime price, answers within a day. Each request's custom_id is its answer key, so
 results land in the answer cache in any order, and the sheet is then written by an ordinary
-``batch.run`` that finds every answer cached and makes no request. The journal, in the same
+``runner.run`` that finds every answer cached and makes no request. The journal, in the same
 store file, remembers jobs and their keys: a collect works after a restart or on another
 machine, and a rerun never sends a key that is already on its way.
 """
@@ -14,19 +14,19 @@ from collections.abc import Iterable
 from contextlib import closing
 from dataclasses import dataclass, replace
 
-from . import batch
-from .batch import Prepared
+from . import runner
 from .chain import Chain
 from .engine import RowResult, Summary, fits
-from .errors import ConfigError
+from .errors import BatchError, ConfigError, SchemaMismatch
 from .estimate import BATCH_DISCOUNT, request_chars
-from .journal import Job, Journal
 from .plan import RowJob
 from .providers import Completion, ModelSpec, open_batch_api, require_batch_api
-from .providers.batchapi import BatchAPI, BatchError, split
-from .schema import Schema, SchemaMismatch
-from .sheet import Surface
+from .providers.batchapi import BatchAPI, split
+from .runner import Prepared
+from .schema import Schema
 from .store import Store
+from .store.journal import Job, Journal
+from .surfaces.base import Surface
 
 SAVE_EVERY = 500
 """Answers stored per transaction while a results file streams in."""
@@ -68,7 +68,7 @@ def submit(prepared: Prepared, store: Store) -> list[Job]:
         for chunk in split(requests, api.max_requests, api.max_bytes):
             keys = [key for key, _ in chunk]
             batch_id = api.create([line for _, line in chunk])
-            cost = batch.forecast(prepared, store, [todo[k] for k in keys]).batch_cost_usd
+            cost = runner.forecast(prepared, store, [todo[k] for k in keys]).batch_cost_usd
             job = Job(batch_id, spec.provider, spec.label, spec.base_url or "", time.time(),
                       "submitted", len(keys), {}, cost)
             journal.add(job, {k: request_chars(todo[k].prompt, system) for k in keys})
@@ -153,7 +153,7 @@ def _schemas(prepared: Prepared, store: Store) -> dict[str, Schema]:
 
 
 def _open(spec: ModelSpec, timeout: float = TIMEOUT) -> BatchAPI:
-    return open_batch_api(spec, batch.api_key_for(spec), timeout)
+    return open_batch_api(spec, runner.api_key_for(spec), timeout)
 
 
 def _check_budget(prepared: Prepared, store: Store, jobs: list[RowJob]) -> None:
@@ -161,8 +161,8 @@ def _check_budget(prepared: Prepared, store: Store, jobs: list[RowJob]) -> None:
     limit = prepared.settings.budget
     if limit is None:
         return
-    batch.make_budget(prepared)  # refuses a model with no known price
-    worst = (batch.forecast(prepared, store, jobs).cost_max_usd or 0.0) * BATCH_DISCOUNT
+    runner.make_budget(prepared)  # refuses a model with no known price
+    worst = (runner.forecast(prepared, store, jobs).cost_max_usd or 0.0) * BATCH_DISCOUNT
     if worst > limit:
         raise ConfigError(f"--budget ${limit:,.4f} is less than this batch could cost "
                           f"(${worst:,.4f} at batch price if every answer reaches its "
@@ -236,7 +236,7 @@ def _fitting(schema: Schema, answer: Completion) -> Completion | str:
 
 
 def _write(prepared: Prepared, surface: Surface, store: Store) -> Collected:
-    """The sheet from the cache and the journal, through ``batch.run`` with only the rows
+    """The sheet from the cache and the journal, through ``runner.run`` with only the rows
     the cache answers: it makes no request. Failed prompts become refused rows."""
     keyed = _keyed(prepared, store)
     keys = [key for _, key in keyed]
@@ -259,5 +259,5 @@ def _write(prepared: Prepared, surface: Surface, store: Store) -> Collected:
     # a later prompt column waits for the next run: it is sent once these answers are in
     plan = replace(prepared.plan, jobs=ready, refused=refused, waiting={}, known={})
     settings = replace(prepared.settings, use_cache=True, budget=None)
-    summary = batch.run(replace(prepared, plan=plan, settings=settings), surface, store)
+    summary = runner.run(replace(prepared, plan=plan, settings=settings), surface, store)
     return Collected(summary, waiting, unsent, journal.jobs(keys))

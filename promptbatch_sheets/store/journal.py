@@ -13,7 +13,7 @@ from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from typing import Any
 
-from .store import CHUNK, Store
+from . import CHUNK, Store
 
 
 @dataclass(frozen=True)

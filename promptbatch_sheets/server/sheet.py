@@ -2,7 +2,7 @@
 
 Apps Script sends a grid (the first rows to find the layout, or the whole sheet for a Batch
 API job), the key/value rows of its ``promptbatch.conf`` sheet and the text of the named range
-``prompt_template``. The server reads them with ``batch.read_sheet`` and ``plan.make_plan``,
+``prompt_template``. The server reads them with ``runner.read_sheet`` and ``plan.make_plan``,
 so the menu has no sheet rules of its own and a sheet means the same from the CLI and the menu.
 
 The conf sheet shapes the prompts and answers; it never chooses the model, its server or the
@@ -14,14 +14,15 @@ from __future__ import annotations
 from dataclasses import dataclass, replace
 from typing import Any
 
-from . import batch
-from .batch import Prepared
-from .plan import Step, make_plan, running_order
-from .schema import Schema
-from .serve_input import MAX_ROWS, BadRequest, body_fields, row_grid, text_field
-from .settings import Settings, overlay
-from .sheet import CONF_SHEET, SheetData, conf_settings
-from .table import Table, TemplateText
+from .. import runner
+from ..errors import BadRequest
+from ..plan import Step, make_plan, running_order
+from ..runner import Prepared
+from ..schema import Schema
+from ..settings import Settings, overlay
+from ..surfaces.base import CONF_SHEET, SheetData, conf_settings
+from ..table import Table, TemplateText
+from .checks import MAX_ROWS, body_fields, row_grid, text_field
 
 SHEET_KEYS = frozenset({"output_column", "fields", "schema", "temperature", "max_tokens",
                         "system"})
@@ -76,13 +77,13 @@ def schema_text(value: Any, name: str) -> str:
 
 def prepared(sent: SentSheet) -> Prepared:
     """The whole sheet planned as ``promptbatch run`` plans it, with the server's model."""
-    return batch.plan_sheet(sent.data, sent.settings)
+    return runner.plan_sheet(sent.data, sent.settings)
 
 
 def layout(sent: SentSheet) -> dict[str, Any]:
     """Where the table is, and every prompt column in running order: its template, its
     answers columns, the columns it reads and the fields its answers must have."""
-    table, schemas = batch.read_sheet(sent.data, sent.settings)
+    table, schemas = runner.read_sheet(sent.data, sent.settings)
     steps = make_plan(replace(table, rows=[]), sent.data.grid, schemas=schemas).steps
     order = running_order(steps, table)
     options = {k: getattr(sent.settings, k) for k in SAMPLING

@@ -8,17 +8,11 @@ from __future__ import annotations
 
 from typing import Any
 
+from ..errors import BadRequest
+
 MAX_ROWS = 5000
 """Rows per request: a chunk of a sheet, never a whole workbook."""
 Scalar = str | int | float | bool | None
-
-
-class BadRequest(Exception):
-    """The request itself is malformed; its text goes back with a 400 (or ``status``)."""
-
-    def __init__(self, message: str, status: int = 400) -> None:
-        super().__init__(message)
-        self.status = status
 
 
 def body_fields(body: Any, required: set[str], optional: set[str]) -> dict[str, Any]:

@@ -9,10 +9,11 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from .anthropic import ANTHROPIC_VERSION, messages_payload, parse_message
-from .base import Params, ProviderError
-from .batchapi import BatchClient, Outcome, Remote, dumps, error_reason
-from .retry import Retryable
+from ...errors import ProviderError
+from ..anthropic import ANTHROPIC_VERSION, messages_payload, parse_message
+from ..base import Params
+from ..retry import Retryable
+from . import BatchClient, Outcome, Remote, dumps, error_reason
 
 MAX_REQUESTS = 100_000
 """Requests per batch (Anthropic's limit)."""

@@ -9,10 +9,11 @@ from __future__ import annotations
 from collections.abc import Iterator, Sequence
 from typing import Any
 
-from .base import Params, ProviderError
-from .batchapi import BatchClient, Outcome, Remote, dumps, error_reason
-from .openai import chat_payload, parse_chat_completion
-from .retry import Retryable
+from ...errors import ProviderError
+from ..base import Params
+from ..openai import chat_payload, parse_chat_completion
+from ..retry import Retryable
+from . import BatchClient, Outcome, Remote, dumps, error_reason
 
 MAX_LINES = 50_000
 """Requests per input file (OpenAI's limit); tests lower it to see a run split."""

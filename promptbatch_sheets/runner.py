@@ -1,4 +1,4 @@
-"""One batch from a surface: read the sheet, plan the prompts, run them, write the answers.
+"""One run from a surface: read the sheet, plan the prompts, run them, write the answers.
 
 This is the public entry point every surface shares (CLI, Excel, Google Sheets); it owns the
 order of things and the flushing of answers back into the sheet in blocks.
@@ -25,8 +25,8 @@ from .plan import Plan, RowJob, make_plan
 from .providers import ModelSpec, Params, Provider, RetryPolicy, open_provider
 from .schema import Schema, load_schema
 from .settings import Settings, resolve
-from .sheet import CONF_SHEET, Cell, SheetData, Surface
 from .store import Store, key_function
+from .surfaces.base import CONF_SHEET, Cell, SheetData, Surface
 from .table import Table, TemplateText, locate, quote_sheet
 
 FLUSH_SECONDS = 2.0
@@ -263,7 +263,7 @@ class BlockWriter:
 def run(prepared: Prepared, surface: Surface, store: Store,
         on_result: Callable[[RowResult], None] | None = None,
         on_retry: Callable[[str], None] | None = None) -> Summary:
-    """Run a prepared batch; answers reach the surface in blocks, and all of them on exit."""
+    """Run what was prepared; answers reach the surface in blocks, and all of them on exit."""
     plan = prepared.plan
     settings = prepared.settings
     surface.ready()

@@ -1,12 +1,12 @@
 """Provider Batch API jobs from the Sheets menu: submit a sheet's prompts now, collect later.
 
 The script sends the whole sheet (its values, the promptbatch.conf rows, the named template);
-the server plans it as ``promptbatch run --via batch`` does and hands it to ``batchjobs``,
+the server plans it as ``promptbatch run --via batch`` does and hands it to ``batchapi``,
 whose journal lives in the server's store, so a collect works after a restart of either side.
-The sheet writes ``batchjobs`` makes are caught by a surface that only keeps the cells, and go
+The sheet writes ``batchapi`` makes are caught by a surface that only keeps the cells, and go
 back to the script, which writes them: the server never touches the spreadsheet.
 
-Batch API clients block and ``batch.run`` starts an event loop of its own, so both run in a
+Batch API clients block and ``runner.run`` starts an event loop of its own, so both run in a
 worker thread, on a store connection of their own.
 """
 
@@ -18,19 +18,19 @@ from contextlib import closing
 from pathlib import Path
 from typing import Any
 
-from . import batchjobs
-from .batchjobs import Collected
-from .batchreport import progress
-from .errors import ConfigError, WorkbookError
-from .journal import Job
-from .providers import ModelSpec, require_batch_api
-from .serve_sheet import SentSheet, prepared, sheet_request
-from .settings import Settings
-from .sheet import Cell, SheetData, fit_cell
-from .store import Store
+from .. import batchapi
+from ..batchapi import Collected
+from ..errors import ConfigError, WorkbookError
+from ..providers import ModelSpec, require_batch_api
+from ..report import progress
+from ..settings import Settings
+from ..store import Store
+from ..store.journal import Job
+from ..surfaces.base import Cell, SheetData, fit_cell
+from .sheet import SentSheet, prepared, sheet_request
 
 MAX_SHEET_ROWS = 100_000
-"""Rows of a sheet sent whole for a batch; the request's size limit applies as well."""
+"""Rows of a sheet sent whole for a Batch API job; the request's size limit applies as well."""
 CELL_LIMIT = 50_000
 
 
@@ -106,11 +106,11 @@ def _in_store(path: Path, sent: SentSheet, action: Action) -> dict[str, Any]:
 
 
 def _submit(sent: SentSheet, caught: CaughtCells, store: Store) -> tuple[list[Job], Collected]:
-    return batchjobs.submit_and_collect(prepared(sent), caught, store)
+    return batchapi.submit_and_collect(prepared(sent), caught, store)
 
 
 def _collect(sent: SentSheet, caught: CaughtCells, store: Store) -> tuple[list[Job], Collected]:
-    return [], batchjobs.collect(prepared(sent), caught, store)
+    return [], batchapi.collect(prepared(sent), caught, store)
 
 
 def _total(costs: list[float | None]) -> float | None:

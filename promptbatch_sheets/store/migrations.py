@@ -1,0 +1,64 @@
+"""The store's schema, one numbered migration a change: ``PRAGMA user_version`` records how
+many have run, so a store file of any age is brought up to date when it is opened."""
+
+from __future__ import annotations
+
+import sqlite3
+from collections.abc import Callable
+
+
+def _m001_answers(db: sqlite3.Connection) -> None:
+    db.execute(
+        """CREATE TABLE answers (
+               key TEXT PRIMARY KEY,
+               model TEXT NOT NULL,
+               text TEXT NOT NULL,
+               prompt_tokens INTEGER NOT NULL,
+               completion_tokens INTEGER NOT NULL,
+               finish_reason TEXT,
+               created REAL NOT NULL
+           ) WITHOUT ROWID"""
+    )
+
+
+def _m002_prompt_chars(db: sqlite3.Connection) -> None:
+    """Characters each answer's request sent: with its prompt_tokens they teach the estimate
+    the model's tokens per character. Older answers stay NULL and are not used."""
+    db.execute("ALTER TABLE answers ADD COLUMN prompt_chars INTEGER")
+    db.execute("CREATE INDEX answers_by_model ON answers (model, created)")
+
+
+def _m003_batch_jobs(db: sqlite3.Connection) -> None:
+    """Provider Batch API jobs and the answer keys each carries (journal.py): a collect on any
+    machine sharing this file knows what to fetch, and a rerun does not send a key twice. The
+    journal names the server, never a key: whoever polls brings their own."""
+    db.execute(
+        """CREATE TABLE batch_jobs (
+               id TEXT PRIMARY KEY,
+               provider TEXT NOT NULL,
+               model TEXT NOT NULL,
+               base_url TEXT NOT NULL,
+               created REAL NOT NULL,
+               status TEXT NOT NULL,
+               requests INTEGER NOT NULL,
+               counts TEXT NOT NULL,
+               estimate_usd REAL,
+               collected REAL,
+               error TEXT
+           )"""
+    )
+    db.execute(
+        """CREATE TABLE batch_keys (
+               job TEXT NOT NULL REFERENCES batch_jobs (id),
+               key TEXT NOT NULL,
+               prompt_chars INTEGER NOT NULL,
+               error TEXT,
+               PRIMARY KEY (job, key)
+           ) WITHOUT ROWID"""
+    )
+    db.execute("CREATE INDEX batch_keys_by_key ON batch_keys (key)")
+
+
+MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
+    _m001_answers, _m002_prompt_chars, _m003_batch_jobs]
+"""Numbered by position; ``PRAGMA user_version`` records how many have run."""
