@@ -177,7 +177,7 @@ def _refresh(jobs: Iterable[Job], store: Store, download: dict[str, Schema] | No
     for job in jobs:
         if not job.open:
             continue
-        with closing(_open(ModelSpec.parse(job.model, job.base_url))) as api:
+        with closing(_open(ModelSpec.parse(job.model_name, job.base_url))) as api:
             try:
                 remote = api.poll(job.id)
             except BatchError as exc:

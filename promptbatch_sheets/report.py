@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .budget import ASSUMED_MAX_ANSWER_TOKENS
@@ -53,10 +54,17 @@ def _estimate_lines(est: Estimate, max_tokens: int | None) -> list[str]:
     return lines
 
 
+def _server(prepared: Prepared) -> str:
+    """Where the run's requests go, and which cell chose it when the workbook did."""
+    cell = prepared.sheet_choices.get("base_url") if prepared.spec.base_url else None
+    return escape(prepared.spec.server + (f" (set by {cell})" if cell else ""))
+
+
 def print_summary(console: Console, prepared: Prepared, summary: Summary,
                   output: Path | None) -> None:
     table = Table(title="promptbatch run", show_header=False, title_justify="left")
-    table.add_row("model", prepared.spec.label)
+    table.add_row("model", prepared.price_label)
+    table.add_row("server", _server(prepared))
     table.add_row("rows answered", f"{summary.answered:,} (new)")
     table.add_row("from cache", f"{summary.cached:,}")
     table.add_row("failed", f"{summary.failed:,}")
@@ -88,7 +96,8 @@ def print_preview(console: Console, preview: Preview) -> None:
     chained = len(plan.steps) > 1
     origin = "" if chained else f"[bold]template[/] {table.template.origin}   "
     console.print(f"[bold]Sheet[/] {table.sheet}   {origin}"
-                  f"[bold]model[/] {preview.prepared.spec.label}")
+                  f"[bold]model[/] {preview.prepared.price_label}")
+    console.print(f"[bold]Server[/] {_server(preview.prepared)}")
     for step in plan.steps:
         if chained:
             uses = ", ".join(repr(plan.steps[n].name) for n in step.needs)
@@ -153,8 +162,8 @@ def print_jobs(console: Console, jobs: list[Job]) -> None:
     now = time.time()
     for job in jobs:
         state = job.status + ("" if job.open else ", collected")
-        console.print(f"[bold]{job.id}[/]  {job.model}  est. {_money(job.estimate_usd)}  "
-                      f"sent {age(now - job.created)} ago")
+        console.print(f"[bold]{job.id}[/]  {job.model_name} at {escape(job.base_url)}  "
+                      f"est. {_money(job.estimate_usd)}  sent {age(now - job.created)} ago")
         console.print(f"  {state}: {progress(job)}" + (f"; {job.error}" if job.error else ""))
 
 
@@ -165,7 +174,8 @@ def print_submitted(console: Console, jobs: list[Job]) -> None:
     total = sum(j.estimate_usd or 0.0 for j in jobs)
     known = all(j.estimate_usd is not None for j in jobs)
     console.print(f"Sent {sum(j.requests for j in jobs):,} requests in {len(jobs)} batch "
-                  f"job{'s' * (len(jobs) > 1)}: " + ", ".join(j.id for j in jobs))
+                  f"job{'s' * (len(jobs) > 1)}: " + ", ".join(j.id for j in jobs)
+                  + f" (to {escape(jobs[0].base_url)})")
     console.print(f"Estimated cost at batch price (half the realtime price): "
                   f"{_money(total if known else None)}. Answers come within 24 hours.")
 
@@ -175,7 +185,8 @@ def print_collected(console: Console, prepared: Prepared, collected: Collected,
     summary = collected.summary
     if summary.cached or summary.failed or summary.kept:  # else only jobs were sent
         table = Table(title="batch answers", show_header=False, title_justify="left")
-        table.add_row("model", prepared.spec.label)
+        table.add_row("model", prepared.price_label)
+        table.add_row("server", _server(prepared))
         table.add_row("rows answered", f"{summary.cached:,}")
         table.add_row("failed", f"{summary.failed:,}")
         table.add_row("waiting", f"{collected.waiting:,} (in running jobs)")

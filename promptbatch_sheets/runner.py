@@ -10,7 +10,7 @@ import asyncio
 import time
 from collections.abc import Callable
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import cached_property
 from pathlib import Path
 from typing import Any
@@ -24,10 +24,11 @@ from .estimate import Estimate, calibrate, cost, estimate
 from .plan import Plan, RowJob, make_plan
 from .providers import ModelSpec, Params, Provider, RetryPolicy, open_provider
 from .schema import Schema, load_schema
-from .settings import Settings, resolve
+from .settings import Settings, is_set, resolve, setting_name
 from .store import Store, key_function
 from .surfaces.base import CONF_SHEET, Cell, SheetData, Surface
 from .table import Table, TemplateText, locate, quote_sheet
+from .trust import check_server
 
 FLUSH_SECONDS = 2.0
 """Answers reach the sheet at least this often while a run goes on."""
@@ -44,6 +45,9 @@ class Prepared:
     spec: ModelSpec
     params: Params
     model_defaulted: bool
+    sheet_choices: dict[str, str] = field(default_factory=dict)
+    """The cells where the workbook chose the model or base_url of this run, by setting: a
+    server chosen there gets no key of the user's (trust.py), and preview names the cell."""
 
     @property
     def price_label(self) -> str:
@@ -97,11 +101,26 @@ def prepare(surface: Surface, flags: dict[str, Any] | None = None,
 
     ``base_dir`` is where a schema file named by a relative path is looked for.
     """
+    flags = flags or {}
     data = surface.read()
-    settings = resolve(flags or {}, data.settings)
+    settings = resolve(flags, data.settings)
     if template_cell:
         template = TemplateText(surface.cell_text(template_cell), template_cell)
-    return plan_sheet(data, settings, template, base_dir)
+    prepared = plan_sheet(data, settings, template, base_dir)
+    choices = sheet_choices(flags, data)
+    check_server(prepared.spec, resolve(flags, {}), choices, is_set(flags.get("base_url")))
+    return replace(prepared, sheet_choices=choices)
+
+
+def sheet_choices(flags: dict[str, Any], data: SheetData) -> dict[str, str]:
+    """The cells where the workbook chose the model or the server of this run (a flag
+    overrides a cell)."""
+    chosen: dict[str, str] = {}
+    for key, value in data.settings.items():
+        name = setting_name(key)
+        if name in ("model", "base_url") and is_set(value) and not is_set(flags.get(name)):
+            chosen[name] = data.setting_cells.get(key, f"The {quote_sheet(CONF_SHEET)} sheet")
+    return chosen
 
 
 def plan_sheet(data: SheetData, settings: Settings, template: TemplateText | None = None,

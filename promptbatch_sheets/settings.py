@@ -79,11 +79,21 @@ def _coerce(name: str, value: Any, where: str) -> Any:
     return str(value)
 
 
+def setting_name(key: str) -> str:
+    """The setting a key names, however it is written: ``Base-URL`` is ``base_url``."""
+    return key.strip().lower().replace("-", "_")
+
+
+def is_set(value: Any) -> bool:
+    """A layer sets a value unless it leaves it out or blank."""
+    return value is not None and str(value).strip() != ""
+
+
 def _layer(values: dict[str, Any], where: str) -> dict[str, Any]:
     out: dict[str, Any] = {}
     for key, value in values.items():
-        name = key.strip().lower().replace("-", "_")
-        if name in NAMES and value is not None and str(value).strip() != "":
+        name = setting_name(key)
+        if name in NAMES and is_set(value):
             out[name] = _coerce(name, value, where)
     return out
 

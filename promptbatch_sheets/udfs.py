@@ -32,12 +32,13 @@ from .plan import ERROR_PREFIX, RowJob
 from .providers import ModelSpec, Params
 from .runner import LOCAL, connector
 from .schema import Schema, load_schema
-from .settings import Settings, resolve
+from .settings import Settings, is_set, resolve
 from .store import Store, answer_key, default_path
 from .surfaces.base import fit_cell
 from .surfaces.xlsx import EXCEL_CELL_LIMIT
 from .table import CellValue
 from .template import Template, display, variable_name
+from .trust import check_server
 
 GATHER_SECONDS = 0.05
 """How long the sender waits for the other cells of a recalculation before it sends."""
@@ -188,9 +189,14 @@ def _fields_spec(fields: Any) -> str:
 
 def _target(model: Any, temperature: Any, max_tokens: Any, system: Any,
             schema: Schema | None) -> Target:
-    settings = resolve(dict(model=model, temperature=temperature, max_tokens=max_tokens,
-                            system=system), {})
+    """The model argument comes from a cell of the workbook, so it is the workbook's choice:
+    it may not send one of the user's keys to an address given for another provider."""
+    options = dict(temperature=temperature, max_tokens=max_tokens, system=system)
+    settings = resolve(dict(options, model=model), {})
     spec = ModelSpec.parse(settings.model or LOCAL, settings.base_url)
+    if is_set(model):
+        check_server(spec, resolve(options, {}),
+                     {"model": "The model argument of =PROMPTBATCH"})
     params = Params(settings.temperature, settings.max_tokens, settings.system,
                     schema.text() if schema else None)
     return Target(spec, params, settings, default_path())

@@ -224,6 +224,7 @@ def test_the_serve_command_prints_its_port_and_token(llm: FakeLLMServer,
         assert proc.stdout is not None
         first = proc.stdout.readline()
         assert first.startswith("PromptBatch backend listening on http://127.0.0.1:")
+        assert first.endswith(f"(model openai-compatible:fake, answered by {llm.base_url})\n")
         url = first.split()[4]
         token = proc.stdout.readline().split(": ", 1)[1].strip()
         assert token == (isolated_home / "serve-token").read_text().strip()

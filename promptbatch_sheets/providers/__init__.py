@@ -77,10 +77,7 @@ class ModelSpec:
         elif not model:
             raise ConfigError(f"Model {text!r} names no model. Write it as {provider}:MODEL, "
                               "for example openai:gpt-4o-mini.")
-        kind = KINDS[provider]
-        if provider == "ollama" and not base_url and os.environ.get("OLLAMA_HOST"):
-            base_url = _ollama_url(os.environ["OLLAMA_HOST"])
-        base_url = base_url or kind.default_base_url
+        base_url = server_address(provider, base_url)
         if provider == "openai-compatible" and not base_url:
             raise ConfigError("openai-compatible needs the server's address: pass --base-url "
                               "http://HOST:PORT/v1 (or set base_url in the config).")
@@ -90,9 +87,23 @@ class ModelSpec:
 
     @property
     def label(self) -> str:
-        """Names the model in the cache; a self-hosted server's address is part of it."""
+        """Names the model and its server in the cache: the same prompt to another server is
+        another question. A provider's own address adds nothing to the name, so the answers
+        cached before the server was part of the key stay valid (keys are one-way hashes: no
+        migration could re-key them)."""
         name = f"{self.provider}:{self.model}"
-        return f"{name}@{self.base_url}" if self.provider == "openai-compatible" else name
+        return name if self.own_server else f"{name}@{self.base_url}"
+
+    @property
+    def own_server(self) -> bool:
+        """Requests go to the provider's own address (or, for the embedded model, nowhere)."""
+        return self.base_url is None or same_address(self.base_url,
+                                                     KINDS[self.provider].default_base_url)
+
+    @property
+    def server(self) -> str:
+        """Where the requests go, as preview and the run summary show it."""
+        return self.base_url or "local (the embedded model on this computer)"
 
     @property
     def key_variable(self) -> str | None:
@@ -112,6 +123,26 @@ def check_base_url(url: str) -> None:
     if parsed.scheme not in ("http", "https") or not parsed.netloc:
         raise ConfigError(f"Base URL {url!r} is not an http(s) address. "
                           "Write it like http://127.0.0.1:8000/v1.")
+
+
+def server_address(provider: str, base_url: str | None) -> str | None:
+    """The address requests to ``provider`` go to: ``base_url`` if given, else Ollama's
+    OLLAMA_HOST, else the provider's own."""
+    if provider == "ollama" and not base_url and os.environ.get("OLLAMA_HOST"):
+        base_url = _ollama_url(os.environ["OLLAMA_HOST"])
+    return base_url or KINDS[provider].default_base_url
+
+
+def same_address(url: str, other: str | None) -> bool:
+    """Two spellings of one server address: scheme and host in any case, a trailing slash."""
+    if other is None:
+        return False
+
+    def plain(text: str) -> tuple[str, str, str]:
+        parsed = urlparse(text.strip())
+        return parsed.scheme.lower(), parsed.netloc.lower(), parsed.path.rstrip("/")
+
+    return plain(url) == plain(other)
 
 
 def _ollama_url(host: str) -> str:

@@ -137,8 +137,9 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
         if server.started:
             bound = server.servers[0].sockets[0].getsockname()[1]
             shown = f"[{host}]" if ":" in host else host
+            backend = app.state.backend
             say(f"PromptBatch backend listening on http://{shown}:{bound} "
-                     f"(model {app.state.backend.model})")
+                f"(model {backend.model}, answered by {backend.spec.server})")
             say(f"Bearer token: {token}" if created else f"Bearer token: in {token_path()}")
             if host not in ("127.0.0.1", "localhost", "::1"):
                 say("Warning: reachable beyond this machine. Use HTTPS in front of it; "

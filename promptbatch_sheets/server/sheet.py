@@ -45,7 +45,7 @@ def sent_sheet(settings: Settings, body: dict[str, Any], max_rows: int = MAX_ROW
     """The sheet of a request whose fields ``body_fields`` has checked."""
     name = text_field(body["sheet"], "sheet")
     grid = row_grid(body["grid"], "grid", max_rows)
-    conf = conf_settings(row_grid(body.get("conf") or [], "conf"))
+    conf = conf_settings(row_grid(body.get("conf") or [], "conf")).settings
     refuse_schema_files(conf)
     chosen = {k: v for k, v in conf.items() if k in SHEET_KEYS}
     if body.get("output_column"):

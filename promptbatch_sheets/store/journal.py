@@ -24,8 +24,10 @@ class Job:
     """The provider's batch id."""
     provider: str
     model: str
-    """The answers' cache label, e.g. ``openai:gpt-4o-mini``."""
+    """The answers' cache label, e.g. ``openai:gpt-4o-mini``, or with its server when that is
+    not the provider's own (``openai:gpt-4o-mini@http://127.0.0.1:8400/v1``)."""
     base_url: str
+    """Where it was sent, and so where it is polled (with the poller's own key)."""
     created: float
     status: str
     requests: int
@@ -41,6 +43,11 @@ class Job:
     @property
     def open(self) -> bool:
         return self.collected is None
+
+    @property
+    def model_name(self) -> str:
+        """``provider:model``, without the server its label may name."""
+        return self.model.removesuffix(f"@{self.base_url}")
 
 
 _COLUMNS = ("id, provider, model, base_url, created, status, requests, counts, estimate_usd, "

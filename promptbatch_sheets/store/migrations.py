@@ -4,7 +4,10 @@ many have run, so a store file of any age is brought up to date when it is opene
 from __future__ import annotations
 
 import sqlite3
+import time
 from collections.abc import Callable
+
+from ..providers import KINDS, same_address
 
 
 def _m001_answers(db: sqlite3.Connection) -> None:
@@ -59,6 +62,27 @@ def _m003_batch_jobs(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX batch_keys_by_key ON batch_keys (key)")
 
 
+def _m004_answers_by_server(db: sqlite3.Connection) -> None:
+    """From here on an answer's key names its server when that is not the provider's own
+    (``ModelSpec.label``); the label of a provider's own address is unchanged, so its answers
+    stay valid. Before, a batch sent to another address stored its answers under the
+    provider's own label, to be served as the provider's answers: the journal knows which,
+    so they go (a rerun asks that server again under its new label), and so do the jobs' keys,
+    which no longer name any request of theirs; the jobs are kept, closed, with the reason."""
+    foreign = [job for job, provider, base_url in db.execute(
+        "SELECT id, provider, base_url FROM batch_jobs")
+        if provider not in KINDS or not same_address(base_url,
+                                                     KINDS[provider].default_base_url)]
+    for job in foreign:
+        db.execute("DELETE FROM answers WHERE key IN (SELECT key FROM batch_keys WHERE job = ?)",
+                   (job,))
+        db.execute("DELETE FROM batch_keys WHERE job = ?", (job,))
+        db.execute("UPDATE batch_jobs SET model = model || '@' || base_url, "
+                   "collected = COALESCE(collected, ?), error = COALESCE(error, ?) WHERE id = ?",
+                   (time.time(), "sent before answers were kept apart by server; not used",
+                    job))
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
-    _m001_answers, _m002_prompt_chars, _m003_batch_jobs]
+    _m001_answers, _m002_prompt_chars, _m003_batch_jobs, _m004_answers_by_server]
 """Numbered by position; ``PRAGMA user_version`` records how many have run."""

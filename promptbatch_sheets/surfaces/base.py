@@ -5,9 +5,9 @@ from __future__ import annotations
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Protocol
+from typing import Any, NamedTuple, Protocol
 
-from ..table import Bounds, CellValue, Grid, TemplateText
+from ..table import Bounds, CellValue, Grid, TemplateText, quote_sheet
 from ..template import display
 
 
@@ -23,6 +23,9 @@ class SheetData:
     """The Excel Table (ListObject) on the sheet, if there is one."""
     settings: dict[str, str] = field(default_factory=dict)
     """Key/value rows of a ``promptbatch.conf`` sheet."""
+    setting_cells: dict[str, str] = field(default_factory=dict)
+    """The cell each of ``settings`` was read from (``'promptbatch.conf'!B3``), by key: a
+    setting refused because it comes from the workbook names its cell."""
     hidden_rows: frozenset[int] = frozenset()
     """Grid rows hidden in the sheet (filtered rows are hidden rows), for ``skip_hidden``."""
     merged: tuple[Bounds, ...] = ()
@@ -37,16 +40,25 @@ CONF_SHEET = "promptbatch.conf"
 """The settings sheet every surface reads, as xlwings users know from ``xlwings.conf``."""
 
 
-def conf_settings(rows: Iterable[Sequence[Any]]) -> dict[str, str]:
-    """Key/value rows of a promptbatch.conf sheet; a ``key | value`` header row is skipped."""
-    settings: dict[str, str] = {}
-    for row in rows:
+class Conf(NamedTuple):
+    """A promptbatch.conf sheet as read: the settings, and the cell of each value."""
+
+    settings: dict[str, str]
+    cells: dict[str, str]
+
+
+def conf_settings(rows: Iterable[Sequence[Any]], sheet: str = CONF_SHEET) -> Conf:
+    """Key/value rows of a promptbatch.conf sheet (``rows`` from its row 1, column A); a
+    ``key | value`` header row is skipped."""
+    conf = Conf({}, {})
+    for number, row in enumerate(rows, start=1):
         key, value = (list(row[:2]) + [None, None])[:2]
         name = display(key).strip().lower()
         if name in ("", "key") or value is None or display(value) == "":
             continue
-        settings[name] = display(value)
-    return settings
+        conf.settings[name] = display(value)
+        conf.cells[name] = f"{quote_sheet(sheet)}!B{number}"
+    return conf
 
 
 Cell = tuple[int, int, CellValue]

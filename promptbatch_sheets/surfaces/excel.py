@@ -22,7 +22,7 @@ from ..settings import Via
 from ..store import Store
 from ..table import Bounds, CellValue, TemplateText, quote_sheet
 from ..template import display
-from .base import CONF_SHEET, TEMPLATE_NAME, Cell, SheetData, conf_settings, fit_cell
+from .base import CONF_SHEET, TEMPLATE_NAME, Cell, Conf, SheetData, conf_settings, fit_cell
 from .xlsx import EXCEL_CELL_LIMIT
 
 TEXT_PREFIX = "'"
@@ -99,9 +99,10 @@ class ExcelSurface:
 
     def read(self) -> SheetData:
         self._bounds = self._table_bounds()
+        conf = self._conf()
         return SheetData(name=self.sheet.name, grid=_grid(self.sheet),
                          template=self._defined_template(), bounds=self._bounds,
-                         settings=self._conf())
+                         settings=conf.settings, setting_cells=conf.cells)
 
     def _defined_template(self) -> TemplateText | None:
         """The name ``prompt_template``: the run sheet's own name wins over the workbook's."""
@@ -128,11 +129,13 @@ class ExcelSurface:
             return Bounds(rng.row - 1, rng.column - 1, rng.row + rows - 2, rng.column + cols - 2)
         return None
 
-    def _conf(self) -> dict[str, str]:
+    def _conf(self) -> Conf:
+        """The live workbook's promptbatch.conf sheet: a model or base_url in it that would
+        send the user's key elsewhere is refused by ``runner.prepare``, naming its cell."""
         conf = next((s for s in self.book.sheets if s.name.lower() == CONF_SHEET), None)
         if conf is None:
-            return {}
-        return conf_settings(_grid(conf))
+            return Conf({}, {})
+        return conf_settings(_grid(conf), conf.name)
 
     def cell_text(self, ref: str) -> str:
         sheet, _, coord = ref.rpartition("!")

@@ -26,7 +26,7 @@ from requests.exceptions import RequestException
 
 from ..errors import WorkbookError
 from ..table import CellValue, TemplateText, quote_sheet
-from .base import CONF_SHEET, TEMPLATE_NAME, Cell, SheetData, conf_settings, fit_cell
+from .base import CONF_SHEET, TEMPLATE_NAME, Cell, Conf, SheetData, conf_settings, fit_cell
 from .gsheets_auth import Login, login
 
 GOOGLE_CELL_LIMIT = 50_000
@@ -146,8 +146,9 @@ class GSheetSurface:
         if template_ref is not None:
             template = TemplateText(_first(values[-1]), f"{template_ref} (the name "
                                     f"{TEMPLATE_NAME})")
+        found = conf_settings(values[1], conf) if conf is not None else Conf({}, {})
         return SheetData(name=self._title, grid=values[0], template=template,
-                         settings=conf_settings(values[1]) if conf is not None else {})
+                         settings=found.settings, setting_cells=found.cells)
 
     def _pick_sheet(self, sheets: list[dict[str, Any]]) -> dict[str, Any]:
         if self.sheet_name is not None:

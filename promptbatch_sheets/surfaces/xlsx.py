@@ -21,7 +21,7 @@ from openpyxl.worksheet.worksheet import Worksheet
 
 from ..errors import PromptBatchError, WorkbookError
 from ..table import Bounds, TemplateText, quote_sheet
-from .base import CONF_SHEET, TEMPLATE_NAME, Cell, SheetData, conf_settings
+from .base import CONF_SHEET, TEMPLATE_NAME, Cell, Conf, SheetData, conf_settings
 from .files import SaveSchedule, atomic_write, check_output, check_readable, default_output
 from .xlsx_patch import EXCEL_CELL_LIMIT as EXCEL_CELL_LIMIT  # other surfaces import it here
 from .xlsx_patch import check_package, check_writable, locate_parts, patch_workbook
@@ -155,8 +155,10 @@ class XlsxSurface:
             grid = _grid(ws)
             merged = _fill_merged(grid, ws)
             hidden = frozenset(r - 1 for r, dim in ws.row_dimensions.items() if dim.hidden)
+            conf = self._conf()
             return SheetData(name=ws.title, grid=grid, template=self._defined_template(),
-                             bounds=self._table_bounds(ws), settings=self._conf(),
+                             bounds=self._table_bounds(ws), settings=conf.settings,
+                             setting_cells=conf.cells,
                              hidden_rows=hidden, merged=merged,
                              uncalculated=_uncalculated(self.path, ws.title))
 
@@ -178,11 +180,11 @@ class XlsxSurface:
             return Bounds(top - 1, left - 1, bottom - 1, right - 1)
         return None
 
-    def _conf(self) -> dict[str, str]:
+    def _conf(self) -> Conf:
         conf = next((ws for ws in self._values.worksheets if ws.title.lower() == CONF_SHEET), None)
         if conf is None:
-            return {}
-        return conf_settings(conf.iter_rows(values_only=True, max_col=2))
+            return Conf({}, {})
+        return conf_settings(conf.iter_rows(values_only=True, max_col=2), conf.title)
 
     def cell_text(self, ref: str) -> str:
         sheet, _, coord = ref.rpartition("!")
