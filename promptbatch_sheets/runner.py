@@ -163,8 +163,9 @@ def _schemas(settings: Settings, conf: dict[str, str],
     """Structured answers by prompt name (lower case): ``fields``/``schema`` for the answers
     column, ``fields.NAME``/``schema.NAME`` in the conf sheet for the column NAME."""
     found = {}
+    from_sheet = is_set(settings.schema) and settings.schema == conf.get("schema")
     main = load_schema(fields=settings.fields, schema=settings.schema, base_dir=base_dir,
-                       origin="the fields/schema setting")
+                       origin="the fields/schema setting", confined=from_sheet)
     if main is not None:
         found[settings.output_column.strip().lower()] = main
     names = {key.partition(".")[2] for key in conf
@@ -172,7 +173,8 @@ def _schemas(settings: Settings, conf: dict[str, str],
     for name in sorted(names):
         where = f"{quote_sheet(CONF_SHEET)} (key fields.{name} or schema.{name})"
         schema = load_schema(fields=conf.get(f"fields.{name}"),
-                             schema=conf.get(f"schema.{name}"), base_dir=base_dir, origin=where)
+                             schema=conf.get(f"schema.{name}"), base_dir=base_dir, origin=where,
+                             confined=True)
         if schema is not None:
             found[name] = schema
     return found

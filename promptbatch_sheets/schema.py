@@ -139,9 +139,13 @@ class Schema:
 
 
 def load_schema(*, fields: str | None, schema: str | None, origin: str,
-                base_dir: Path | None = None) -> Schema | None:
+                base_dir: Path | None = None, confined: bool = False) -> Schema | None:
     """The schema a run asks for: ``schema`` (JSON text, or a .json file relative to
-    ``base_dir``) or ``fields`` (the list form); neither is free text (None)."""
+    ``base_dir``) or ``fields`` (the list form); neither is free text (None).
+
+    ``confined``: the name comes from a workbook, which is someone else's file; it may name a
+    file beside the workbook, never one elsewhere on the user's disk (that file's text would
+    be sent to the model)."""
     fields = fields.strip() if fields and fields.strip() else None
     schema = schema.strip() if schema and schema.strip() else None
     if fields and schema:
@@ -153,7 +157,7 @@ def load_schema(*, fields: str | None, schema: str | None, origin: str,
         return None
     if schema.startswith("{"):
         return Schema.from_json(schema, origin)
-    path = Path(schema).expanduser()
+    path = _confined(schema, base_dir, origin) if confined else Path(schema).expanduser()
     if not path.is_absolute() and base_dir is not None:
         path = base_dir / path
     try:
@@ -163,6 +167,17 @@ def load_schema(*, fields: str | None, schema: str | None, origin: str,
                           f"with '{{') nor a readable file ({exc}). Give the JSON itself or "
                           "the path of a .json file.") from None
     return Schema.from_json(text, f"{path} (the schema named by {origin})")
+
+
+def _confined(name: str, base_dir: Path | None, origin: str) -> Path:
+    """A schema file named by a workbook, refused unless it lies in the workbook's folder."""
+    folder = base_dir.resolve() if base_dir is not None else None
+    path = (folder / name).resolve() if folder is not None else None
+    if path is None or folder is None or not path.is_relative_to(folder):
+        raise ConfigError(f"{origin}: the schema {name[:80]!r} names a file outside the "
+                          "workbook's folder. A workbook may name a .json file beside it, or "
+                          "hold the JSON schema itself; pass --schema FILE to use another.")
+    return path
 
 
 def repair_prompt(prompt: str, reply: str, reason: str) -> str:

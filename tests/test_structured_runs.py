@@ -149,3 +149,30 @@ def test_bad_fields_and_unknown_prompt_names_are_refused(tmp_path: Path,
     assert unknown.exit_code == 2
     assert "describes the answers of 'tweet'" in " ".join(unknown.output.split())
     assert requests(llm) == []
+
+
+def test_a_workbook_names_schema_files_only_beside_itself(tmp_path: Path,
+                                                          llm: FakeLLMServer) -> None:
+    """A conf sheet's schema file is read from the workbook's folder, never from elsewhere on
+    the user's disk: its text would be sent to the model, perhaps to a server the workbook
+    chose. A file beside the workbook still works."""
+    secret = tmp_path / "private" / "secret.json"
+    secret.parent.mkdir()
+    secret.write_text('{"type": "object", "properties": {"pin": {"type": "string"}}}',
+                      encoding="utf-8")
+    folder = tmp_path / "book"
+    folder.mkdir()
+    (folder / "triage.json").write_text(secret.read_text(encoding="utf-8"), encoding="utf-8")
+    for name in (str(secret), "../private/secret.json"):
+        book = Path(shutil.copy(SAMPLES / "customer_feedback.xlsx", folder / "f.xlsx"))
+        wb = openpyxl.load_workbook(book)
+        wb["promptbatch.conf"].append(["schema.summary", name])
+        wb.save(book)
+        refused = cli("run", str(book), *fake_model(llm))
+        assert refused.exit_code == 2, refused.output
+        assert "names a file outside the workbook's folder" in " ".join(refused.output.split())
+    assert requests(llm) == []
+    wb = openpyxl.load_workbook(book)
+    wb["promptbatch.conf"]["B" + str(wb["promptbatch.conf"].max_row)] = "triage.json"
+    wb.save(book)
+    assert cli("preview", str(book), *fake_model(llm)).exit_code == 0
