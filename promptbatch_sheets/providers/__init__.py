@@ -17,13 +17,13 @@ from urllib.parse import urlparse
 from ..errors import ConfigError
 from ..limits import Limiter
 from .base import Completion, Params, Provider, RetryPolicy, SchemaMode
-from .local import MODEL_NAME, EmbeddedServer
+from .local import MODEL_NAME, EmbeddedServer, gguf_path
 
 if TYPE_CHECKING:
     from .batchapi import BatchAPI
 
 __all__ = ["Completion", "ModelSpec", "Params", "Provider", "RetryPolicy",
-           "SchemaMode", "open_provider"]
+           "SchemaMode", "open_provider", "require_model"]
 
 
 @dataclass(frozen=True)
@@ -105,6 +105,13 @@ class ModelSpec:
     @property
     def schema_mode(self) -> SchemaMode:
         return KINDS[self.provider].schema_mode
+
+
+def require_model(spec: ModelSpec) -> None:
+    """Refuse, before anything is read or sent, a model this machine cannot serve: the
+    embedded one is left out by a plain pip install (``promptbatch setup`` adds it)."""
+    if spec.provider == "local":
+        gguf_path()
 
 
 def check_base_url(url: str) -> None:
