@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
-from enum import Enum
+from enum import StrEnum
 from graphlib import CycleError, TopologicalSorter
 from typing import Any
 
@@ -23,7 +23,7 @@ from .template import Template, display, variable_name
 ERROR_PREFIX = "#ERROR:"
 
 
-class Rerun(str, Enum):
+class Rerun(StrEnum):
     """Which rows a run sends, judged by what their output cell already holds."""
 
     MISSING = "missing"

@@ -209,13 +209,13 @@ def print_collected(console: Console, prepared: Prepared, collected: Collected,
     if collected.waiting:
         console.print(f"{collected.waiting:,} rows wait for {', '.join(running)}: their cells "
                       f"stay empty for now. Collect them later with: {again('collect')}",
-                      markup=False)
+                      markup=False, soft_wrap=True)
     if collected.unsent:
         console.print(f"{collected.unsent:,} rows were never sent; send them with: "
-                      f"{again('run', via=Via.BATCH)}", markup=False)
+                      f"{again('run', via=Via.BATCH)}", markup=False, soft_wrap=True)
     if summary.failed:
         console.print(f"Failed rows hold '#ERROR: ...'; send only them again with: "
                       f"{again('run', via=Via.BATCH)} (or without --via batch, in realtime).",
-                      markup=False)
+                      markup=False, soft_wrap=True)
     if not (collected.waiting or collected.unsent or summary.failed):
         console.print("Every row has its answer.")

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, fields, replace
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from .errors import ConfigError
@@ -15,7 +15,7 @@ from .plan import Rerun
 from .userconfig import load_user_config
 
 
-class Via(str, Enum):
+class Via(StrEnum):
     """How a run reaches the model."""
 
     REALTIME = "realtime"
