@@ -180,7 +180,8 @@ def status(book: Annotated[str | None, typer.Argument(
         jobs = batchapi.status(store, prepared)
     finally:
         store.close()
-    report.print_jobs(Console(highlight=False), jobs)
+    report.print_jobs(Console(highlight=False), jobs, None if book is None else
+                      command_line("run", book, opts, via=Via.BATCH))
 
 
 @app.command()

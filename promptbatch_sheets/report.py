@@ -160,11 +160,13 @@ def progress(job: Job) -> str:
     return text + (f", {failed:,} failed" if failed else "")
 
 
-def print_jobs(console: Console, jobs: list[Job]) -> None:
-    """Two lines a job: provider ids are long, and a table of them wraps in a terminal."""
+def print_jobs(console: Console, jobs: list[Job], send: str | None = None) -> None:
+    """Two lines a job: provider ids are long, and a table of them wraps in a terminal.
+    ``send`` is the command that would send the sheet's prompts, when a sheet was named."""
     if not jobs:
-        console.print("No batch jobs in the journal. Send one with: promptbatch run BOOK "
-                      "--via batch --model openai:MODEL (or anthropic:MODEL).")
+        console.print("No batch jobs in the journal. Send one with: " + (
+            send or "promptbatch run BOOK --via batch --model openai:MODEL (or anthropic:MODEL)"
+        ) + ".", markup=False, soft_wrap=True)
         return
     now = time.time()
     for job in jobs:

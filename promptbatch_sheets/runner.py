@@ -245,7 +245,7 @@ OK, CUT, ERROR = "ok", "cut at max_tokens", "error"
 """What a status column says of an answer (``metadata = status``)."""
 
 
-def status(result: RowResult) -> str:
+def status_of(result: RowResult) -> str:
     if not result.ok:
         return ERROR
     return CUT if result.completion is not None and result.completion.cut else OK
@@ -269,7 +269,7 @@ class BlockWriter:
             len(step.cols) - 1)
         self.pending += [(result.row, col, value) for col, value in zip(step.cols, values,
                                                                         strict=True)]
-        self.status(result.row, result.step, status(result))
+        self.status(result.row, result.step, status_of(result))
         if time.monotonic() - self.last >= FLUSH_SECONDS:
             self.flush()
 

@@ -338,6 +338,10 @@ def test_collect_with_no_jobs_prints_a_run_command_that_works(tmp_path: Path,
         assert hint is not None, first.output
         words = shlex.split(hint.group(1))
         assert "openai:gpt-4o-mini" in words and fake.base_url in words
+        status = cli("status", str(book), "--template", "{{ q }}", "-m", "openai:gpt-4o-mini",
+                     "--base-url", fake.base_url)
+        assert (f"Send one with: promptbatch run {book} --model openai:gpt-4o-mini --template "
+                f"'{{{{ q }}}}' --base-url {fake.base_url} --via batch.") in status.output
         sent = cli(*words[1:])
         assert sent.exit_code == 0, sent.output
         assert "Sent 2 requests in 1 batch job" in sent.output
