@@ -191,7 +191,7 @@ def test_pip_install_of_the_wheel_then_setup_then_a_run(tmp_path: Path) -> None:
                            timeout=300, check=True)
     assert "Nothing to do." in again.stderr
 
-    run = subprocess.run([promptbatch, "run", str(PRODUCTS), "--max-tokens", "8", "-o",
+    run = subprocess.run([promptbatch, "run", str(PRODUCTS), "--max-tokens", "4", "-o",
                           str(out)], env=env, capture_output=True, text=True, timeout=600)
     assert run.returncode == 0, run.stderr
     assert all(answers(out)) and "rows answered    │ 12 (new)" in run.stderr
