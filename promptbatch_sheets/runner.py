@@ -19,10 +19,10 @@ from . import userconfig
 from .budget import Budget
 from .chain import Chain
 from .engine import RowResult, Summary, error_text, run_jobs, structured
-from .errors import ConfigError
+from .errors import ConfigError, SetupError
 from .estimate import Estimate, calibrate, cost, estimate
 from .plan import Plan, RowJob, make_plan
-from .providers import ModelSpec, Params, Provider, RetryPolicy, open_provider
+from .providers import ModelSpec, Params, Provider, RetryPolicy, open_provider, require_model
 from .schema import Schema, load_schema
 from .settings import Settings, is_set, resolve, setting_name
 from .store import Store, key_function
@@ -104,6 +104,7 @@ def prepare(surface: Surface, flags: dict[str, Any] | None = None,
     flags = flags or {}
     data = surface.read()
     settings = resolve(flags, data.settings)
+    require_model(model_spec(settings))
     if template_cell:
         template = TemplateText(surface.cell_text(template_cell), template_cell)
     prepared = plan_sheet(data, settings, template, base_dir)
@@ -129,9 +130,14 @@ def plan_sheet(data: SheetData, settings: Settings, template: TemplateText | Non
     merged: the HTTP server gets both from a request, not from a surface."""
     table, schemas = read_sheet(data, settings, template, base_dir)
     plan = make_plan(table, data.grid, settings.rerun, data.uncalculated, schemas)
-    spec = ModelSpec.parse(settings.model or LOCAL, settings.base_url)
+    spec = model_spec(settings)
     params = Params(settings.temperature, settings.max_tokens, settings.system)
     return Prepared(data, plan, settings, spec, params, model_defaulted=not settings.model)
+
+
+def model_spec(settings: Settings) -> ModelSpec:
+    """The model the settings name, the embedded one when they name none."""
+    return ModelSpec.parse(settings.model or LOCAL, settings.base_url)
 
 
 def read_sheet(data: SheetData, settings: Settings, template: TemplateText | None = None,
@@ -147,7 +153,7 @@ def read_sheet(data: SheetData, settings: Settings, template: TemplateText | Non
                    fields={name: [f.name for f in s.fields] for name, s in schemas.items()},
                    bounds=data.bounds, output_header=settings.output_column,
                    skip_rows=data.hidden_rows if settings.skip_hidden else frozenset(),
-                   merged=data.merged)
+                   merged=data.merged, status="status" in settings.metadata.split(","))
     names = {p.name.lower(): p.name for p in table.prompts}
     unknown = next((n for n in schemas if n not in names), None)
     if unknown is not None:
@@ -235,7 +241,7 @@ def preview(prepared: Prepared, store: Store, first: int = 3) -> Preview:
 def api_key_for(spec: ModelSpec) -> str | None:
     key = userconfig.api_key(spec.provider, spec.key_variable)
     if spec.key_required and not key:
-        raise ConfigError(
+        raise SetupError(
             f"{spec.provider}:{spec.model} needs an API key. Set the environment variable "
             f"{spec.key_variable}, or run: promptbatch keys set {spec.provider}"
         )
@@ -256,6 +262,16 @@ def connector(
     return connect
 
 
+OK, CUT, ERROR = "ok", "cut at max_tokens", "error"
+"""What a status column says of an answer (``metadata = status``)."""
+
+
+def status_of(result: RowResult) -> str:
+    if not result.ok:
+        return ERROR
+    return CUT if result.completion is not None and result.completion.cut else OK
+
+
 class BlockWriter:
     """Collects answers and hands them to the surface in blocks, at most every 2 seconds."""
 
@@ -264,15 +280,25 @@ class BlockWriter:
         self.plan = plan
         self.pending: list[Cell] = []
         self.last = time.monotonic()
+        self.answered = False
+        """Whether any result came: until then, a failure writes nothing."""
 
     def add(self, result: RowResult) -> None:
+        self.answered = True
         step = self.plan.steps[result.step]
         values = step.cells(result.text) if result.ok else [result.text] + [""] * (
             len(step.cols) - 1)
         self.pending += [(result.row, col, value) for col, value in zip(step.cols, values,
                                                                         strict=True)]
+        self.status(result.row, result.step, status_of(result))
         if time.monotonic() - self.last >= FLUSH_SECONDS:
             self.flush()
+
+    def status(self, row: int, step: int, text: str) -> None:
+        """The row's status cell of ``step``, where ``metadata`` asks for one."""
+        column = self.plan.steps[step].status
+        if column is not None:
+            self.pending.append((row, column.col, text))
 
     def flush(self) -> None:
         if self.pending:
@@ -291,8 +317,9 @@ def run(prepared: Prepared, surface: Surface, store: Store,
     writer = BlockWriter(surface, plan)
     writer.pending += [(plan.table.header_row, o.col, o.header)
                        for o in plan.table.outputs if not o.exists]
-    writer.pending += [(row, plan.steps[step].cols[0], error_text(reason))
-                       for row, step, reason in plan.refused]
+    for row, step, reason in plan.refused:
+        writer.pending.append((row, plan.steps[step].cols[0], error_text(reason)))
+        writer.status(row, step, ERROR)
     # written with the first answers: a file is not saved for its headers alone
     retries = 0
 
@@ -324,6 +351,10 @@ def run(prepared: Prepared, surface: Surface, store: Store,
 
     try:
         summary = asyncio.run(go())
+    except BaseException:
+        if not writer.answered:  # failed before the first answer: leave no file behind
+            writer.pending.clear()
+        raise
     finally:
         writer.flush()
         surface.close()

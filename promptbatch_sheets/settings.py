@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass, fields, replace
-from enum import Enum
+from enum import StrEnum
 from typing import Any
 
 from .errors import ConfigError
@@ -15,7 +15,7 @@ from .plan import Rerun
 from .userconfig import load_user_config
 
 
-class Via(str, Enum):
+class Via(StrEnum):
     """How a run reaches the model."""
 
     REALTIME = "realtime"
@@ -46,14 +46,24 @@ class Settings:
     skip_hidden: bool = False
     """Leave out rows hidden in the sheet (filtered rows are hidden rows)."""
     via: Via = Via.REALTIME
+    metadata: str = ""
+    """Columns beside each prompt's answers, comma-separated from ``METADATA``."""
 
 
 NUMBERS: dict[str, type] = {"temperature": float, "max_tokens": int, "concurrency": int,
                             "timeout": float, "retries": int, "rpm": float, "tpm": float,
                             "budget": float}
+RANGES: dict[str, tuple[float, float | None]] = {
+    "temperature": (0, 2), "max_tokens": (1, None), "concurrency": (1, None),
+    "timeout": (0, None), "retries": (1, None), "rpm": (1, None), "tpm": (1, None),
+    "budget": (0, None)}
+"""The lowest and highest value of each number (None: no ceiling)."""
+METADATA = ("status",)
+"""The columns ``metadata`` may ask for beside each prompt's answers."""
 BOOLS = frozenset({"use_cache", "skip_hidden"})
 CHOICES: dict[str, type[Rerun] | type[Via]] = {"rerun": Rerun, "via": Via}
 NAMES = {f.name for f in fields(Settings)}
+COMMAND_LINE = "the command line"
 
 
 def _coerce(name: str, value: Any, where: str) -> Any:
@@ -61,19 +71,28 @@ def _coerce(name: str, value: Any, where: str) -> Any:
         try:
             number = NUMBERS[name](float(value)) if NUMBERS[name] is int else float(value)
         except (TypeError, ValueError):
-            raise ConfigError(f"Setting {name!r} in {where} must be a number, not {value!r}."
+            raise ConfigError(f"{_named(name, where)} must be a number, not {value!r}."
                               ) from None
-        if number < 0 or (name in ("concurrency", "retries", "max_tokens", "rpm", "tpm")
-                          and number < 1):
-            raise ConfigError(f"Setting {name!r} in {where} is out of range: {value!r}.")
+        low, high = RANGES[name]
+        if number < low or (high is not None and number > high):
+            allowed = f"from {low:g} to {high:g}" if high is not None else f"{low:g} or more"
+            raise ConfigError(f"{_named(name, where)} is {value!r}, out of range: it must be "
+                              f"{allowed}.")
         return number
+    if name == "metadata":
+        asked = [part.strip().lower() for part in str(value).split(",") if part.strip()]
+        unknown = [part for part in asked if part not in METADATA]
+        if unknown:
+            raise ConfigError(f"{_named(name, where)} asks for {', '.join(unknown)}; the "
+                              f"metadata columns are: {', '.join(METADATA)}.")
+        return ",".join(asked)
     if name in CHOICES:
         kind = CHOICES[name]
         try:
             return value if isinstance(value, kind) else kind(str(value).strip().lower())
         except ValueError:
             choices = ", ".join(c.value for c in kind)
-            raise ConfigError(f"Setting {name!r} in {where} must be one of {choices}.") from None
+            raise ConfigError(f"{_named(name, where)} must be one of {choices}.") from None
     if name in BOOLS:
         return str(value).strip().lower() not in ("0", "false", "no", "off")
     return str(value)
@@ -87,6 +106,13 @@ def setting_name(key: str) -> str:
 def is_set(value: Any) -> bool:
     """A layer sets a value unless it leaves it out or blank."""
     return value is not None and str(value).strip() != ""
+
+
+def _named(name: str, where: str) -> str:
+    """How a message names a setting: as the user typed it."""
+    if where == COMMAND_LINE:
+        return "--" + name.replace("_", "-")
+    return f"Setting {name!r} in {where}"
 
 
 def _layer(values: dict[str, Any], where: str) -> dict[str, Any]:
@@ -105,7 +131,7 @@ def resolve(flags: dict[str, Any], sheet: dict[str, str], sheet_name: str = "") 
     merged.update(_layer(load_user_config().get("defaults", {}), "the user config file"))
     merged.update(_layer(env, "the environment (PROMPTBATCH_*)"))
     merged.update(_layer(sheet, f"the {sheet_name or 'promptbatch.conf'} sheet"))
-    merged.update(_layer(flags, "the command line"))
+    merged.update(_layer(flags, COMMAND_LINE))
     return replace(Settings(), **merged)
 
 

@@ -55,6 +55,8 @@ class TablePrompt:
     name: str
     template: TemplateText
     outputs: tuple[Output, ...]
+    status: Output | None = None
+    """The column saying how each answer came (``metadata = status``), if asked for."""
 
 
 @dataclass(frozen=True)
@@ -90,7 +92,8 @@ class Table:
 
     @property
     def outputs(self) -> list[Output]:
-        return [o for p in self.prompts for o in p.outputs]
+        """Every column a run writes: answers, and status columns when asked for."""
+        return [o for p in self.prompts for o in (*p.outputs, *([p.status] if p.status else []))]
 
     def record(self, grid: Grid, row: int) -> dict[str, Any]:
         """One data row as header -> value."""
@@ -180,6 +183,7 @@ def locate(
     output_header: str = "response",
     skip_rows: Collection[int] = frozenset(),
     merged: Sequence[Bounds] = (),
+    status: bool = False,
 ) -> Table:
     """Read a sheet by the conventions in DESIGN.md.
 
@@ -190,7 +194,7 @@ def locate(
     ``fields`` turns a prompt's one answers column into one column per JSON field (prompt
     name, lower case -> headers). ``bounds`` is an Excel Table's extent; ``skip_rows`` are
     data rows to leave out (hidden rows); ``merged`` are merged ranges, which answers columns
-    must not cross.
+    must not cross. ``status`` adds a column ``NAME status`` after each prompt's answers.
     """
     label = find_template_label(grid, sheet)
     header_row, last_row, left, right = _extent(grid, sheet, bounds, label.row + 1 if label
@@ -201,8 +205,9 @@ def locate(
     wanted = [(name, list((fields or {}).get(name.lower()) or [name])) for name in templates]
     headers = {c: _text(header_cells[c]) if c < len(header_cells) else ""
                for c in range(left, right + 1)}
-    placed, new = _place_outputs([h for _, hs in wanted for h in hs], headers, header_cells,
-                                 right, sheet, header_row)
+    placed, new = _place_outputs([h for name, hs in wanted
+                                  for h in hs + ([status_header(name)] if status else [])],
+                                 headers, header_cells, right, sheet, header_row)
     columns = {c: h for c, h in headers.items() if h and c not in placed.values()}
     if not columns:
         raise TableError(f"The header row of sheet {quote_sheet(sheet)} (row {header_row + 1}) "
@@ -219,10 +224,16 @@ def locate(
         col = placed[header.strip().lower()]
         return Output(header if col in new else _text(header_cells[col]), col, col not in new)
 
-    prompts = tuple(TablePrompt(name, templates[name], tuple(output(h) for h in hs))
+    prompts = tuple(TablePrompt(name, templates[name], tuple(output(h) for h in hs),
+                                output(status_header(name)) if status else None)
                     for name, hs in wanted)
     return Table(sheet=sheet, header_row=header_row, columns=columns, rows=rows,
                  last_row=last_row, prompts=prompts)
+
+
+def status_header(name: str) -> str:
+    """The status column of the prompt whose answers column is ``name``."""
+    return f"{name} status"
 
 
 def _templates(main: TemplateText | None, output_header: str, label: Label | None,

@@ -57,6 +57,25 @@ def display(value: Any) -> str:
     return str(value)
 
 
+_PRINTED = re.compile(r"{{-?\s*(.*?)\s*-?}}", re.S)
+
+
+def _header_as_typed(source: str) -> str | None:
+    """``{{Business Challenge}}``: a header typed as it reads is no Jinja name; say which
+    variable to write instead of Jinja's "expected token 'end of print statement'"."""
+    for found in _PRINTED.finditer(source):
+        inner = found.group(1)
+        name = variable_name(inner)
+        if not name or name == inner or any(c in inner for c in "|()[]'\"+*"):
+            continue
+        try:
+            _ENV.parse(f"{{{{ {inner} }}}}")
+        except jinja2.TemplateSyntaxError:
+            return (f"{found.group()} is a column header as it reads, not a variable name. "
+                    f'Write {{{{ {name} }}}} or {{{{ row["{inner}"] }}}}.')
+    return None
+
+
 class Flag(str):
     """A TRUE/FALSE cell in a template: it prints as the sheet shows it, and tests as the
     boolean it is, so ``{% if urgent %}`` is false for FALSE (a plain "FALSE" would be true)."""
@@ -95,8 +114,8 @@ class Template:
             compiled = _ENV.from_string(ast)
         except jinja2.TemplateSyntaxError as exc:
             raise TemplateError(
-                f"Template syntax error in {origin}, line {exc.lineno}: {exc.message}"
-            ) from None
+                f"Template syntax error in {origin}, line {exc.lineno}: "
+                + (_header_as_typed(source) or str(exc.message))) from None
         names = frozenset(meta.find_undeclared_variables(ast))
         return cls(source, origin, names - {"row"}, "row" in names, compiled,
                    dict(compiled.globals))

@@ -162,8 +162,8 @@ def test_row_failures_are_error_cells(api: httpx.Client, llm: FakeLLMServer) -> 
             "headers": ["Product"], "rows": [["FAIL"], ["zero"], ["fine"]]}
     data = api.post("/v1/complete", json=body, headers=AUTH).json()
     assert data["answers"][0].startswith("#ERROR: ")
-    assert data["answers"][1].startswith("#ERROR: The template in the template failed on this "
-                                         "row: ZeroDivisionError")
+    assert data["answers"][1].startswith("#ERROR: The template in the request's template "
+                                         "field failed on this row: ZeroDivisionError")
     assert data["answers"][2] == "Answer: fine"
     assert (data["failed"], data["answered"]) == (2, 1)
 

@@ -7,6 +7,7 @@ the same OpenAI-compatible client as any other server.
 from __future__ import annotations
 
 import asyncio
+import difflib
 import os
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
@@ -17,13 +18,13 @@ from urllib.parse import urlparse
 from ..errors import ConfigError
 from ..limits import Limiter
 from .base import Completion, Params, Provider, RetryPolicy, SchemaMode
-from .local import MODEL_NAME, EmbeddedServer
+from .local import MODEL_NAME, EmbeddedServer, gguf_path
 
 if TYPE_CHECKING:
     from .batchapi import BatchAPI
 
 __all__ = ["Completion", "ModelSpec", "Params", "Provider", "RetryPolicy",
-           "SchemaMode", "open_provider"]
+           "SchemaMode", "open_provider", "require_model"]
 
 
 @dataclass(frozen=True)
@@ -62,11 +63,14 @@ class ModelSpec:
 
     @classmethod
     def parse(cls, text: str, base_url: str | None = None) -> ModelSpec:
-        provider, _, model = text.strip().partition(":")
+        provider, colon, model = text.strip().partition(":")
         provider = provider.lower()
         if provider not in KINDS:
+            guess = _close_model(provider, model) if colon else _close_model(None, provider)
+            start = (f"Unknown provider {provider!r} in model {text!r}." if colon else
+                     f"Model {text!r} names no provider: write it as provider:model.")
             raise ConfigError(
-                f"Unknown provider {provider!r} in model {text!r}. Use one of: "
+                f"{start} {f'Did you mean {guess}? ' if guess else ''}Use one of: "
                 + ", ".join(f"{k}:MODEL" for k in KINDS if k != "local") + ", or local."
             )
         if provider == "local":
@@ -116,6 +120,34 @@ class ModelSpec:
     @property
     def schema_mode(self) -> SchemaMode:
         return KINDS[self.provider].schema_mode
+
+
+FAMILIES = {"gpt-": "openai", "chatgpt-": "openai", "o1": "openai", "o3": "openai",
+            "o4": "openai", "claude-": "anthropic", "llama": "ollama", "qwen": "ollama",
+            "mistral": "ollama", "gemma": "ollama", "phi": "ollama", "deepseek": "ollama"}
+"""Model names by the provider that serves them, by their start: ``gpt-4o`` is OpenAI's."""
+
+
+def _close_model(provider: str | None, model: str) -> str | None:
+    """What a user probably meant, as git suggests a command: the provider closest to a
+    misspelt one (``opneai``), or the provider of a bare model name (``gpt-4o``)."""
+    if provider is not None:
+        close = difflib.get_close_matches(provider, list(KINDS), n=1, cutoff=0.6)
+        if not close:
+            return None
+        return close[0] if close[0] == "local" else f"{close[0]}:{model or 'MODEL'}"
+    name = model.lower()
+    if name in KINDS:
+        return name
+    family = next((p for start, p in FAMILIES.items() if name.startswith(start)), None)
+    return f"{family}:{model}" if family else None
+
+
+def require_model(spec: ModelSpec) -> None:
+    """Refuse, before anything is read or sent, a model this machine cannot serve: the
+    embedded one is left out by a plain pip install (``promptbatch setup`` adds it)."""
+    if spec.provider == "local":
+        gguf_path()
 
 
 def check_base_url(url: str) -> None:

@@ -30,6 +30,11 @@ class Completion:
     completion_tokens: int
     finish_reason: str | None = None
 
+    @property
+    def cut(self) -> bool:
+        """The answer stopped at max_tokens: OpenAI says ``length``, Anthropic ``max_tokens``."""
+        return self.finish_reason in ("length", "max_tokens")
+
 
 @dataclass(frozen=True)
 class RetryPolicy:

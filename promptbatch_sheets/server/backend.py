@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import runner, userconfig
-from ..providers import ModelSpec, Params, Provider
+from ..providers import Params, Provider, require_model
 from ..settings import Settings
 from ..store import Store
 
@@ -48,8 +48,9 @@ class Backend:
 
     def __init__(self, settings: Settings, store: Store) -> None:
         self.settings = settings
-        self.spec = ModelSpec.parse(settings.model or runner.LOCAL, settings.base_url)
-        runner.api_key_for(self.spec)  # a missing key stops the server at start, not mid-run
+        self.spec = runner.model_spec(settings)
+        require_model(self.spec)  # a missing model or key stops the server at start
+        runner.api_key_for(self.spec)
         self.model = f"{self.spec.provider}:{self.spec.model}"
         self.store = store
         self._open = runner.connector(self.spec, settings)

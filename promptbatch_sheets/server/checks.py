@@ -13,12 +13,18 @@ from ..errors import BadRequest
 MAX_ROWS = 5000
 """Rows per request: a chunk of a sheet, never a whole workbook."""
 Scalar = str | int | float | bool | None
+SAMPLING = {"temperature", "max_tokens", "system"}
+"""What the ``options`` object of a request may set."""
 
 
 def body_fields(body: Any, required: set[str], optional: set[str]) -> dict[str, Any]:
     if not isinstance(body, dict):
         raise BadRequest("The request body must be a JSON object.")
     unknown = sorted(set(body) - required - optional)
+    misplaced = [f"options.{u}" for u in unknown if u in SAMPLING and "options" in optional]
+    if misplaced:
+        raise BadRequest(f"Unknown field(s) {', '.join(unknown)}: sampling settings go inside "
+                         f"the options object, as {', '.join(misplaced)}.")
     if unknown:
         raise BadRequest(f"Unknown field(s) {', '.join(unknown)}. The model and its server "
                          "are chosen where promptbatch serve runs, not per request.")
@@ -64,8 +70,7 @@ def text_list(value: Any, name: str) -> list[str]:
 
 def sampling_options(value: Any) -> dict[str, Any]:
     """Sampling options a sheet may set; each is part of the answer's cache key."""
-    options = body_fields(value if value is not None else {}, set(),
-                      {"temperature", "max_tokens", "system"})
+    options = body_fields(value if value is not None else {}, set(), SAMPLING)
     out: dict[str, Any] = {}
     if options.get("temperature") is not None:
         out["temperature"] = number_field(options["temperature"], "options.temperature", 0, 2)

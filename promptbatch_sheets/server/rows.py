@@ -68,7 +68,8 @@ def _schema(body: dict[str, Any]) -> Schema | None:
 
 def _rows_request(backend: Backend, body: dict[str, Any]) -> Rows:
     template = Template.parse(text_field(body["template"], "template"),
-                              text_field(body.get("origin", "the template"), "origin"))
+                              text_field(body.get("origin", "the request's template field"),
+                                         "origin"))
     headers = [display(h).strip() for h in cell_list(body["headers"], "headers")]
     template.check_columns(headers)
     uses = tuple(text_list(body.get("uses") or [], "uses"))

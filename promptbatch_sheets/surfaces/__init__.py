@@ -4,9 +4,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..errors import ConfigError, WorkbookError
+from ..errors import ConfigError, SetupError, WorkbookError
 from .base import Surface
 from .csvfile import CsvSurface
+from .files import TEXT_TABLES, WORKBOOKS, check_readable
 
 __all__ = ["CsvSurface", "open_surface"]
 
@@ -27,17 +28,22 @@ def open_surface(source: str, sheet: str | None = None, output: str | None = Non
     if source.startswith(GOOGLE_SHEETS):
         if output:
             raise ConfigError("-o is for files: a Google Sheet gets its answers in place.")
-        from .gsheets import GSheetSurface  # gspread loads only for Google Sheets runs
-
+        try:
+            from .gsheets import GSheetSurface  # gspread loads only for Google Sheets runs
+        except ModuleNotFoundError as exc:
+            raise SetupError(f"Google Sheets need the package {exc.name}, which this Python "
+                             "lacks. Install promptbatch-sheets with its dependencies: "
+                             "pip install promptbatch-sheets") from None
         return GSheetSurface(source, sheet, credentials)
     path = Path(source)
+    check_readable(path)  # a missing file is missing, whatever its extension
     out = Path(output) if output else None
     suffix = path.suffix.lower()
-    if suffix in (".xlsx", ".xlsm"):
+    if suffix in WORKBOOKS:
         from .xlsx import XlsxSurface  # openpyxl loads only for workbooks
 
         return XlsxSurface(path, sheet, out)
-    if suffix in (".csv", ".tsv", ".txt"):
+    if suffix in TEXT_TABLES:
         return CsvSurface(path, out)
     if suffix in UNSUPPORTED:
         raise WorkbookError(f"{path} is {UNSUPPORTED[suffix]}, which promptbatch cannot write "

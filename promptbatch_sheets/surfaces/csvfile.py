@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import codecs
 import csv
 import io
+import re
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -21,15 +23,21 @@ class CsvSurface:
         self.output = output or default_output(path)
         self._rows: list[list[Any]] = []
         self._delimiter = ","
+        self._encoding = "utf-8"
+        self._newline = "\r\n"
         self._schedule = SaveSchedule()
         self._dirty = False
 
     def read(self) -> SheetData:
+        raw = self.path.read_bytes()
         try:
-            text = self.path.read_text(encoding="utf-8-sig")
+            text = raw.decode("utf-8-sig")
         except UnicodeDecodeError as exc:
             raise WorkbookError(f"{self.path} is not UTF-8 text (byte {exc.start}). Save it as "
                                 "'CSV UTF-8' and try again.") from None
+        # the output keeps the input's byte order mark (Excel's "CSV UTF-8") and line endings
+        self._encoding = "utf-8-sig" if raw.startswith(codecs.BOM_UTF8) else "utf-8"
+        self._newline = _line_ending(text)
         try:  # only the delimiter: the sniffer's guesses on quoting can make rows unwritable
             self._delimiter = csv.Sniffer().sniff(text[:4096], delimiters=",;\t").delimiter
         except csv.Error:
@@ -61,9 +69,19 @@ class CsvSurface:
         width = max((len(r) for r in self._rows), default=0)
 
         def save(tmp: Path) -> None:
-            with tmp.open("w", encoding="utf-8", newline="") as handle:
-                csv.writer(handle, delimiter=self._delimiter).writerows(
+            with tmp.open("w", encoding=self._encoding, newline="") as handle:
+                csv.writer(handle, delimiter=self._delimiter,
+                           lineterminator=self._newline).writerows(
                     r if len(r) == width else r + [""] * (width - len(r)) for r in self._rows)
 
         atomic_write(self.output, save)
         self._dirty = False
+
+
+_LINE_END = re.compile(r"\r\n|\n|\r")
+
+
+def _line_ending(text: str) -> str:
+    """The first line ending of ``text`` (CRLF for one line alone, as the csv module writes)."""
+    found = _LINE_END.search(text)
+    return found.group() if found else "\r\n"

@@ -16,22 +16,65 @@ def default_output(source: Path) -> Path:
     return source.with_name(f"{source.stem}.promptbatch{source.suffix}")
 
 
+WORKBOOKS = (".xlsx", ".xlsm")
+TEXT_TABLES = (".csv", ".tsv", ".txt")
+SPREADSHEETS = WORKBOOKS + TEXT_TABLES
+"""The file kinds promptbatch reads and writes, by extension."""
+
+
 def check_readable(path: Path) -> None:
     if not path.exists():
         raise WorkbookError(f"{path} does not exist. Check the path and the file name.")
+    if path.is_dir():
+        found = sorted(p.name for p in path.iterdir()
+                       if p.suffix.lower() in SPREADSHEETS and not p.name.startswith(("~$", ".")))
+        held = f" It holds {', '.join(found[:5])}{', ...' if len(found) > 5 else ''}." \
+            if found else ""
+        raise WorkbookError(f"{str(path)!r} is a folder, not a spreadsheet: give the name of "
+                            f"the .xlsx, .xlsm or .csv file to run.{held}")
     if not path.is_file():
-        raise WorkbookError(f"{path} is a folder, not a workbook.")
+        raise WorkbookError(f"{path} is not a regular file: give the name of the .xlsx, "
+                            ".xlsm or .csv file to run.")
 
 
 def check_output(target: Path) -> None:
     """Fail before the first paid answer if ``target`` cannot be written.
 
     Creates and removes a temporary file where the answers will go: a permission check alone
-    is wrong for root, read-only mounts and /proc.
+    is wrong for root, read-only mounts and /proc. An existing target is checked itself too:
+    the folder may allow a rename over a file that is read-only, immutable or open elsewhere.
     """
     if target.is_dir():
         raise WorkbookError(f"Cannot write {target}: it is a folder. Give a file name with -o.")
+    if target.exists():
+        _check_replaceable(target)
     os.unlink(_temporary(target))
+
+
+LOCK_FILES = (("~${}", "Excel"), (".~lock.{}#", "LibreOffice"))
+"""The lock files Excel and LibreOffice keep beside a file they have open."""
+
+
+def _check_replaceable(target: Path) -> None:
+    """Refuse to replace a file its owner marked read-only, or that a spreadsheet program
+    has open: that program would save its own copy over the answers, or hold the file."""
+    for pattern, program in LOCK_FILES:
+        lock = target.with_name(pattern.format(target.name))
+        if lock.exists():
+            raise WorkbookError(
+                f"{target} is open in {program} (its lock file {lock.name} is beside it): "
+                f"answers written now would be lost when {program} saves it. Close it there "
+                f"and run again, or write elsewhere with -o. If it is not open, {lock} is left "
+                "from a crash: delete it.")
+    if not target.stat().st_mode & 0o222:
+        raise WorkbookError(f"{target} is read-only, so promptbatch will not replace it. Make "
+                            f"it writable (chmod u+w {target}), or write elsewhere with -o.")
+    try:
+        with target.open("ab"):  # opening for append writes nothing, and fails where a
+            pass                 # write would: no permission, immutable (chattr +i)
+    except OSError as exc:
+        raise WorkbookError(f"Cannot write {target}: {exc.strerror}. Choose another place "
+                            "for the answers with -o.") from None
 
 
 def _temporary(target: Path) -> str:
@@ -54,8 +97,7 @@ def atomic_write(target: Path, write: Callable[[Path], None]) -> None:
     tmp = _temporary(target)
     try:
         write(Path(tmp))
-        if target.exists():
-            os.chmod(tmp, target.stat().st_mode & 0o777)
+        os.chmod(tmp, target.stat().st_mode & 0o777 if target.exists() else 0o666 & ~umask())
         os.replace(tmp, target)
     except OSError as exc:
         raise WorkbookError(f"Cannot write {target}: {exc.strerror}. Is it open in another "
@@ -63,6 +105,14 @@ def atomic_write(target: Path, write: Callable[[Path], None]) -> None:
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
+
+
+def umask() -> int:
+    """The process's umask: a new file gets the mode any editor would give it, not
+    mkstemp's 0600."""
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
 
 class SaveSchedule:

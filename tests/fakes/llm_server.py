@@ -116,6 +116,10 @@ class FakeLLMConfig:
     structured_answer: Callable[[str, dict[str, Any]], Any] | None = None
     """(prompt, JSON schema) -> the JSON value of a structured reply, or a string sent as
     plain text; default: a value built from the schema (``tests.fakes.structured``)."""
+    cut_at_max_tokens: bool = False
+    """Cut a text reply longer than the request's max_tokens (4 characters a token) and say
+    so, as real servers do: OpenAI ``finish_reason`` ``length``, Anthropic ``stop_reason``
+    ``max_tokens``. Off by default: other tests send small caps and want whole replies."""
     scale_ratelimit_headers: bool = False
     """Under ``time_scale``, report ``x-ratelimit-limit-*`` per *real* minute
     (``rpm * time_scale``), consistent with the real-second ``reset`` and ``retry-after``
@@ -593,6 +597,10 @@ class FakeLLMServer:
 
         if reply is None:
             reply = self._answer(prompt, schema, bad_json)
+        cut = (self.config.cut_at_max_tokens and isinstance(reply, str)
+               and max_tokens is not None and len(reply) > 4 * max_tokens)
+        if cut:
+            reply = reply[:4 * max_tokens]
         completion_tokens = self._completion_tokens(reply)
         n = next(self._ids)
         if anthropic:
@@ -606,7 +614,8 @@ class FakeLLMServer:
                 "role": "assistant",
                 "model": model,
                 "content": [block],
-                "stop_reason": "end_turn" if isinstance(reply, str) else "tool_use",
+                "stop_reason": "max_tokens" if cut else "end_turn" if isinstance(reply, str)
+                else "tool_use",
                 "stop_sequence": None,
                 "usage": {"input_tokens": prompt_tokens, "output_tokens": completion_tokens},
             }
@@ -620,7 +629,7 @@ class FakeLLMServer:
                     {
                         "index": 0,
                         "message": {"role": "assistant", "content": _reply_text(reply)},
-                        "finish_reason": "stop",
+                        "finish_reason": "length" if cut else "stop",
                     }
                 ],
                 "usage": {
