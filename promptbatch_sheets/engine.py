@@ -17,6 +17,7 @@ from dataclasses import dataclass, field, replace
 from .budget import Budget
 from .errors import ProviderError, SchemaMismatch
 from .estimate import Estimate, request_chars, tokens
+from .inflight import InFlight, Outcome, sharing
 from .plan import ERROR_PREFIX, RowJob
 from .providers import Completion, Params, Provider
 from .schema import Schema, repair_prompt
@@ -92,6 +93,7 @@ async def run_jobs(
     on_plan: Callable[[list[RowJob]], None] | None = None,
     follow: Follow | None = None,
     schemas: Mapping[int, Schema] | None = None,
+    shared: InFlight | None = None,
 ) -> Summary:
     """Answer every job, and every job ``follow`` adds; ``on_result`` is called once per job,
     in completion order.
@@ -105,6 +107,10 @@ async def run_jobs(
     ``schemas`` are the structured steps' schemas: their answers are checked on arrival, a
     reply that does not fit is asked again once with the reason, and only answers that fit
     are stored.
+
+    ``shared`` are the prompts in flight that this run shares with others (a server's
+    requests); without it the run shares only with other processes, through the store. A
+    prompt someone else is getting is waited for, never sent twice.
     """
     started = time.perf_counter()
     summary = Summary()
@@ -178,14 +184,15 @@ async def run_jobs(
         else:
             queue.extend(queued)
 
-    def deliver(key: str, result: Completion | str) -> None:
-        if isinstance(result, Completion):
+    def deliver(key: str, result: Completion | str, cached: bool = False) -> None:
+        """Settle every job of ``key``; an answer this run paid for is stored first."""
+        if isinstance(result, Completion) and not cached:
             schema = step_schemas.get(step_of[key])
             sent = prompt_by_key[key] + (schema.instructions() if schema else "")
             store.put(key, label, result, request_chars(sent, params.system))
         done[key] = result
         for job in waiting.pop(key):
-            settle(job, result, False)
+            settle(job, result, cached and isinstance(result, Completion))
 
     async def ask(provider: Provider, prompt: str, step_params: Params,
                   reservation: float) -> Completion | str:
@@ -223,41 +230,81 @@ async def run_jobs(
         except SchemaMismatch as again:
             return f"the reply did not fit the fields, twice: {again.reason}"
 
-    in_flight = 0
+    busy = 0
+    """Keys this run waits for: its own requests, and answers others are getting."""
     changed = asyncio.Event()
+    joined: list[tuple[asyncio.Future[Outcome], Callable[[asyncio.Future[Outcome]], None]]] = []
+
+    def wait_for_other(key: str, future: asyncio.Future[Outcome]) -> None:
+        """Someone else (this process or another) is getting ``key``: settle its jobs with
+        that outcome, or queue it again if they gave up."""
+        nonlocal busy
+        busy += 1
+
+        def arrived(outcome: asyncio.Future[Outcome]) -> None:
+            nonlocal busy
+            busy -= 1
+            result = None if outcome.cancelled() else outcome.result()
+            if result is None:
+                queue.appendleft(key)
+            else:
+                deliver(key, result, cached=True)
+            changed.set()
+
+        future.add_done_callback(arrived)
+        joined.append((future, arrived))
 
     async def worker(provider: Provider) -> None:
-        nonlocal in_flight
-        while queue or in_flight:
+        nonlocal busy
+        while queue or busy:
             if not queue:
                 changed.clear()
                 await changed.wait()
                 continue
             key = queue[0]
+            other = flight.join(key, use_cache)
+            if other is not None:
+                queue.popleft()
+                wait_for_other(key, other)
+                continue
             reservation = budget.reserve(tokens(prompt_by_key[key])) if budget else 0.0
             if reservation is None:
+                flight.finish(key, None)
                 return
             queue.popleft()
-            in_flight += 1
+            busy += 1
             step = step_of[key]
-            result = await ask(provider, prompt_by_key[key], step_params.get(step, params),
-                               reservation)
-            if isinstance(result, Completion) and step in step_params:
-                result = await repaired(provider, prompt_by_key[key], step_params[step],
-                                        step_schemas[step], result)
+            try:
+                result = await ask(provider, prompt_by_key[key], step_params.get(step, params),
+                                   reservation)
+                if isinstance(result, Completion) and step in step_params:
+                    result = await repaired(provider, prompt_by_key[key], step_params[step],
+                                            step_schemas[step], result)
+            except BaseException:
+                flight.finish(key, None)  # cancelled: whoever waits for it asks itself
+                raise
             if isinstance(result, str) and len(summary.errors) < 5:
                 summary.errors.append(result)
             deliver(key, result)
-            in_flight -= 1
+            flight.finish(key, result)
+            busy -= 1
             changed.set()
 
     admit(jobs)
     if on_plan is not None:
         on_plan([waiting[k][0] for k in queue])
-    if queue:
-        async with connect() as provider:
-            workers = concurrency if follow else max(1, min(concurrency, len(queue)))
-            await asyncio.gather(*(worker(provider) for _ in range(workers)))
+    with sharing(store, shared) as flight:
+        try:
+            if queue:
+                async with connect() as provider:
+                    workers = concurrency if follow else max(1, min(concurrency, len(queue)))
+                    await asyncio.gather(*(worker(provider) for _ in range(workers)))
+            while busy:  # a budget stopped the workers: hear out what others are getting
+                changed.clear()
+                await changed.wait()
+        finally:
+            for future, arrived in joined:
+                future.remove_done_callback(arrived)
     summary.unsent = sum(len(waiting[k]) for k in queue)
     summary.rows = summary.answered + summary.cached + summary.failed + summary.unsent
     summary.seconds = time.perf_counter() - started

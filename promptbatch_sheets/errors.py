@@ -8,6 +8,7 @@
      │    ├── TableError        the sheet holds no usable table
      │    ├── ConfigError       a setting is missing or wrong: model, key, base URL, a number
      │    ├── WorkbookError     a file cannot be read or written safely
+     │    ├── CacheError        the answer cache cannot hold what must outlive the run
      │    └── BatchError        a provider Batch API call failed
      ├── RowError               one row's failure. Its text lands in the row's answer cell
      │    │                     after ``#ERROR:``; the run goes on, and a rerun retries it.
@@ -41,6 +42,11 @@ class ConfigError(PromptBatchError):
 
 class WorkbookError(PromptBatchError):
     """A file cannot be read or written safely."""
+
+
+class CacheError(PromptBatchError):
+    """The answer cache cannot be used for something that must outlive the run (a Batch API
+    job's record); the message names the file and the fix."""
 
 
 class BatchError(PromptBatchError):

@@ -59,6 +59,22 @@ def _m003_batch_jobs(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX batch_keys_by_key ON batch_keys (key)")
 
 
+def _m004_claims(db: sqlite3.Connection) -> None:
+    """Prompts some process is asking a model right now (claims.py): another process that
+    needs the same answer waits for it instead of paying for it again. A claim names its
+    holder (host, pid) and when it last said it was alive, so a dead holder's claims lapse."""
+    db.execute(
+        """CREATE TABLE claims (
+               key TEXT PRIMARY KEY,
+               owner TEXT NOT NULL,
+               host TEXT NOT NULL,
+               pid INTEGER NOT NULL,
+               beat REAL NOT NULL
+           ) WITHOUT ROWID"""
+    )
+    db.execute("CREATE INDEX claims_by_owner ON claims (owner)")
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
-    _m001_answers, _m002_prompt_chars, _m003_batch_jobs]
+    _m001_answers, _m002_prompt_chars, _m003_batch_jobs, _m004_claims]
 """Numbered by position; ``PRAGMA user_version`` records how many have run."""

@@ -11,7 +11,7 @@ from typing import Any
 from ..errors import WorkbookError
 from ..template import display
 from .base import Cell, SheetData
-from .files import SaveSchedule, atomic_write, check_output, check_readable, default_output
+from .files import OutputLock, SaveSchedule, atomic_write, check_readable, default_output
 
 
 class CsvSurface:
@@ -22,6 +22,7 @@ class CsvSurface:
         self._rows: list[list[Any]] = []
         self._delimiter = ","
         self._schedule = SaveSchedule()
+        self._lock = OutputLock(self.output)
         self._dirty = False
 
     def read(self) -> SheetData:
@@ -42,7 +43,7 @@ class CsvSurface:
                             "names. Use --template or --template-file.")
 
     def ready(self) -> None:
-        check_output(self.output)
+        self._lock.hold()
 
     def write(self, cells: Sequence[Cell]) -> None:
         """Numbers and booleans as a spreadsheet reads them back (3.5, 3, TRUE, FALSE)."""
@@ -54,8 +55,11 @@ class CsvSurface:
         self._schedule.maybe(self._save)
 
     def close(self) -> None:
-        if self._dirty:
-            self._schedule.now(self._save)
+        try:
+            if self._dirty:
+                self._schedule.now(self._save)
+        finally:
+            self._lock.release()
 
     def _save(self) -> None:
         width = max((len(r) for r in self._rows), default=0)
