@@ -13,7 +13,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from . import report, runner, userconfig
 from .addin import addin_app
-from .errors import PromptBatchError
+from .errors import Interrupted, PromptBatchError
 from .plan import Rerun
 from .settings import Via
 from .store import Store
@@ -76,8 +76,20 @@ def user_errors(command: F) -> F:
         except PromptBatchError as exc:
             console.print(f"[bold red]Error:[/] {exc}", soft_wrap=True)
             raise typer.Exit(2) from None
+        except KeyboardInterrupt:
+            console.print("Stopped (Ctrl-C).")
+            raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _store() -> Store:
+    """The answer cache, after saying in a line each what happened to its file (a damaged
+    one moved aside, one that cannot be written)."""
+    store = Store()
+    for line in store.notices:
+        console.print(line, soft_wrap=True)
+    return store
 
 
 def _template(text: str | None, file: Path | None) -> TemplateText | None:
@@ -137,17 +149,23 @@ def run(
     if prepared.settings.via is Via.BATCH:
         _via_batch_api(book, surface, prepared)
         return
-    store = Store()
+    store = _store()
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
                         MofNCompleteColumn(), TimeElapsedColumn(), console=console,
                         transient=False, disable=not console.is_terminal)
     plan = prepared.plan
-    with progress:
-        task = progress.add_task(plan.table.sheet, total=plan.prompts - len(plan.refused))
-        summary = runner.run(prepared, surface, store, on_result=None if progress.disable
-                            else lambda _r: progress.advance(task))  # none for a hidden bar
-    store.close()
-    report.print_summary(console, prepared, summary, getattr(surface, "output", None))
+    output = getattr(surface, "output", None)
+    try:
+        with progress:
+            task = progress.add_task(plan.table.sheet, total=plan.prompts - len(plan.refused))
+            summary = runner.run(prepared, surface, store, on_result=None if progress.disable
+                                else lambda _r: progress.advance(task))  # none for a hidden bar
+    except Interrupted as stop:
+        report.print_interrupted(console, stop, output, store)
+        raise typer.Exit(130) from None
+    finally:
+        store.close()
+    report.print_summary(console, prepared, summary, output, store)
     if summary.failed or summary.unsent:
         raise typer.Exit(1)
 
@@ -171,7 +189,7 @@ def preview(
                  schema=schema)
     _, prepared = _prepare(book, sheet, None, flags, template, template_file, template_cell,
                            credentials)
-    store = Store()
+    store = _store()
     result = runner.preview(prepared, store, first)
     store.close()
     report.print_preview(Console(highlight=False), result)
@@ -180,7 +198,7 @@ def preview(
 def _via_batch_api(book: str, surface: Any, prepared: runner.Prepared) -> None:
     from . import batchapi
 
-    store = Store()
+    store = _store()
     try:
         jobs, collected = batchapi.submit_and_collect(prepared, surface, store)
     finally:
@@ -217,7 +235,7 @@ def collect(
                                  template_cell, credentials)
     from . import batchapi
 
-    store = Store()
+    store = _store()
     try:
         collected = batchapi.collect(prepared, surface, store)
     finally:
@@ -250,7 +268,7 @@ def status(
                                template_cell, credentials)
     from . import batchapi
 
-    store = Store()
+    store = _store()
     try:
         jobs = batchapi.status(store, prepared)
     finally:

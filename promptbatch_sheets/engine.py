@@ -185,11 +185,6 @@ async def run_jobs(
             queue.extend(queued)
 
     def deliver(key: str, result: Completion | str, cached: bool = False) -> None:
-        """Settle every job of ``key``; an answer this run paid for is stored first."""
-        if isinstance(result, Completion) and not cached:
-            schema = step_schemas.get(step_of[key])
-            sent = prompt_by_key[key] + (schema.instructions() if schema else "")
-            store.put(key, label, result, request_chars(sent, params.system))
         done[key] = result
         for job in waiting.pop(key):
             settle(job, result, cached and isinstance(result, Completion))
@@ -273,22 +268,34 @@ async def run_jobs(
                 return
             queue.popleft()
             busy += 1
-            step = step_of[key]
-            try:
-                result = await ask(provider, prompt_by_key[key], step_params.get(step, params),
-                                   reservation)
-                if isinstance(result, Completion) and step in step_params:
-                    result = await repaired(provider, prompt_by_key[key], step_params[step],
-                                            step_schemas[step], result)
-            except BaseException:
-                flight.finish(key, None)  # cancelled: whoever waits for it asks itself
-                raise
+            result = await asyncio.shield(asyncio.ensure_future(
+                fetch(provider, key, reservation)))
             if isinstance(result, str) and len(summary.errors) < 5:
                 summary.errors.append(result)
             deliver(key, result)
-            flight.finish(key, result)
             busy -= 1
             changed.set()
+
+    async def fetch(provider: Provider, key: str, reservation: float) -> Completion | str:
+        """Ask for ``key`` (and repair the reply), store the answer, and hand the outcome to
+        whoever waits for it. It runs on if the run is cancelled (a server request out of
+        time), so an answer paid for is kept; a cancelled request lets waiters ask."""
+        step = step_of[key]
+        try:
+            result = await ask(provider, prompt_by_key[key], step_params.get(step, params),
+                               reservation)
+            if isinstance(result, Completion) and step in step_params:
+                result = await repaired(provider, prompt_by_key[key], step_params[step],
+                                        step_schemas[step], result)
+        except BaseException:
+            flight.finish(key, None)
+            raise
+        if isinstance(result, Completion):
+            schema = step_schemas.get(step)
+            sent = prompt_by_key[key] + (schema.instructions() if schema else "")
+            store.put(key, label, result, request_chars(sent, params.system))
+        flight.finish(key, result)
+        return result
 
     admit(jobs)
     if on_plan is not None:

@@ -12,8 +12,10 @@ from rich.table import Table
 
 from .budget import ASSUMED_MAX_ANSWER_TOKENS
 from .engine import Summary
+from .errors import Interrupted
 from .estimate import Estimate
 from .runner import Prepared, Preview, summary_cost
+from .store import Store
 from .table import cell_name
 from .template import variable_name
 
@@ -54,7 +56,7 @@ def _estimate_lines(est: Estimate, max_tokens: int | None) -> list[str]:
 
 
 def print_summary(console: Console, prepared: Prepared, summary: Summary,
-                  output: Path | None) -> None:
+                  output: Path | None, store: Store | None = None) -> None:
     table = Table(title="promptbatch run", show_header=False, title_justify="left")
     table.add_row("model", prepared.spec.label)
     table.add_row("rows answered", f"{summary.answered:,} (new)")
@@ -77,6 +79,23 @@ def print_summary(console: Console, prepared: Prepared, summary: Summary,
     if summary.failed:
         console.print("Failed rows hold '#ERROR: ...'; run the same command again to retry "
                       "them (answers already received are kept).")
+    _unsaved(console, store)
+
+
+def print_interrupted(console: Console, stop: Interrupted, output: Path | None,
+                      store: Store) -> None:
+    """Ctrl-C: what is kept and that a rerun goes on from there."""
+    where = f"{output} and the cache" if output is not None else "the sheet and the cache"
+    console.print(f"Stopped (Ctrl-C). {stop.answers:,} answers are kept in {where}; "
+                  f"{stop.missing:,} prompts have none yet. Run the same command again to "
+                  "continue: it sends only those.", soft_wrap=True)
+    _unsaved(console, store)
+
+
+def _unsaved(console: Console, store: Store | None) -> None:
+    line = store.unsaved_notice() if store is not None else None
+    if line:
+        console.print(line, soft_wrap=True)
 
 
 def print_preview(console: Console, preview: Preview) -> None:

@@ -9,9 +9,17 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import WorkbookError
+from ..table import Grid
 from ..template import display
 from .base import Cell, SheetData
-from .files import OutputLock, SaveSchedule, atomic_write, check_readable, default_output
+from .files import (
+    OutputLock,
+    SaveSchedule,
+    atomic_write,
+    check_readable,
+    default_output,
+    earlier_output,
+)
 
 
 class CsvSurface:
@@ -44,6 +52,14 @@ class CsvSurface:
 
     def ready(self) -> None:
         self._lock.hold()
+
+    def previous(self) -> Grid | None:
+        if not earlier_output(self.path, self.output):
+            return None
+        try:
+            return CsvSurface(self.output).read().grid
+        except WorkbookError:
+            return None  # unreadable: nothing in it could be kept anyway
 
     def write(self, cells: Sequence[Cell]) -> None:
         """Numbers and booleans as a spreadsheet reads them back (3.5, 3, TRUE, FALSE)."""

@@ -22,6 +22,14 @@ def default_output(source: Path) -> Path:
     return source.with_name(f"{source.stem}.promptbatch{source.suffix}")
 
 
+def earlier_output(source: Path, output: Path) -> bool:
+    """Whether ``output`` is a file an earlier run wrote, apart from ``source``."""
+    try:
+        return output.is_file() and not output.samefile(source)
+    except OSError:
+        return False
+
+
 def check_readable(path: Path) -> None:
     if not path.exists():
         raise WorkbookError(f"{path} does not exist. Check the path and the file name.")

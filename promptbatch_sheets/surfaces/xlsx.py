@@ -20,9 +20,16 @@ from openpyxl.workbook.workbook import Workbook
 from openpyxl.worksheet.worksheet import Worksheet
 
 from ..errors import PromptBatchError, WorkbookError
-from ..table import Bounds, TemplateText, quote_sheet
+from ..table import Bounds, Grid, TemplateText, quote_sheet
 from .base import CONF_SHEET, TEMPLATE_NAME, Cell, SheetData, conf_settings
-from .files import OutputLock, SaveSchedule, atomic_write, check_readable, default_output
+from .files import (
+    OutputLock,
+    SaveSchedule,
+    atomic_write,
+    check_readable,
+    default_output,
+    earlier_output,
+)
 from .xlsx_patch import EXCEL_CELL_LIMIT as EXCEL_CELL_LIMIT  # other surfaces import it here
 from .xlsx_patch import check_package, check_writable, locate_parts, patch_workbook
 
@@ -200,6 +207,16 @@ class XlsxSurface:
 
     def ready(self) -> None:
         self._lock.hold()
+
+    def previous(self) -> Grid | None:
+        if not earlier_output(self.path, self.output):
+            return None
+        try:
+            book = _load(self.output)
+        except WorkbookError:
+            return None  # unreadable: nothing in it could be kept anyway
+        title = self._sheet.title
+        return _grid(book[title]) if title in book.sheetnames else None
 
     def write(self, cells: Sequence[Cell]) -> None:
         """Answers reach the file as they arrive; a big workbook is patched less often."""
