@@ -87,7 +87,7 @@ def _store() -> Store:
     """The answer cache, after saying in a line each what happened to its file (a damaged
     one moved aside, one that cannot be written)."""
     store = Store()
-    for line in store.notices:
+    for line in store.take_notices():
         console.print(line, soft_wrap=True)
     return store
 

@@ -268,18 +268,15 @@ async def run_jobs(
                 return
             queue.popleft()
             busy += 1
-            result = await asyncio.shield(asyncio.ensure_future(
-                fetch(provider, key, reservation)))
-            if isinstance(result, str) and len(summary.errors) < 5:
-                summary.errors.append(result)
-            deliver(key, result)
+            await asyncio.shield(asyncio.ensure_future(fetch(provider, key, reservation)))
             busy -= 1
             changed.set()
 
-    async def fetch(provider: Provider, key: str, reservation: float) -> Completion | str:
-        """Ask for ``key`` (and repair the reply), store the answer, and hand the outcome to
-        whoever waits for it. It runs on if the run is cancelled (a server request out of
-        time), so an answer paid for is kept; a cancelled request lets waiters ask."""
+    async def fetch(provider: Provider, key: str, reservation: float) -> None:
+        """Ask for ``key`` (and repair the reply), then store, settle and hand the outcome
+        to whoever waits for it, in one step: an answer stored is an answer written. It runs
+        on if the run is cancelled (a server request out of time), so an answer paid for is
+        kept; a cancelled request lets the waiters ask."""
         step = step_of[key]
         try:
             result = await ask(provider, prompt_by_key[key], step_params.get(step, params),
@@ -294,8 +291,10 @@ async def run_jobs(
             schema = step_schemas.get(step)
             sent = prompt_by_key[key] + (schema.instructions() if schema else "")
             store.put(key, label, result, request_chars(sent, params.system))
+        elif len(summary.errors) < 5:
+            summary.errors.append(result)
+        deliver(key, result)
         flight.finish(key, result)
-        return result
 
     admit(jobs)
     if on_plan is not None:

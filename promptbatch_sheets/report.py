@@ -93,9 +93,12 @@ def print_interrupted(console: Console, stop: Interrupted, output: Path | None,
 
 
 def _unsaved(console: Console, store: Store | None) -> None:
-    line = store.unsaved_notice() if store is not None else None
-    if line:
-        console.print(line, soft_wrap=True)
+    """What became of the cache during the run, and the answers only the output holds."""
+    if store is None:
+        return
+    for line in [*store.take_notices(), store.unsaved_notice()]:
+        if line:
+            console.print(line, soft_wrap=True)
 
 
 def print_preview(console: Console, preview: Preview) -> None:

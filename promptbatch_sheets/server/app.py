@@ -149,7 +149,7 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
     say = announce or (lambda line: print(line, flush=True))
     token, created = load_token()
     app = create_app(token, resolve(flags or {}, {}), store_path)
-    for line in app.state.backend.store.notices:
+    for line in app.state.backend.store.take_notices():
         say(line)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, access_log=False))
 

@@ -131,11 +131,23 @@ class Store:
 
     def _in_memory(self, reason: str) -> sqlite3.Connection:
         self._durable = False
+        self.write_error = self.write_error or reason
         self.notices.append(
             f"Cannot use the cache {self.path} ({reason}): this run keeps its answers in "
             f"memory and writes them to the output, but a rerun pays for them again. "
             f"{self.fix()}")
         return _connect(None)
+
+    def _lost(self, exc: sqlite3.DatabaseError) -> None:
+        """The file failed mid-run in a way a repair cannot mend (a full disk, an I/O
+        error): the rest of the run works in memory."""
+        self._db.close()
+        self._db = self._in_memory(str(exc))
+
+    def take_notices(self) -> list[str]:
+        """The notices not yet shown, which are then shown."""
+        shown, self.notices = self.notices, []
+        return shown
 
     def fix(self) -> str:
         return (f"Free space or fix permissions in {self.path.parent}, or set PROMPTBATCH_HOME "
@@ -157,9 +169,11 @@ class Store:
         try:
             found = self._select(unique, since)
         except sqlite3.DatabaseError as exc:
-            if not self._recover(exc):
-                raise
-            found = self._select(unique, since)
+            if self._recover(exc):
+                found = self._select(unique, since)
+            else:
+                self._lost(exc)
+                found = {}
         found.update((k, self._memory[k]) for k in unique if k in self._memory)
         return found
 
@@ -185,6 +199,8 @@ class Store:
         file refuses stay in memory, for this process's later lookups."""
         batch = list(answers)
         for attempt in (1, 2):
+            if not self._durable:
+                break
             try:
                 self._insert(model, batch)
                 return
@@ -192,6 +208,7 @@ class Store:
                 if attempt == 1 and self._recover(exc):
                     continue
                 self.write_error = self.write_error or str(exc)
+                break
         self.unsaved += sum(1 for key, _, _ in batch if key not in self._memory)
         self._memory.update((key, completion) for key, completion, _ in batch)
 
@@ -224,7 +241,7 @@ class Store:
                 "ORDER BY created DESC LIMIT ?", (model, limit)).fetchall()
         except sqlite3.DatabaseError as exc:
             if not self._recover(exc):
-                raise
+                self._lost(exc)
             return []
         return [(int(c), int(p), int(a)) for c, p, a in rows]
 

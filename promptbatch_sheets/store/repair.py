@@ -4,6 +4,7 @@ the answers it really destroyed."""
 
 from __future__ import annotations
 
+import contextlib
 import sqlite3
 import time
 from collections.abc import Iterator
@@ -51,8 +52,9 @@ def move_aside(path: Path) -> Path:
 def salvage(source: Path, into: sqlite3.Connection) -> int:
     """Copy every readable row of ``source``'s tables into ``into``; returns the answers kept.
 
-    Answers are read in 256 slices of their key space: a damaged page loses the slice it
-    lies in, not the rest of the table."""
+    Answers' keys are listed in 256 slices of the key space, then each answer is read by
+    its key: a damaged page loses the rest of one slice, or one long answer whose overflow
+    page it was, not the rest of the table."""
     if not source.is_file():
         return 0
     try:
@@ -78,7 +80,19 @@ def salvage(source: Path, into: sqlite3.Connection) -> int:
                         kept += len(rows)
     finally:
         old.close()
+        _tidy(source)
     return kept
+
+
+def _tidy(source: Path) -> None:
+    """Reading made SQLite's side files beside the damaged copy; only a non-empty WAL holds
+    anything of it."""
+    wal, shm = Path(f"{source}-wal"), Path(f"{source}-shm")
+    with contextlib.suppress(OSError):
+        if wal.stat().st_size == 0:
+            wal.unlink()
+    with contextlib.suppress(OSError):
+        shm.unlink()
 
 
 def _common_columns(old: sqlite3.Connection, new: sqlite3.Connection, table: str) -> list[str]:
@@ -96,13 +110,20 @@ def _readable(old: sqlite3.Connection, table: str, names: str) -> Iterator[list[
     if table != "answers":
         yield from _scan(old, f"SELECT {names} FROM {table}", ())
         return
-    for first in _HEX:
-        for second in _HEX:
-            low = first + second
-            high = first + chr(ord(second) + 1)
-            yield from _scan(old, f"SELECT {names} FROM answers WHERE key >= ? AND key < ?",
-                             (low, high))
-    yield from _scan(old, f"SELECT {names} FROM answers WHERE key < '0' OR key >= 'g'", ())
+    slices = [(first + second, first + chr(ord(second) + 1))
+              for first in _HEX for second in _HEX]
+    keys = [key for low, high in slices for rows in _scan(
+        old, "SELECT key FROM answers WHERE key >= ? AND key < ?", (low, high)) for (key,) in rows]
+    keys += [key for rows in _scan(old, "SELECT key FROM answers WHERE key < '0' OR key >= 'g'",
+                                   ()) for (key,) in rows]
+    block: list[Any] = []
+    for key in keys:
+        block += next(_scan(old, f"SELECT {names} FROM answers WHERE key = ?", (key,)), [])
+        if len(block) >= FETCH:
+            yield block
+            block = []
+    if block:
+        yield block
 
 
 def _scan(old: sqlite3.Connection, sql: str, args: tuple[str, ...]) -> Iterator[list[Any]]:
