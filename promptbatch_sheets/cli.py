@@ -76,8 +76,8 @@ def user_errors(command: F) -> F:
         except PromptBatchError as exc:
             console.print(f"[bold red]Error:[/] {exc}", soft_wrap=True)
             raise typer.Exit(2) from None
-        except KeyboardInterrupt:
-            console.print("Stopped (Ctrl-C).")
+        except (KeyboardInterrupt, Interrupted):  # `run` says more: what it kept
+            console.print("Stopped (Ctrl-C). Run the same command again to continue.")
             raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]

@@ -8,6 +8,7 @@ it arrives, so a crash or Ctrl-C loses nothing that was paid for.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -257,7 +258,7 @@ async def run_jobs(
                 await changed.wait()
                 continue
             key = queue[0]
-            other = flight.join(key, use_cache)
+            other = flight.join(key, use_cache, itertools.islice(queue, 1, None))
             if other is not None:
                 queue.popleft()
                 wait_for_other(key, other)
@@ -290,7 +291,7 @@ async def run_jobs(
         if isinstance(result, Completion):
             schema = step_schemas.get(step)
             sent = prompt_by_key[key] + (schema.instructions() if schema else "")
-            store.put(key, label, result, request_chars(sent, params.system))
+            store.put(key, label, result, request_chars(sent, params.system), flight.owner)
         elif len(summary.errors) < 5:
             summary.errors.append(result)
         deliver(key, result)
@@ -309,6 +310,7 @@ async def run_jobs(
                 changed.clear()
                 await changed.wait()
         finally:
+            flight.abandon(queue)
             for future, arrived in joined:
                 future.remove_done_callback(arrived)
     summary.unsent = sum(len(waiting[k]) for k in queue)

@@ -190,10 +190,13 @@ class Store:
         return found
 
     def put(self, key: str, model: str, completion: Completion,
-            prompt_chars: int | None = None) -> None:
-        self.put_many(model, [(key, completion, prompt_chars)])
+            prompt_chars: int | None = None, claimed_by: str | None = None) -> None:
+        """Store one answer; ``claimed_by`` names the claim (claims.py) it ends, released
+        in the same transaction so no waiter ever sees neither the claim nor the answer."""
+        self.put_many(model, [(key, completion, prompt_chars)], claimed_by)
 
-    def put_many(self, model: str, answers: Iterable[tuple[str, Completion, int | None]]) -> None:
+    def put_many(self, model: str, answers: Iterable[tuple[str, Completion, int | None]],
+                 claimed_by: str | None = None) -> None:
         """Store (key, completion, prompt_chars) triples in one transaction: a Batch API
         results file holds up to 100,000 answers, too many for a commit each. Answers the
         file refuses stay in memory, for this process's later lookups."""
@@ -202,7 +205,7 @@ class Store:
             if not self._durable:
                 break
             try:
-                self._insert(model, batch)
+                self._insert(model, batch, claimed_by)
                 return
             except sqlite3.DatabaseError as exc:
                 if attempt == 1 and self._recover(exc):
@@ -212,7 +215,8 @@ class Store:
         self.unsaved += sum(1 for key, _, _ in batch if key not in self._memory)
         self._memory.update((key, completion) for key, completion, _ in batch)
 
-    def _insert(self, model: str, batch: list[tuple[str, Completion, int | None]]) -> None:
+    def _insert(self, model: str, batch: list[tuple[str, Completion, int | None]],
+                claimed_by: str | None) -> None:
         now = time.time()
         with self._db:
             self._db.execute("BEGIN IMMEDIATE")
@@ -222,6 +226,9 @@ class Store:
                 "VALUES (?, ?, ?, ?, ?, ?, ?, ?)",
                 ((key, model, c.text, c.prompt_tokens, c.completion_tokens, c.finish_reason,
                   now, chars) for key, c, chars in batch))
+            if claimed_by is not None:
+                self._db.executemany("DELETE FROM claims WHERE key = ? AND owner = ?",
+                                     ((key, claimed_by) for key, _, _ in batch))
 
     def unsaved_notice(self) -> str | None:
         """The line that says which answers only the output holds, if any."""

@@ -36,21 +36,31 @@ class Claims:
         self.host = socket.gethostname()
         self.owner = f"{self.host}:{os.getpid()}:{secrets.token_hex(4)}"
 
-    def take(self, key: str) -> bool:
-        """Claim ``key``: False while a live holder elsewhere has it."""
+    def take(self, keys: list[str], stored: bool = True) -> dict[str, bool | None]:
+        """Claim ``keys`` in one transaction (a commit per request would cost more than the
+        rest of its bookkeeping). Each is True if now ours, False while a live holder
+        elsewhere has it, None (and not claimed) if its answer is stored already
+        (``stored``: an answer of any age will do)."""
         db = self._store.db
+        taken: dict[str, bool | None] = {}
         try:
             with db:
                 db.execute("BEGIN IMMEDIATE")
-                row = db.execute("SELECT owner, host, pid, beat FROM claims WHERE key = ?",
-                                 (key,)).fetchone()
-                if row is not None and row[0] != self.owner and self._alive(*row[1:]):
-                    return False
-                db.execute("INSERT OR REPLACE INTO claims (key, owner, host, pid, beat) "
-                           "VALUES (?, ?, ?, ?, ?)",
-                           (key, self.owner, self.host, os.getpid(), time.time()))
+                for key in keys:
+                    taken[key] = self._take(db, key, stored)
         except sqlite3.Error:
-            pass  # an unwritable store shares nothing: send
+            return dict.fromkeys(keys, True)  # an unwritable store shares nothing: send
+        return taken
+
+    def _take(self, db: sqlite3.Connection, key: str, stored: bool) -> bool | None:
+        if stored and db.execute("SELECT 1 FROM answers WHERE key = ?", (key,)).fetchone():
+            return None
+        row = db.execute("SELECT owner, host, pid, beat FROM claims WHERE key = ?",
+                         (key,)).fetchone()
+        if row is not None and row[0] != self.owner and self._alive(*row[1:]):
+            return False
+        db.execute("INSERT OR REPLACE INTO claims (key, owner, host, pid, beat) "
+                   "VALUES (?, ?, ?, ?, ?)", (key, self.owner, self.host, os.getpid(), time.time()))
         return True
 
     def held(self, keys: Collection[str]) -> set[str]:

@@ -12,14 +12,7 @@ from ..errors import WorkbookError
 from ..table import Grid
 from ..template import display
 from .base import Cell, SheetData
-from .files import (
-    OutputLock,
-    SaveSchedule,
-    atomic_write,
-    check_readable,
-    default_output,
-    earlier_output,
-)
+from .files import OutputLock, SaveSchedule, atomic_write, check_readable, default_output
 
 
 class CsvSurface:
@@ -54,7 +47,7 @@ class CsvSurface:
         self._lock.hold()
 
     def previous(self) -> Grid | None:
-        if not earlier_output(self.path, self.output):
+        if not self._lock.replaces(self.path):
             return None
         try:
             return CsvSurface(self.output).read().grid

@@ -22,14 +22,6 @@ def default_output(source: Path) -> Path:
     return source.with_name(f"{source.stem}.promptbatch{source.suffix}")
 
 
-def earlier_output(source: Path, output: Path) -> bool:
-    """Whether ``output`` is a file an earlier run wrote, apart from ``source``."""
-    try:
-        return output.is_file() and not output.samefile(source)
-    except OSError:
-        return False
-
-
 def check_readable(path: Path) -> None:
     if not path.exists():
         raise WorkbookError(f"{path} does not exist. Check the path and the file name.")
@@ -74,6 +66,13 @@ class OutputLock:
 
     def release(self) -> None:
         self._lock.release()
+
+    def replaces(self, source: Path) -> bool:
+        """Whether the target is a file an earlier run wrote, apart from ``source``."""
+        try:
+            return self.target.is_file() and not self.target.samefile(source)
+        except OSError:
+            return False
 
 
 def _temporary(target: Path) -> str:

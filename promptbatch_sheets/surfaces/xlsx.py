@@ -22,14 +22,7 @@ from openpyxl.worksheet.worksheet import Worksheet
 from ..errors import PromptBatchError, WorkbookError
 from ..table import Bounds, Grid, TemplateText, quote_sheet
 from .base import CONF_SHEET, TEMPLATE_NAME, Cell, SheetData, conf_settings
-from .files import (
-    OutputLock,
-    SaveSchedule,
-    atomic_write,
-    check_readable,
-    default_output,
-    earlier_output,
-)
+from .files import OutputLock, SaveSchedule, atomic_write, check_readable, default_output
 from .xlsx_patch import EXCEL_CELL_LIMIT as EXCEL_CELL_LIMIT  # other surfaces import it here
 from .xlsx_patch import check_package, check_writable, locate_parts, patch_workbook
 
@@ -209,7 +202,7 @@ class XlsxSurface:
         self._lock.hold()
 
     def previous(self) -> Grid | None:
-        if not earlier_output(self.path, self.output):
+        if not self._lock.replaces(self.path):
             return None
         try:
             book = _load(self.output)
