@@ -50,14 +50,22 @@ class Busy(Exception):
 
 
 def _try_lock(fd: int, wait: bool) -> bool:
-    try:
-        if sys.platform == "win32":
-            os.lseek(fd, _WINDOWS_SPOT, os.SEEK_SET)
+    """False while another process holds the lock. A file system that has no locks at all
+    (some network and FUSE mounts) counts as unlocked: refusing every run there forever
+    would be worse than the race the lock guards against."""
+    if sys.platform == "win32":
+        os.lseek(fd, _WINDOWS_SPOT, os.SEEK_SET)
+        try:
             msvcrt.locking(fd, msvcrt.LK_LOCK if wait else msvcrt.LK_NBLCK, 1)
-        else:
-            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except OSError:  # EDEADLOCK or EACCES: held elsewhere
+            return False
+        return True
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+    except (BlockingIOError, PermissionError):
+        return False  # EWOULDBLOCK (EACCES on some systems): held elsewhere
     except OSError:
-        return False
+        return True  # ENOLCK, EOPNOTSUPP: this file system has no locks
     return True
 
 
