@@ -18,7 +18,7 @@ from rich.text import Text
 
 from . import report, runner, userconfig
 from .addin import addin_app
-from .errors import PromptBatchError, TableError
+from .errors import Interrupted, PromptBatchError, TableError
 from .options import SHEET_OPTIONS, Book, Options, command_line, takes
 from .providers import local
 from .settings import Via
@@ -64,8 +64,20 @@ def user_errors(command: F) -> F:
         except PromptBatchError as exc:
             console.print(Text.assemble(("Error:", "bold red"), f" {exc}"), soft_wrap=True)
             raise typer.Exit(2) from None
+        except (KeyboardInterrupt, Interrupted):  # `run` says more: what it kept
+            console.print("Stopped (Ctrl-C). Run the same command again to continue.")
+            raise typer.Exit(130) from None
 
     return wrapper  # type: ignore[return-value]
+
+
+def _store() -> Store:
+    """The answer cache, after saying in a line each what happened to its file (a damaged
+    one moved aside, one that cannot be written)."""
+    store = _store()
+    for line in store.take_notices():
+        console.print(line, soft_wrap=True)
+    return store
 
 
 def _prepare(book: str, opts: Options, output: str | None = None) -> tuple[Any, runner.Prepared]:
@@ -99,17 +111,23 @@ def run(book: Book, *, opts: Options) -> None:
     if prepared.settings.via is Via.BATCH:
         _via_batch_api(book, opts, surface, prepared)
         return
-    store = Store()
+    store = _store()
     progress = Progress(TextColumn("[bold]{task.description}"), BarColumn(),
                         MofNCompleteColumn(), TimeElapsedColumn(), console=console,
                         transient=False, disable=not console.is_terminal)
     plan = prepared.plan
-    with progress:
-        task = progress.add_task(plan.table.sheet, total=plan.prompts - len(plan.refused))
-        summary = runner.run(prepared, surface, store, on_result=None if progress.disable
-                            else lambda _r: progress.advance(task))  # none for a hidden bar
-    store.close()
-    report.print_summary(console, prepared, summary, getattr(surface, "output", None))
+    output = getattr(surface, "output", None)
+    try:
+        with progress:
+            task = progress.add_task(plan.table.sheet, total=plan.prompts - len(plan.refused))
+            summary = runner.run(prepared, surface, store, on_result=None if progress.disable
+                                else lambda _r: progress.advance(task))  # none for a hidden bar
+    except Interrupted as stop:
+        report.print_interrupted(console, stop, output, store)
+        raise typer.Exit(130) from None
+    finally:
+        store.close()
+    report.print_summary(console, prepared, summary, output, store)
     if summary.failed or summary.unsent:
         raise typer.Exit(1)
 
@@ -121,7 +139,7 @@ def preview(book: Book, first: Annotated[int, typer.Option(
         "--first", help="How many rendered prompts to show.")] = 3, *, opts: Options) -> None:
     """Dry run: rows to send, the first prompts, variables vs columns, estimated cost. No calls."""
     _, prepared = _prepare(book, opts)
-    store = Store()
+    store = _store()
     result = runner.preview(prepared, store, first)
     store.close()
     report.print_preview(Console(highlight=False), result)
@@ -130,7 +148,7 @@ def preview(book: Book, first: Annotated[int, typer.Option(
 def _via_batch_api(book: str, opts: Options, surface: Any, prepared: runner.Prepared) -> None:
     from . import batchapi
 
-    store = Store()
+    store = _store()
     try:
         jobs, collected = batchapi.submit_and_collect(prepared, surface, store)
     finally:
@@ -156,7 +174,7 @@ def collect(book: Book, *, opts: Options) -> None:
     surface, prepared = _prepare(book, opts, opts.output)
     from . import batchapi
 
-    store = Store()
+    store = _store()
     try:
         collected = batchapi.collect(prepared, surface, store)
     finally:
@@ -175,7 +193,7 @@ def status(book: Annotated[str | None, typer.Argument(
     prepared = None if book is None else _prepare(book, opts)[1]
     from . import batchapi
 
-    store = Store()
+    store = _store()
     try:
         jobs = batchapi.status(store, prepared)
     finally:

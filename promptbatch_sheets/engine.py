@@ -8,6 +8,7 @@ it arrives, so a crash or Ctrl-C loses nothing that was paid for.
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -17,6 +18,7 @@ from dataclasses import dataclass, field, replace
 from .budget import Budget
 from .errors import ProviderError, SchemaMismatch
 from .estimate import Estimate, request_chars, tokens
+from .inflight import InFlight, Outcome, sharing
 from .plan import ERROR_PREFIX, RowJob
 from .providers import Completion, Params, Provider
 from .schema import Schema, repair_prompt
@@ -94,6 +96,7 @@ async def run_jobs(
     on_plan: Callable[[list[RowJob]], None] | None = None,
     follow: Follow | None = None,
     schemas: Mapping[int, Schema] | None = None,
+    shared: InFlight | None = None,
 ) -> Summary:
     """Answer every job, and every job ``follow`` adds; ``on_result`` is called once per job,
     in completion order.
@@ -107,6 +110,10 @@ async def run_jobs(
     ``schemas`` are the structured steps' schemas: their answers are checked on arrival, a
     reply that does not fit is asked again once with the reason, and only answers that fit
     are stored.
+
+    ``shared`` are the prompts in flight that this run shares with others (a server's
+    requests); without it the run shares only with other processes, through the store. A
+    prompt someone else is getting is waited for, never sent twice.
     """
     started = time.perf_counter()
     summary = Summary()
@@ -181,14 +188,10 @@ async def run_jobs(
         else:
             queue.extend(queued)
 
-    def deliver(key: str, result: Completion | str) -> None:
-        if isinstance(result, Completion):
-            schema = step_schemas.get(step_of[key])
-            sent = prompt_by_key[key] + (schema.instructions() if schema else "")
-            store.put(key, label, result, request_chars(sent, params.system))
+    def deliver(key: str, result: Completion | str, cached: bool = False) -> None:
         done[key] = result
         for job in waiting.pop(key):
-            settle(job, result, False)
+            settle(job, result, cached and isinstance(result, Completion))
 
     async def ask(provider: Provider, prompt: str, step_params: Params,
                   reservation: float) -> Completion | str:
@@ -226,41 +229,93 @@ async def run_jobs(
         except SchemaMismatch as again:
             return f"the reply did not fit the fields, twice: {again.reason}"
 
-    in_flight = 0
+    busy = 0
+    """Keys this run waits for: its own requests, and answers others are getting."""
     changed = asyncio.Event()
+    joined: list[tuple[asyncio.Future[Outcome], Callable[[asyncio.Future[Outcome]], None]]] = []
+
+    def wait_for_other(key: str, future: asyncio.Future[Outcome]) -> None:
+        """Someone else (this process or another) is getting ``key``: settle its jobs with
+        that outcome, or queue it again if they gave up."""
+        nonlocal busy
+        busy += 1
+
+        def arrived(outcome: asyncio.Future[Outcome]) -> None:
+            nonlocal busy
+            busy -= 1
+            result = None if outcome.cancelled() else outcome.result()
+            if result is None:
+                queue.appendleft(key)
+            else:
+                deliver(key, result, cached=True)
+            changed.set()
+
+        future.add_done_callback(arrived)
+        joined.append((future, arrived))
 
     async def worker(provider: Provider) -> None:
-        nonlocal in_flight
-        while queue or in_flight:
+        nonlocal busy
+        while queue or busy:
             if not queue:
                 changed.clear()
                 await changed.wait()
                 continue
             key = queue[0]
+            other = flight.join(key, use_cache, itertools.islice(queue, 1, None))
+            if other is not None:
+                queue.popleft()
+                wait_for_other(key, other)
+                continue
             reservation = budget.reserve(tokens(prompt_by_key[key])) if budget else 0.0
             if reservation is None:
+                flight.finish(key, None)
                 return
             queue.popleft()
-            in_flight += 1
-            step = step_of[key]
+            busy += 1
+            await asyncio.shield(asyncio.ensure_future(fetch(provider, key, reservation)))
+            busy -= 1
+            changed.set()
+
+    async def fetch(provider: Provider, key: str, reservation: float) -> None:
+        """Ask for ``key`` (and repair the reply), then store, settle and hand the outcome
+        to whoever waits for it, in one step: an answer stored is an answer written. It runs
+        on if the run is cancelled (a server request out of time), so an answer paid for is
+        kept; a cancelled request lets the waiters ask."""
+        step = step_of[key]
+        try:
             result = await ask(provider, prompt_by_key[key], step_params.get(step, params),
                                reservation)
             if isinstance(result, Completion) and step in step_params:
                 result = await repaired(provider, prompt_by_key[key], step_params[step],
                                         step_schemas[step], result)
-            if isinstance(result, str) and len(summary.errors) < 5:
-                summary.errors.append(result)
-            deliver(key, result)
-            in_flight -= 1
-            changed.set()
+        except BaseException:
+            flight.finish(key, None)
+            raise
+        if isinstance(result, Completion):
+            schema = step_schemas.get(step)
+            sent = prompt_by_key[key] + (schema.instructions() if schema else "")
+            store.put(key, label, result, request_chars(sent, params.system), flight.owner)
+        elif len(summary.errors) < 5:
+            summary.errors.append(result)
+        deliver(key, result)
+        flight.finish(key, result)
 
     admit(jobs)
     if on_plan is not None:
         on_plan([waiting[k][0] for k in queue])
-    if queue:
-        async with connect() as provider:
-            workers = concurrency if follow else max(1, min(concurrency, len(queue)))
-            await asyncio.gather(*(worker(provider) for _ in range(workers)))
+    with sharing(store, shared) as flight:
+        try:
+            if queue:
+                async with connect() as provider:
+                    workers = concurrency if follow else max(1, min(concurrency, len(queue)))
+                    await asyncio.gather(*(worker(provider) for _ in range(workers)))
+            while busy:  # a budget stopped the workers: hear out what others are getting
+                changed.clear()
+                await changed.wait()
+        finally:
+            flight.abandon(queue)
+            for future, arrived in joined:
+                future.remove_done_callback(arrived)
     summary.unsent = sum(len(waiting[k]) for k in queue)
     summary.rows = summary.answered + summary.cached + summary.failed + summary.unsent
     summary.seconds = time.perf_counter() - started

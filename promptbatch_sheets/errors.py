@@ -10,13 +10,16 @@
      │    │    └── SetupError   this machine lacks something: the embedded model, an API
      │    │                     key, an optional package (xlwings); names what provides it
      │    ├── WorkbookError     a file cannot be read or written safely
+     │    ├── CacheError        the answer cache cannot hold what must outlive the run
      │    └── BatchError        a provider Batch API call failed
      ├── RowError               one row's failure. Its text lands in the row's answer cell
      │    │                     after ``#ERROR:``; the run goes on, and a rerun retries it.
      │    ├── ProviderError     a request failed for good (after the retries it deserved)
      │    └── SchemaMismatch    a reply is not the JSON the row's fields ask for
-     └── BadRequest             a request to ``promptbatch serve`` is malformed: its text goes
-                                back with a 400 (or 413), and nothing runs
+     ├── BadRequest             a request to ``promptbatch serve`` is malformed: its text goes
+     │                          back with a 400 (or 413), and nothing runs
+     └── Interrupted            the user stopped a run (Ctrl-C): what came back is kept, and
+                                the CLI says so and exits 130
 
 ``providers.retry.Retryable`` never leaves the providers: it is a passing fault that the retry
 loop turns into another attempt, or at the end into a ProviderError.
@@ -48,6 +51,11 @@ class SetupError(ConfigError):
 
 class WorkbookError(PromptBatchError):
     """A file cannot be read or written safely."""
+
+
+class CacheError(PromptBatchError):
+    """The answer cache cannot be used for something that must outlive the run (a Batch API
+    job's record); the message names the file and the fix."""
 
 
 class BatchError(PromptBatchError):
@@ -82,3 +90,14 @@ class BadRequest(Exception):
     def __init__(self, message: str, status: int = 400) -> None:
         super().__init__(message)
         self.status = status
+
+
+class Interrupted(Exception):
+    """The user stopped a run (Ctrl-C); every answer received is in the output and the cache."""
+
+    def __init__(self, answers: int, missing: int) -> None:
+        super().__init__(f"stopped with {answers} answers, {missing} prompts missing")
+        self.answers = answers
+        """Answers this run received (from the model or the cache), all written."""
+        self.missing = missing
+        """Prompts of the run still without an answer: a rerun sends only these."""

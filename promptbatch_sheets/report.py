@@ -14,9 +14,11 @@ from rich.table import Table
 
 from .budget import ASSUMED_MAX_ANSWER_TOKENS
 from .engine import Summary
+from .errors import Interrupted
 from .estimate import Estimate
 from .runner import Prepared, Preview, summary_cost
 from .settings import Via
+from .store import Store
 from .table import cell_name
 from .template import variable_name
 
@@ -63,7 +65,7 @@ def _server(prepared: Prepared) -> str:
 
 
 def print_summary(console: Console, prepared: Prepared, summary: Summary,
-                  output: Path | None) -> None:
+                  output: Path | None, store: Store | None = None) -> None:
     table = Table(title="promptbatch run", show_header=False, title_justify="left")
     table.add_row("model", prepared.price_label)
     table.add_row("server", _server(prepared))
@@ -88,6 +90,26 @@ def print_summary(console: Console, prepared: Prepared, summary: Summary,
     if summary.failed:
         console.print("Failed rows hold '#ERROR: ...'; run the same command again to retry "
                       "them (answers already received are kept).")
+    _unsaved(console, store)
+
+
+def print_interrupted(console: Console, stop: Interrupted, output: Path | None,
+                      store: Store) -> None:
+    """Ctrl-C: what is kept and that a rerun goes on from there."""
+    where = f"{output} and the cache" if output is not None else "the sheet and the cache"
+    console.print(f"Stopped (Ctrl-C). {stop.answers:,} answers are kept in {where}; "
+                  f"{stop.missing:,} prompts have none yet. Run the same command again to "
+                  "continue: it sends only those.", soft_wrap=True)
+    _unsaved(console, store)
+
+
+def _unsaved(console: Console, store: Store | None) -> None:
+    """What became of the cache during the run, and the answers only the output holds."""
+    if store is None:
+        return
+    for line in [*store.take_notices(), store.unsaved_notice()]:
+        if line:
+            console.print(line, soft_wrap=True)
 
 
 def _print_cut(console: Console, summary: Summary, max_tokens: int | None) -> None:

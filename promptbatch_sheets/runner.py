@@ -19,7 +19,7 @@ from . import userconfig
 from .budget import Budget
 from .chain import Chain
 from .engine import RowResult, Summary, error_text, run_jobs, structured
-from .errors import ConfigError, SetupError
+from .errors import ConfigError, Interrupted, SetupError
 from .estimate import Estimate, calibrate, cost, estimate
 from .plan import Plan, RowJob, make_plan
 from .providers import ModelSpec, Params, Provider, RetryPolicy, open_provider, require_model
@@ -27,7 +27,8 @@ from .schema import Schema, load_schema
 from .settings import Settings, is_set, resolve, setting_name
 from .store import Store, key_function
 from .surfaces.base import CONF_SHEET, Cell, SheetData, Surface
-from .table import Table, TemplateText, locate, quote_sheet
+from .table import Grid, Table, TemplateText, locate, quote_sheet
+from .template import display
 from .trust import check_server
 
 FLUSH_SECONDS = 2.0
@@ -307,6 +308,33 @@ class BlockWriter:
         self.last = time.monotonic()
 
 
+def carried(plan: Plan, grid: Grid, previous: Grid | None) -> list[Cell]:
+    """The answers an earlier run left in the output, where the sheet itself has none: the
+    run's first save would drop them. Only rows whose every input reads the same in both
+    (a row moved or edited keeps nothing), in answers columns of the same header. Written
+    first, so the run's own answers replace them."""
+    if previous is None:
+        return []
+    def at(sheet: Grid, row: int, col: int) -> Any:
+        cells = sheet[row] if row < len(sheet) else ()
+        return cells[col] if col < len(cells) else None
+
+    table = plan.table
+    same = [o.col for step in plan.steps for o in step.outputs
+            if display(at(previous, table.header_row, o.col)) == o.header]
+    cells: list[Cell] = []
+    for row in table.rows:
+        if any(display(at(grid, row, c)) != display(at(previous, row, c))
+               for c in table.columns):
+            continue
+        for col in same:
+            old = at(previous, row, col)
+            if display(old).strip() and not display(at(grid, row, col)).strip() \
+                    and isinstance(old, str | int | float | bool):
+                cells.append((row, col, old))
+    return cells
+
+
 def run(prepared: Prepared, surface: Surface, store: Store,
         on_result: Callable[[RowResult], None] | None = None,
         on_retry: Callable[[str], None] | None = None) -> Summary:
@@ -315,6 +343,7 @@ def run(prepared: Prepared, surface: Surface, store: Store,
     settings = prepared.settings
     surface.ready()
     writer = BlockWriter(surface, plan)
+    writer.pending += carried(plan, prepared.data.grid, surface.previous())
     writer.pending += [(plan.table.header_row, o.col, o.header)
                        for o in plan.table.outputs if not o.exists]
     for row, step, reason in plan.refused:
@@ -329,7 +358,11 @@ def run(prepared: Prepared, surface: Surface, store: Store,
         if on_retry is not None:
             on_retry(reason)
 
+    received = 0
+
     def deliver(result: RowResult) -> None:
+        nonlocal received
+        received += result.ok
         writer.add(result)
         if on_result is not None:
             on_result(result)
@@ -351,6 +384,10 @@ def run(prepared: Prepared, surface: Surface, store: Store,
 
     try:
         summary = asyncio.run(go())
+    except KeyboardInterrupt:  # the answers flushed below are the ones Interrupted counts
+        if not writer.answered:  # stopped before the first answer: leave no file behind
+            writer.pending.clear()
+        raise Interrupted(received, plan.prompts - len(plan.refused) - received) from None
     except BaseException:
         if not writer.answered:  # failed before the first answer: leave no file behind
             writer.pending.clear()

@@ -3,9 +3,12 @@ handler, and the uvicorn runner."""
 
 from __future__ import annotations
 
+import array
 import asyncio
 import hmac
+import itertools
 import json
+import re
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -28,6 +31,8 @@ DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8787
 MAX_BODY = 5 * 1024 * 1024
 """Bytes per request: a chunk of rows, never a whole workbook."""
+MAX_DEPTH = 64
+"""Nesting a request may use: its rows are three levels deep, a JSON schema a few more."""
 
 
 
@@ -74,10 +79,26 @@ async def _read_json(request: Request) -> Any:
         if len(raw) > MAX_BODY:
             raise BadRequest(f"The request is larger than {MAX_BODY // 2**20} MB; send fewer "
                              "rows per chunk.", 413)
+    depth = json_depth(bytes(raw))
+    if depth > MAX_DEPTH:
+        raise BadRequest(f"The request nests JSON {depth} levels deep; at most {MAX_DEPTH} "
+                         "are allowed (rows are a list of lists of cells).")
     try:
         return json.loads(raw) if raw else None
     except ValueError:
         raise BadRequest("The request body is not valid JSON.") from None
+
+
+_STRING = re.compile(rb'"[^"\\]*(?:\\.[^"\\]*)*"')
+_NOT_BRACKET = bytes(b for b in range(256) if b not in b"[]{}")
+_STEP = bytes.maketrans(b"[{]}", b"\x01\x01\xff\xff")
+
+
+def json_depth(raw: bytes) -> int:
+    """How deep arrays and objects nest in ``raw``, counted without parsing it: a parser's
+    recursion on ``[[[[...`` would fail on the stack instead of saying why."""
+    brackets = _STRING.sub(b"", raw).translate(None, _NOT_BRACKET)
+    return max(itertools.accumulate(array.array("b", brackets.translate(_STEP))), default=0)
 
 
 def _route(path: str, handler: Handler, token: bytes, method: str = "POST") -> Route:
@@ -128,6 +149,8 @@ def serve(host: str = DEFAULT_HOST, port: int = DEFAULT_PORT,
     say = announce or (lambda line: print(line, flush=True))
     token, created = load_token()
     app = create_app(token, resolve(flags or {}, {}), store_path)
+    for line in app.state.backend.store.take_notices():
+        say(line)
     server = uvicorn.Server(uvicorn.Config(app, host=host, port=port, access_log=False))
 
     async def run() -> None:

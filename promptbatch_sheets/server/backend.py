@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from .. import runner, userconfig
+from ..inflight import InFlight
 from ..providers import Params, Provider, require_model
 from ..settings import Settings
 from ..store import Store
@@ -53,6 +54,9 @@ class Backend:
         runner.api_key_for(self.spec)
         self.model = f"{self.spec.provider}:{self.spec.model}"
         self.store = store
+        self.in_flight = InFlight(store)
+        """Prompts being answered for any request: a prompt many requests send at once is
+        paid for once."""
         self._open = runner.connector(self.spec, settings)
         self._stack = AsyncExitStack()
         self._provider: Provider | None = None
@@ -67,6 +71,7 @@ class Backend:
         yield self._provider
 
     async def close(self) -> None:
+        self.in_flight.close()
         await self._stack.aclose()
         self._provider = None
         self.store.close()

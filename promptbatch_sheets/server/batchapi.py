@@ -27,6 +27,7 @@ from ..settings import Settings
 from ..store import Store
 from ..store.journal import Job
 from ..surfaces.base import Cell, SheetData, fit_cell
+from ..table import Grid
 from .sheet import SentSheet, prepared, sheet_request
 
 MAX_SHEET_ROWS = 100_000
@@ -49,6 +50,10 @@ class CaughtCells:
 
     def ready(self) -> None:
         """The script writes the cells; nothing here can fail before a paid answer."""
+
+    def previous(self) -> Grid | None:
+        """None: the script writes into the sheet, which already holds the earlier answers."""
+        return None
 
     def write(self, cells: Sequence[Cell]) -> None:
         self.cells += cells

@@ -136,7 +136,8 @@ async def complete(backend: Backend, body: Any) -> dict[str, Any]:
 
     run = run_jobs(jobs, backend.spec.label, backend.connect, rows.params, backend.store,
                    concurrency=backend.settings.concurrency, on_result=deliver,
-                   schemas=None if rows.schema is None else {0: rows.schema})
+                   schemas=None if rows.schema is None else {0: rows.schema},
+                   shared=backend.in_flight)
     with contextlib.suppress(asyncio.TimeoutError):  # what arrived is stored; ask again
         await asyncio.wait_for(run, wait)
     pending = sum(1 for a in answers if a is None)

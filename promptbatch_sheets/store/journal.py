@@ -8,11 +8,13 @@ anywhere knows which keys are already on their way. No API key is ever written h
 from __future__ import annotations
 
 import json
+import sqlite3
 import time
 from collections.abc import Collection, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+from ..errors import CacheError
 from . import CHUNK, Store
 
 
@@ -72,7 +74,17 @@ class Journal:
     """Jobs and their keys; each change is one transaction, so a crash leaves no half job."""
 
     def __init__(self, store: Store) -> None:
-        self._db = store.db
+        if not store.durable:
+            raise CacheError(
+                f"Batch API jobs are recorded in the cache {store.path}, which cannot be used "
+                f"now (see above): a job sent without its record could never be collected. "
+                f"{store.fix()}")
+        self._store = store
+
+    @property
+    def _db(self) -> sqlite3.Connection:
+        """The store's connection of the moment: a repair mid-run replaces it."""
+        return self._store.db
 
     def add(self, job: Job, prompt_chars: dict[str, int]) -> None:
         """Record a job the provider accepted, with the keys it carries."""

@@ -83,6 +83,22 @@ def _m004_answers_by_server(db: sqlite3.Connection) -> None:
                     job))
 
 
+def _m005_claims(db: sqlite3.Connection) -> None:
+    """Prompts some process is asking a model right now (claims.py): another process that
+    needs the same answer waits for it instead of paying for it again. A claim names its
+    holder (host, pid) and when it last said it was alive, so a dead holder's claims lapse."""
+    db.execute(
+        """CREATE TABLE claims (
+               key TEXT PRIMARY KEY,
+               owner TEXT NOT NULL,
+               host TEXT NOT NULL,
+               pid INTEGER NOT NULL,
+               beat REAL NOT NULL
+           ) WITHOUT ROWID"""
+    )
+    db.execute("CREATE INDEX claims_by_owner ON claims (owner)")
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
-    _m001_answers, _m002_prompt_chars, _m003_batch_jobs, _m004_answers_by_server]
+    _m001_answers, _m002_prompt_chars, _m003_batch_jobs, _m004_answers_by_server, _m005_claims]
 """Numbered by position; ``PRAGMA user_version`` records how many have run."""

@@ -80,6 +80,12 @@ class Surface(Protocol):
         """Fail before the first paid answer if answers could not be written."""
         ...
 
+    def previous(self) -> Grid | None:
+        """The sheet an earlier run wrote where this run's answers go, if it will be
+        replaced (a file output): its answers are carried over, so a run that stops early
+        never leaves fewer answers there than it found. Called once ``ready`` holds it."""
+        ...
+
     def write(self, cells: Sequence[Cell]) -> None:
         """Put a block of answers in place: strings land as text, never as formulas; numbers
         and booleans as the spreadsheet's own numbers and booleans."""

@@ -11,9 +11,10 @@ from pathlib import Path
 from typing import Any
 
 from ..errors import WorkbookError
+from ..table import Grid
 from ..template import display
 from .base import Cell, SheetData
-from .files import SaveSchedule, atomic_write, check_output, check_readable, default_output
+from .files import OutputLock, SaveSchedule, atomic_write, check_readable, default_output
 
 
 class CsvSurface:
@@ -26,6 +27,7 @@ class CsvSurface:
         self._encoding = "utf-8"
         self._newline = "\r\n"
         self._schedule = SaveSchedule()
+        self._lock = OutputLock(self.output)
         self._dirty = False
 
     def read(self) -> SheetData:
@@ -50,7 +52,15 @@ class CsvSurface:
                             "names. Use --template or --template-file.")
 
     def ready(self) -> None:
-        check_output(self.output)
+        self._lock.hold()
+
+    def previous(self) -> Grid | None:
+        if not self._lock.replaces(self.path):
+            return None
+        try:
+            return CsvSurface(self.output).read().grid
+        except WorkbookError:
+            return None  # unreadable: nothing in it could be kept anyway
 
     def write(self, cells: Sequence[Cell]) -> None:
         """Numbers and booleans as a spreadsheet reads them back (3.5, 3, TRUE, FALSE)."""
@@ -62,8 +72,11 @@ class CsvSurface:
         self._schedule.maybe(self._save)
 
     def close(self) -> None:
-        if self._dirty:
-            self._schedule.now(self._save)
+        try:
+            if self._dirty:
+                self._schedule.now(self._save)
+        finally:
+            self._lock.release()
 
     def _save(self) -> None:
         width = max((len(r) for r in self._rows), default=0)

@@ -20,7 +20,7 @@ from ..engine import RowResult, Summary
 from ..errors import PromptBatchError, WorkbookError
 from ..settings import Via
 from ..store import Store
-from ..table import Bounds, CellValue, TemplateText, quote_sheet
+from ..table import Bounds, CellValue, Grid, TemplateText, quote_sheet
 from ..template import display
 from .base import CONF_SHEET, TEMPLATE_NAME, Cell, Conf, SheetData, conf_settings, fit_cell
 from .xlsx import EXCEL_CELL_LIMIT
@@ -150,6 +150,10 @@ class ExcelSurface:
 
     def ready(self) -> None:
         """Nothing to prove in advance: Excel itself refuses a protected cell, and says so."""
+
+    def previous(self) -> Grid | None:
+        """None: the answers go into the sheet itself, which already holds the earlier ones."""
+        return None
 
     def write(self, cells: Sequence[Cell]) -> None:
         """One range assignment per block, drawn while screen updating is off."""

@@ -3,12 +3,18 @@
 from __future__ import annotations
 
 import os
+import re
 import tempfile
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import WorkbookError
+from ..lockfile import Busy, FileLock, pid_alive
+
+STALE_TEMPORARY_S = 3600.0
+"""A temporary file of ours older than this is stale even if its pid runs again: no save
+takes an hour, and pids are reused."""
 
 
 def default_output(source: Path) -> Path:
@@ -77,12 +83,50 @@ def _check_replaceable(target: Path) -> None:
                             "for the answers with -o.") from None
 
 
+class OutputLock:
+    """Holds an output file for one run: two runs writing one file would pay every prompt
+    twice, and the slower would save over the other's answers. The lock dies with its
+    process, kill -9 included."""
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+        self._lock = FileLock(target.with_name(f".{target.name}.lock"))
+
+    def hold(self) -> None:
+        """Check ``target`` can be written and take it, or refuse before anything is paid
+        for; then remove the temporary files killed saves of ours left. Held already: no-op."""
+        if self._lock.held:
+            return
+        check_output(self.target)
+        try:
+            self._lock.acquire()
+        except Busy as busy:
+            raise WorkbookError(
+                f"Another promptbatch run ({busy}) is writing {self.target}. Wait until it "
+                "ends, then run again (what it answered comes from the cache), or write "
+                "elsewhere with -o.") from None
+        remove_stale_temporaries(self.target)
+
+    def release(self) -> None:
+        self._lock.release()
+
+    def replaces(self, source: Path) -> bool:
+        """Whether the target is a file an earlier run wrote, apart from ``source``."""
+        try:
+            return self.target.is_file() and not self.target.samefile(source)
+        except OSError:
+            return False
+
+
 def _temporary(target: Path) -> str:
-    """A new empty file beside ``target`` (its folder created if missing), named to be found."""
+    """A new empty file beside ``target`` (its folder created if missing), named to be found:
+    ``.NAME.pbPID.XXXXXXXX.tmp``, so a later run knows it as ours and whether its writer is
+    gone (``remove_stale_temporaries``)."""
     folder = target.parent if str(target.parent) else Path(".")
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".tmp", dir=folder)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.pb{os.getpid()}.", suffix=".tmp",
+                                   dir=folder)
     except OSError as exc:
         blocker = next((p for p in target.parents if p.exists() and not p.is_dir()), None)
         reason = f"{blocker} is a file, not a folder" if blocker else exc.strerror or str(exc)
@@ -90,6 +134,36 @@ def _temporary(target: Path) -> str:
                             "answers with -o.") from None
     os.close(fd)
     return tmp
+
+
+def remove_stale_temporaries(target: Path) -> list[Path]:
+    """Delete the temporary files our saves of ``target`` left when killed: only files named
+    as ``_temporary`` names them (or as versions before the pid did, ``.NAME.XXXXXXXX.tmp``),
+    owned by this user, whose process is gone or which are over an hour old. A user's own
+    file never matches."""
+    folder = target.parent if str(target.parent) else Path(".")
+    pattern = re.compile(re.escape(f".{target.name}.") + r"(?:pb(\d+)\.)?[a-z0-9_]{8}\.tmp")
+    removed: list[Path] = []
+    try:
+        entries = list(os.scandir(folder))
+    except OSError:
+        return removed
+    for entry in entries:
+        match = pattern.fullmatch(entry.name)
+        if match is None or int(match.group(1) or 0) == os.getpid():
+            continue
+        try:
+            info = entry.stat(follow_symlinks=False)
+            if not entry.is_file(follow_symlinks=False) or (
+                    hasattr(os, "getuid") and info.st_uid != os.getuid()):
+                continue
+            gone = match.group(1) is not None and not pid_alive(int(match.group(1)))
+            if gone or time.time() - info.st_mtime > STALE_TEMPORARY_S:
+                os.unlink(entry.path)
+                removed.append(Path(entry.path))
+        except OSError:
+            continue  # another run removed it first, or it is not ours to remove
+    return removed
 
 
 def atomic_write(target: Path, write: Callable[[Path], None]) -> None:

@@ -25,7 +25,7 @@ from requests import Response
 from requests.exceptions import RequestException
 
 from ..errors import WorkbookError
-from ..table import CellValue, TemplateText, quote_sheet
+from ..table import CellValue, Grid, TemplateText, quote_sheet
 from .base import CONF_SHEET, TEMPLATE_NAME, Cell, Conf, SheetData, conf_settings, fit_cell
 from .gsheets_auth import Login, login
 
@@ -193,6 +193,10 @@ class GSheetSurface:
     def ready(self) -> None:
         """Nothing to prove in advance: a sheet shared read-only fails on the first write,
         with a message that says whom to share it with."""
+
+    def previous(self) -> Grid | None:
+        """None: the answers go into the sheet itself, which already holds the earlier ones."""
+        return None
 
     def write(self, cells: Sequence[Cell]) -> None:
         """Queue a block; the sender thread takes everything queued when its turn comes."""

@@ -20,9 +20,15 @@ from openpyxl.workbook.workbook import Workbook
 from openpyxl.worksheet.worksheet import Worksheet
 
 from ..errors import PromptBatchError, WorkbookError
-from ..table import Bounds, TemplateText, quote_sheet
+from ..table import Bounds, Grid, TemplateText, quote_sheet
 from .base import CONF_SHEET, TEMPLATE_NAME, Cell, Conf, SheetData, conf_settings
-from .files import SaveSchedule, atomic_write, check_output, check_readable, default_output
+from .files import (
+    OutputLock,
+    SaveSchedule,
+    atomic_write,
+    check_readable,
+    default_output,
+)
 from .xlsx_patch import EXCEL_CELL_LIMIT as EXCEL_CELL_LIMIT  # other surfaces import it here
 from .xlsx_patch import check_package, check_writable, locate_parts, patch_workbook
 
@@ -133,6 +139,7 @@ class XlsxSurface:
         check_writable(path, self._sheet.title)  # refuse before any answer is paid for
         self._written: list[Cell] = []
         self._schedule = SaveSchedule()
+        self._lock = OutputLock(self.output)
 
     def _pick_sheet(self, book: Workbook) -> Worksheet:
         names = [ws.title for ws in book.worksheets]
@@ -200,7 +207,17 @@ class XlsxSurface:
         return "" if value is None else str(value)
 
     def ready(self) -> None:
-        check_output(self.output)
+        self._lock.hold()
+
+    def previous(self) -> Grid | None:
+        if not self._lock.replaces(self.path):
+            return None
+        try:
+            book = _load(self.output)
+        except WorkbookError:
+            return None  # unreadable: nothing in it could be kept anyway
+        title = self._sheet.title
+        return _grid(book[title]) if title in book.sheetnames else None
 
     def write(self, cells: Sequence[Cell]) -> None:
         """Answers reach the file as they arrive; a big workbook is patched less often."""
@@ -208,8 +225,11 @@ class XlsxSurface:
         self._schedule.maybe(self._save)
 
     def close(self) -> None:
-        if self._written:
-            self._schedule.now(self._save)
+        try:
+            if self._written:
+                self._schedule.now(self._save)
+        finally:
+            self._lock.release()
 
     def _save(self) -> None:
         """Patch every answer so far into a fresh copy of the source, then swap it in."""
