@@ -54,7 +54,8 @@ class Options:
     output_column: Annotated[str | None, typer.Option(
         "--output-column", help="Header of the answers column.")] = None
     base_url: Annotated[str | None, typer.Option(
-        "--base-url", help="Server address for openai-compatible.")] = None
+        "--base-url", help="The model server's address (any provider): your key goes only to "
+        "its provider's own address or to one you give.")] = None
     temperature: Annotated[float | None, typer.Option(
         "--temperature", help="Sampling temperature, 0 to 2.")] = None
     max_tokens: Annotated[int | None, typer.Option(
