@@ -25,7 +25,7 @@ from .plan import Plan, RowJob, make_plan
 from .providers import ModelSpec, Params, Provider, RetryPolicy, open_provider
 from .schema import Schema, load_schema
 from .settings import Settings, resolve
-from .sheet import CONF_SHEET, Cell, SheetData, Surface
+from .sheet import CONF_SHEET, Cell, SheetData, Surface, escape_formula
 from .store import Store, key_function
 from .table import Table, TemplateText, locate, quote_sheet
 
@@ -236,11 +236,13 @@ def connector(
 
 
 class BlockWriter:
-    """Collects answers and hands them to the surface in blocks, at most every 2 seconds."""
+    """Collects answers and hands them to the surface in blocks, at most every 2 seconds;
+    with ``escape``, answers that would open as formulas are escaped (headers are not)."""
 
-    def __init__(self, surface: Surface, plan: Plan) -> None:
+    def __init__(self, surface: Surface, plan: Plan, escape: bool = False) -> None:
         self.surface = surface
         self.plan = plan
+        self.escape = escape
         self.pending: list[Cell] = []
         self.last = time.monotonic()
 
@@ -248,6 +250,8 @@ class BlockWriter:
         step = self.plan.steps[result.step]
         values = step.cells(result.text) if result.ok else [result.text] + [""] * (
             len(step.cols) - 1)
+        if self.escape:
+            values = [escape_formula(v) if isinstance(v, str) else v for v in values]
         self.pending += [(result.row, col, value) for col, value in zip(step.cols, values,
                                                                         strict=True)]
         if time.monotonic() - self.last >= FLUSH_SECONDS:
@@ -267,7 +271,7 @@ def run(prepared: Prepared, surface: Surface, store: Store,
     plan = prepared.plan
     settings = prepared.settings
     surface.ready()
-    writer = BlockWriter(surface, plan)
+    writer = BlockWriter(surface, plan, escape=surface.plain_text and settings.csv_escape)
     writer.pending += [(plan.table.header_row, o.col, o.header)
                        for o in plan.table.outputs if not o.exists]
     writer.pending += [(row, plan.steps[step].cols[0], error_text(reason))

@@ -62,6 +62,9 @@ OutputOpt = Annotated[str | None, typer.Option("--output", "-o", help="Where to 
                       "(default: NAME.promptbatch.xlsx beside the input).")]
 
 
+NoCsvEscapeOpt = Annotated[bool, typer.Option(
+    "--no-csv-escape", help="Write answers to a CSV file as they are, even those a spreadsheet "
+    "would open as formulas (= + - @ ...); for pipelines that read the file themselves.")]
 ViaOpt = Annotated[Via | None, typer.Option(help="realtime, or batch: the provider's Batch API at "
                    "half price, answers within a day (promptbatch collect writes them).")]
 
@@ -120,14 +123,14 @@ def run(
                       "could pass this; unsent rows stay empty.")] = None,
     no_cache: Annotated[bool, typer.Option("--no-cache", help="Ask the model again even "
                         "for answers already stored (they are replaced).")] = False,
-    via: ViaOpt = None,
+    via: ViaOpt = None, no_csv_escape: NoCsvEscapeOpt = False,
 ) -> None:
     """Answer every row that needs it and write the answers next to the table."""
     flags = dict(model=model, concurrency=concurrency, rerun=rerun, output_column=output_column,
                  base_url=base_url, temperature=temperature, max_tokens=max_tokens,
                  system=system, rpm=rpm, tpm=tpm, budget=budget, fields=fields, schema=schema,
                  use_cache=False if no_cache else None, skip_hidden=skip_hidden or None,
-                 via=via)
+                 via=via, csv_escape=False if no_csv_escape else None)
     surface, prepared = _prepare(book, sheet, output, flags, template, template_file,
                                  template_cell, credentials)
     if not prepared.plan.prompts:
@@ -208,13 +211,14 @@ def collect(
     base_url: BaseUrlOpt = None, rerun: RerunOpt = None, max_tokens: MaxTokensOpt = None,
     temperature: TemperatureOpt = None, system: SystemOpt = None,
     credentials: CredentialsOpt = None, skip_hidden: SkipHiddenOpt = False,
-    fields: FieldsOpt = None, schema: SchemaOpt = None,
+    fields: FieldsOpt = None, schema: SchemaOpt = None, no_csv_escape: NoCsvEscapeOpt = False,
 ) -> None:
     """Fetch finished Batch API results and write them next to the table (same options as
     the run that sent them); rows of running jobs stay empty."""
     flags = dict(model=model, rerun=rerun, output_column=output_column, base_url=base_url,
                  temperature=temperature, max_tokens=max_tokens, system=system,
-                 skip_hidden=skip_hidden or None, fields=fields, schema=schema)
+                 skip_hidden=skip_hidden or None, fields=fields, schema=schema,
+                 csv_escape=False if no_csv_escape else None)
     surface, prepared = _prepare(book, sheet, output, flags, template, template_file,
                                  template_cell, credentials)
     from . import batchjobs

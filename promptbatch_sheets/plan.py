@@ -17,7 +17,7 @@ from typing import Any
 
 from .errors import TableError, TemplateError
 from .schema import Schema
-from .sheet import CellValue
+from .sheet import CellValue, answer_text
 from .table import Grid, Output, Table, cell_name
 from .template import Template, display, variable_name
 
@@ -73,7 +73,7 @@ class Step:
     def cells(self, answer: str) -> list[CellValue]:
         """The values an answer puts in this step's columns (it was checked on arrival)."""
         if self.schema is None:
-            return [answer.strip()]
+            return [answer_text(answer)]
         return self.schema.cells(self.schema.check(answer))
 
 

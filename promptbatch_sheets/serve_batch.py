@@ -37,6 +37,8 @@ CELL_LIMIT = 50_000
 class CaughtCells:
     """A surface that keeps what is written to it, for the script to write into the sheet."""
 
+    plain_text = False
+
     def __init__(self, data: SheetData) -> None:
         self.data = data
         self.cells: list[Cell] = []

