@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import time
 import zipfile
 from pathlib import Path
 
@@ -206,3 +207,75 @@ def test_a_csv_file_that_is_not_utf8_names_the_line(tmp_path: Path) -> None:
     book.write_bytes(b"q\n" + b"ok\n" * 5000 + b"caf\xe9\n")
     refused(cli("preview", str(book), "--template", "{{ q }}"),
             f"{book} is not UTF-8 text (line 5002). Save it as 'CSV UTF-8' and try again.")
+
+
+# --- 6. templates are bounded in time and memory ------------------------------------------------
+
+STOPPED = "The template in {origin} was stopped on row 2 ('b'!B2): it {reason}. A template only " \
+          "formats a row's values; simplify it."
+TOO_BIG = "would build a value of {n} or more characters, more than the 200,000 of the longest " \
+          "prompt"
+
+
+@pytest.mark.parametrize(("template", "reason"), [
+    ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}x",
+     "ran longer than 1 s"),
+    ("{% macro f(n) %}{% if n %}{{ f(n - 1) }}{{ f(n - 1) }}{% endif %}{% endmacro %}{{ f(60) }}",
+     "ran longer than 1 s"),
+    ("{{ 2**100000000 }}", "would build a number of more than 3,000 digits"),
+    ("{{ 'a' * 10**10 }}", TOO_BIG.format(n="10,000,000,000")),
+    ("{{ q|center(10**9) }}", TOO_BIG.format(n="1,000,000,000")),
+    ("{{ '%0999999999d'|format(1) }}", TOO_BIG.format(n="200,001")),
+    ("{{ '%0999999999d' % 1 }}", TOO_BIG.format(n="200,001")),
+    ("{{ '{:>1000000000}'.format(q) }}", TOO_BIG.format(n="200,001")),
+    ("{{ q.ljust(10**9) }}", TOO_BIG.format(n="1,000,000,000")),
+    ("{{ range(100000)|join('x' * 100000) }}", TOO_BIG.format(n="10,000,581,276")),
+    ("{{ ('a' * 100000)|replace('a', q * 100000) }}", TOO_BIG.format(n="20,000,000,000")),
+    ("{% set ns = namespace(x=q) %}{% for i in range(64) %}{% set ns.x = ns.x ~ ns.x %}"
+     "{% endfor %}{{ ns.x }}", TOO_BIG.format(n="262,144")),
+    ("{% set ns = namespace(x=[q]) %}{% for i in range(200) %}{% set ns.x = [ns.x, ns.x] %}"
+     "{% endfor %}{{ ns.x == ns.x }}", TOO_BIG.format(n="393,210")),
+    ("{% macro m() %}{% for i in range(100000) %}{{ 'x' * 100000 }}{% endfor %}{% endmacro %}"
+     "{% set y = m() %}x", "wrote more than 2,000,000 characters (counting what loops, macros "
+     "and blocks write and throw away)"),
+    ("{{ (1).to_bytes(10**9, 'big') }}", TOO_BIG.format(n="1,000,000,000")),
+    ("{{ range(100000)|batch(10**9, 'x')|list }}", TOO_BIG.format(n="1,000,000,000")),
+    ("{{ {'a': 1}|tojson(indent=10**9) }}", "asked tojson for an indent of 1,000,000,000; use "
+     "at most 8"),
+])
+def test_a_runaway_template_is_stopped_with_a_message_and_no_call(
+        tmp_path: Path, llm: FakeLLMServer, template: str, reason: str) -> None:
+    book = write_csv(tmp_path / "b.csv", [["q"], ["ab"], ["cd"]])
+    started = time.monotonic()
+    result = cli("run", str(book), "--template", template, *fake_model(llm))
+    refused(result, STOPPED.format(origin="--template", reason=reason))
+    assert time.monotonic() - started < 20  # about 1 s; the bound holds on a loaded machine
+    assert chat_requests(llm) == []
+    assert not (tmp_path / "b.promptbatch.csv").exists()
+
+
+def test_recursion_without_end_is_stopped(tmp_path: Path, llm: FakeLLMServer) -> None:
+    book = write_csv(tmp_path / "b.csv", [["q"], ["ab"]])
+    result = cli("run", str(book), "--template", "{% macro f() %}{{ f() }}{% endmacro %}{{ f() }}",
+                 *fake_model(llm))
+    refused(result, "The template in --template was stopped on row 2 ('b'!B2): it calls itself "
+                    "without end (a macro or block that recurses). Simplify it.")
+    assert chat_requests(llm) == []
+
+
+def test_lipsum_is_not_offered_and_real_templates_still_work(
+        tmp_path: Path, llm: FakeLLMServer) -> None:
+    book = write_csv(tmp_path / "b.csv", [["name", "tags"], ["mug", "a;b;c"]])
+    template = ("{% set ns = namespace(n=0) %}{% for t in tags.split(';') %}"
+                "{% set ns.n = ns.n + 1 %}{% endfor %}{{ '%-5s|' % name }}"
+                "{{ '{:>6.2f}'.format(3.14159) }} "
+                "{{ tags.split(';')|map('upper')|join(', ') }} {{ ns.n }} {{ name|center(9) }}"
+                "{{ [1, 2]|sum }} {{ 2**10 }} {{ name * 2 }}")
+    result = cli("run", str(book), "--template", template, *fake_model(llm))
+    assert result.exit_code == 0, result.output
+    assert [r["json"]["messages"][-1]["content"] for r in chat_requests(llm)] == [
+        "mug  |  3.14 A, B, C 3    mug   3 1024 mugmug"]
+    refused(cli("run", str(book), "--template", "{{ lipsum(10**9) }}", *fake_model(llm)),
+            "The template in --template uses {{ lipsum }}, but the header row has no such "
+            "column. Columns present: 'name' ({{ name }}), 'tags' ({{ tags }}). Rename a header "
+            "or fix the template.")
