@@ -85,6 +85,8 @@ class RunBudget:
 
     def left(self) -> float:
         """Seconds the next row may take."""
+        if self.spent == math.inf:
+            raise Refused("ran out of time on an earlier row")
         allowed = RUN_SECONDS + RUN_SECONDS_PER_ROW * (self.rows + 1) - self.spent
         if allowed <= 0:
             raise Refused(f"took longer than the {RUN_SECONDS:g} s (and {RUN_SECONDS_PER_ROW:g} "

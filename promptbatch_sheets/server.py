@@ -190,6 +190,17 @@ def _render(rows: Rows) -> tuple[list[RowJob], dict[int, str]]:
     return jobs, settled
 
 
+async def _rendered(backend: Backend, body: dict[str, Any]
+                    ) -> tuple[Rows, list[RowJob], dict[int, str]]:
+    """The request's template parsed and rendered off the event loop: a template that spends
+    its whole time budget must not stall the other requests, or a shutdown."""
+    def work() -> tuple[Rows, list[RowJob], dict[int, str]]:
+        rows = _rows_request(backend, body)
+        return (rows, *_render(rows))
+
+    return await asyncio.to_thread(work)
+
+
 def _answer(rows: Rows, result: RowResult) -> Answer:
     """The cell text, or one typed cell per field of an answer that fits them."""
     if rows.schema is None or not result.ok:
@@ -208,10 +219,9 @@ Answer = str | list[CellValue] | None
 async def complete(backend: Backend, body: Any) -> dict[str, Any]:
     """Answers for a chunk of rows, from the cache first; ``null`` for rows past the wait."""
     body = body_fields(body, ROW_FIELDS, ROW_OPTIONAL | {"wait_seconds"})
-    rows = _rows_request(backend, body)
     wait = body.get("wait_seconds")
     wait = None if wait is None else number_field(wait, "wait_seconds", 1, MAX_WAIT_S)
-    jobs, settled = _render(rows)
+    rows, jobs, settled = await _rendered(backend, body)
     answers: list[Answer] = [settled.get(i) for i in range(len(rows.rows))]
     counts = {"cached": 0, "answered": 0, "failed": sum(1 for t in settled.values() if t)}
 
@@ -232,9 +242,8 @@ async def complete(backend: Backend, body: Any) -> dict[str, Any]:
 async def preview(backend: Backend, body: Any) -> dict[str, Any]:
     """Counts, first prompts and an estimate for rows to send; ``total`` scales a sample."""
     body = body_fields(body, ROW_FIELDS, ROW_OPTIONAL | {"total", "first"})
-    rows = _rows_request(backend, body)
     first = int(number_field(body.get("first", 3), "first", 0, PREVIEW_FIRST_MAX))
-    jobs, settled = _render(rows)
+    rows, jobs, settled = await _rendered(backend, body)
     keys = {job.row: answer_key(backend.spec.label, rows.asked, job.prompt) for job in jobs}
     hits = backend.store.get_many(keys.values())
     fresh = list({keys[j.row]: j.prompt for j in jobs if keys[j.row] not in hits}.values())
@@ -266,7 +275,7 @@ async def preview(backend: Backend, body: Any) -> dict[str, Any]:
 
 async def find_table(backend: Backend, body: Any) -> dict[str, Any]:
     """Where the table and every prompt column sit, read by the CLI's own rules."""
-    return layout(sheet_request(backend.settings, body))
+    return await asyncio.to_thread(layout, sheet_request(backend.settings, body))
 
 
 async def batch_submit(backend: Backend, body: Any) -> dict[str, Any]:

@@ -9,10 +9,16 @@ from __future__ import annotations
 
 import csv
 import io
+import os
+import subprocess
+import sys
 import time
 import zipfile
+from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import httpx
 import openpyxl
 import pytest
 from click.testing import Result
@@ -279,3 +285,50 @@ def test_lipsum_is_not_offered_and_real_templates_still_work(
             "The template in --template uses {{ lipsum }}, but the header row has no such "
             "column. Columns present: 'name' ({{ name }}), 'tags' ({{ tags }}). Rename a header "
             "or fix the template.")
+
+
+LOOPS = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}x"
+
+
+def test_serve_answers_others_while_a_hostile_template_renders_and_still_stops(
+        llm: FakeLLMServer, isolated_home: Path) -> None:
+    command = [str(Path(sys.executable).parent / "promptbatch"), "serve", "--port", "0",
+               "--model", "openai-compatible:fake", "--base-url", llm.base_url]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True, env=os.environ.copy())
+    try:
+        assert proc.stdout is not None
+        url = proc.stdout.readline().split()[4]
+        headers = {"authorization": f"Bearer {proc.stdout.readline().split(': ', 1)[1].strip()}"}
+        hostile = {"template": LOOPS, "headers": ["q"], "rows": [["a"], ["b"], ["c"]]}
+
+        def timed(call: Callable[[], httpx.Response]) -> tuple[float, httpx.Response]:
+            started = time.monotonic()
+            response = call()
+            return time.monotonic() - started, response
+
+        with ThreadPoolExecutor(2) as pool:
+            slow = pool.submit(timed, lambda: httpx.post(f"{url}/v1/complete", json=hostile,
+                                                         headers=headers, timeout=60))
+            time.sleep(0.2)
+            health_s, health = timed(lambda: httpx.get(f"{url}/v1/health", headers=headers,
+                                                       timeout=60))
+            slow_s, reply = slow.result()
+        assert health.json()["ok"] is True and health_s < slow_s
+        where = "The template in the template was stopped on this row: it"
+        assert reply.json()["answers"] == [
+            f"#ERROR: {where} ran longer than 1 s. A template only formats a row's values; "
+            "simplify it.",
+            *[f"#ERROR: {where} ran out of time on an earlier row. A template only formats a "
+              "row's values; simplify it."] * 2]
+        assert chat_requests(llm) == []
+
+        with ThreadPoolExecutor(1) as pool:
+            pool.submit(httpx.post, f"{url}/v1/complete", json=hostile, headers=headers,
+                        timeout=60)
+            time.sleep(0.2)
+            proc.terminate()
+            assert proc.wait(20) is not None  # the render ends within its second, then the server
+    finally:
+        proc.kill()
+        proc.wait(10)
