@@ -134,8 +134,7 @@ def run(
     surface, prepared = _prepare(book, sheet, output, flags, template, template_file,
                                  template_cell, credentials)
     if not prepared.plan.prompts:
-        console.print(f"All {prepared.plan.kept} rows already have answers; nothing to send. "
-                      "Use --rerun all to ask again.")
+        console.print(report.nothing_to_send(prepared.plan))
         return
     if prepared.settings.via is Via.BATCH:
         _via_batch(book, surface, prepared)

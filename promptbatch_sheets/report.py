@@ -11,7 +11,8 @@ from .batch import Prepared, Preview, summary_cost
 from .budget import ASSUMED_MAX_ANSWER_TOKENS
 from .engine import Summary
 from .estimate import Estimate
-from .table import cell_name
+from .plan import Plan
+from .table import cell_name, quote_sheet
 from .template import variable_name
 
 
@@ -44,6 +45,16 @@ def _estimate_lines(est: Estimate, max_tokens: int | None) -> list[str]:
                      "that way.")
     lines.append(f"Token counts estimated from {est.basis}.")
     return lines
+
+
+def nothing_to_send(plan: Plan) -> str:
+    """Why a run sends nothing: every row is answered, or the table has no rows at all."""
+    table = plan.table
+    if not table.rows:
+        return (f"The table on sheet {quote_sheet(table.sheet)} has no data rows under its "
+                f"header row (row {table.header_row + 1}); nothing to send. Add rows to it.")
+    return (f"All {plan.kept} rows already have answers; nothing to send. Use --rerun all to "
+            "ask again.")
 
 
 def print_summary(console: Console, prepared: Prepared, summary: Summary,

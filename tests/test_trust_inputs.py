@@ -20,15 +20,17 @@ from pathlib import Path
 
 import httpx
 import openpyxl
+import openpyxl.worksheet.table
 import pytest
 from click.testing import Result
 
 from promptbatch_sheets.sheet import CUT_MARKER, fit_cell
-from promptbatch_sheets.surfaces import CsvSurface, csvfile
+from promptbatch_sheets.surfaces import CsvSurface, csvfile, xlsx_patch
 from promptbatch_sheets.surfaces.csvfile import CELL_LIMIT as CSV_CELL_LIMIT
 from promptbatch_sheets.surfaces.xlsx import EXCEL_CELL_LIMIT
 from tests.conftest import cli, fake_model
 from tests.fakes.llm_server import FakeLLMServer
+from tests.test_bad_input import CORPUS
 from tests.test_run_cli import chat_requests, write_csv
 
 
@@ -332,3 +334,155 @@ def test_serve_answers_others_while_a_hostile_template_renders_and_still_stops(
     finally:
         proc.kill()
         proc.wait(10)
+
+
+# --- 7. workbooks: zip bombs are refused before anything is inflated ---------------------------
+
+
+def sheet_book(path: Path, rows: list[list[object]], **extra: bytes) -> Path:
+    """A one-sheet workbook (sheet 'S') with ``extra`` parts added as they are."""
+    wb = openpyxl.Workbook()
+    wb.active.title = "S"
+    for row in rows:
+        wb.active.append(row)
+    wb.save(path)
+    if extra:
+        with zipfile.ZipFile(path, "a", zipfile.ZIP_DEFLATED) as zf:
+            for name, data in extra.items():
+                zf.writestr(name, data)
+    return path
+
+
+def with_sheet_padding(path: Path, spaces: int) -> Path:
+    """``path`` with its sheet XML inflated by ``spaces`` blanks: valid XML, a tiny file."""
+    source = path.read_bytes()
+    with zipfile.ZipFile(io.BytesIO(source)) as src, zipfile.ZipFile(path, "w") as out:
+        for info in src.infolist():
+            data = src.read(info)
+            if info.filename == "xl/worksheets/sheet1.xml":
+                data = data.replace(b"<sheetData>", b"<sheetData>" + b" " * spaces, 1)
+            out.writestr(info, data, zipfile.ZIP_DEFLATED, 9)
+    return path
+
+
+def test_a_zip_bomb_workbook_is_refused_before_any_call(tmp_path: Path,
+                                                        llm: FakeLLMServer) -> None:
+    book = with_sheet_padding(sheet_book(tmp_path / "bomb.xlsx", [["q"], ["a"], ["b"]]),
+                              30 * 2**20)
+    assert book.stat().st_size < 2**17
+    result = cli("run", str(book), "--template", "{{ q }}", *fake_model(llm))
+    refused(result, f"{book} is not a plausible workbook: its part xl/worksheets/sheet1.xml "
+                    "inflates 30 MB from 30 KB (a zip bomb?). Open it in Excel and save it "
+                    "again if you trust it.")
+    assert chat_requests(llm) == []
+
+
+def test_a_workbook_that_would_inflate_past_the_limit_is_refused(
+        tmp_path: Path, llm: FakeLLMServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(xlsx_patch, "MAX_UNPACKED", 2**20)
+    book = sheet_book(tmp_path / "b.xlsx", [["q"], ["a"]], **{"xl/media/big.bin": b"x" * 2**21})
+    refused(cli("run", str(book), "--template", "{{ q }}", *fake_model(llm)),
+            f"{book} would inflate to 2 MB; promptbatch opens workbooks of up to 1 MB unpacked. "
+            "If it is really that big, save its table as .csv and run that.")
+    assert chat_requests(llm) == []
+
+
+def test_a_part_that_inflates_past_its_declared_size_is_cut_there(
+        tmp_path: Path, llm: FakeLLMServer) -> None:
+    """The size check trusts the zip's directory; zipfile itself stops inflating at the
+    declared size, and the part then fails its checksum: a lie costs nothing."""
+    book = with_sheet_padding(sheet_book(tmp_path / "b.xlsx", [["q"], ["a"]]), 2**20)
+    data = bytearray(book.read_bytes())
+    with zipfile.ZipFile(book) as zf:
+        info = zf.getinfo("xl/worksheets/sheet1.xml")
+    central = data.rindex(info.filename.encode()) - 46  # the name ends the central entry
+    for at in (info.header_offset + 22, central + 24):  # the local and the central size
+        data[at:at + 4] = (4096).to_bytes(4, "little")
+    book.write_bytes(bytes(data))
+    refused(cli("run", str(book), "--template", "{{ q }}", *fake_model(llm)),
+            f"{book} is not a readable .xlsx workbook (the zip is damaged or it is another kind "
+            "of file). Open it in Excel and save it as .xlsx.")
+    assert chat_requests(llm) == []
+
+
+def test_the_corpus_is_within_the_limits() -> None:
+    for path in sorted(CORPUS.glob("*.xls[xm]")):
+        xlsx_patch.check_package(path)
+
+
+# --- 9. tables that crashed or were refused for nothing ------------------------------------------
+
+
+def test_a_table_reaching_below_the_stored_rows_runs(tmp_path: Path, llm: FakeLLMServer) -> None:
+    book = tmp_path / "t.xlsx"
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    ws.title = "S"
+    ws.append(["q", "note"])
+    ws.append(["a", "x"])
+    ws.add_table(openpyxl.worksheet.table.Table(displayName="T", ref="A1:B10"))
+    wb.save(book)
+    result = cli("run", str(book), "--template", "{{ q }}", *fake_model(llm))
+    assert result.exit_code == 0, result.output
+    ws = openpyxl.load_workbook(tmp_path / "t.promptbatch.xlsx").active
+    assert [[c.value for c in row] for row in ws.iter_rows(max_row=3)] == [
+        ["q", "note", "response"], ["a", "x", "Answer: a"], [None, None, None]]
+    assert ws.tables["T"].ref == "A1:C10"
+
+
+def test_an_empty_table_says_it_has_no_rows(tmp_path: Path, llm: FakeLLMServer) -> None:
+    book = tmp_path / "t.xlsx"
+    wb = openpyxl.Workbook()
+    wb.active.title = "S"
+    wb.active.append(["q", "note"])
+    wb.active.add_table(openpyxl.worksheet.table.Table(displayName="T", ref="A1:B1"))
+    wb.save(book)
+    result = cli("run", str(book), "--template", "{{ q }}", *fake_model(llm))
+    assert result.exit_code == 0, result.output
+    assert " ".join(result.output.split()) == (
+        "The table on sheet 'S' has no data rows under its header row (row 1); nothing to "
+        "send. Add rows to it.")
+    assert chat_requests(llm) == []
+
+
+def test_a_strict_open_xml_workbook_is_named_as_such(tmp_path: Path, llm: FakeLLMServer) -> None:
+    book = CORPUS / "sheetjs__sheet_visibility_strict.xlsx"
+    refused(cli("run", str(book), "--template", "{{ q }}", *fake_model(llm)),
+            f"{book} is saved as Strict Open XML, which promptbatch cannot read (its reader, "
+            "openpyxl, knows only the usual .xlsx: it would find no sheet). In Excel use File "
+            "> Save As > Excel Workbook (.xlsx), and run that copy.")
+    assert chat_requests(llm) == []
+
+
+def test_a_merged_title_above_the_table_is_not_its_header(
+        tmp_path: Path, llm: FakeLLMServer) -> None:
+    book = tmp_path / "t.xlsx"
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    ws.title = "S"
+    ws.append(["Sales report"])
+    ws.merge_cells("A1:D1")
+    ws.append(["product", "region", "units", "price"])
+    ws.append(["mug", "north", 3, 4.5])
+    wb.save(book)
+    result = cli("run", str(book), "--template", "{{ units }} {{ product }} at {{ price }}",
+                 *fake_model(llm))
+    assert result.exit_code == 0, result.output
+    ws = openpyxl.load_workbook(tmp_path / "t.promptbatch.xlsx").active
+    assert (ws["A1"].value, ws["E1"].value, ws["E2"].value, ws["E3"].value) == (
+        "Sales report", None, "response", "Answer: 3 mug at 4.5")
+
+
+def test_data_under_a_merged_header_names_the_merge(tmp_path: Path, llm: FakeLLMServer) -> None:
+    book = tmp_path / "t.xlsx"
+    wb = openpyxl.Workbook()
+    ws = wb.active
+    ws.title = "S"
+    ws.append(["product", "price", None])
+    ws.merge_cells("B1:C1")
+    ws.append(["mug", 4, 5])
+    wb.save(book)
+    refused(cli("run", str(book), "--template", "{{ product }}", *fake_model(llm)),
+            "Column C has data ('S'!C2) under the merged header 'S'!B1:C1, which names only "
+            "column B. Unmerge it (Home > Merge & Center) and give each column its own header.")
+    assert chat_requests(llm) == []
