@@ -24,13 +24,15 @@ from ..sheet import CONF_SHEET, TEMPLATE_NAME, Cell, SheetData, conf_settings
 from ..table import Bounds, TemplateText, quote_sheet
 from .files import SaveSchedule, atomic_write, check_output, check_readable, default_output
 from .xlsx_patch import EXCEL_CELL_LIMIT as EXCEL_CELL_LIMIT  # other surfaces import it here
-from .xlsx_patch import check_package, check_writable, locate_parts, patch_workbook
+from .xlsx_patch import check_package, check_writable, locate_parts, patch_workbook, row_pieces
 
 _FORMULA = re.compile(rb"<(?:[\w.-]+:)?f[\s>/]")
 _CELL = re.compile(rb"<((?:[\w.-]+:)?)c\b([^>]*?)(?:/>|>(.*?)</\1c>)", re.S)
 _VALUE = re.compile(rb"<(?:[\w.-]+:)?v\s*>[^<]")
 _REF = re.compile(rb"""\sr\s*=\s*["']([A-Za-z]{1,3})([0-9]{1,7})["']""")
 _TEXT_TYPE = re.compile(rb"""\st\s*=\s*["']str["']""")
+STRICT = b"http://purl.oclc.org/ooxml/"
+"""Where Strict Open XML's namespaces start; openpyxl reads only the Transitional ones."""
 EMPTY_ROW: tuple[Any, ...] = ()
 """Every blank row of a grid is this one tuple: a sheet reaching row 1,048,576 stays small."""
 
@@ -57,6 +59,12 @@ def _unreadable(path: Path) -> Iterator[None]:
 
 def _load(path: Path) -> Workbook:
     with _unreadable(path):
+        with zipfile.ZipFile(path) as zf:
+            if STRICT in zf.read("_rels/.rels"):
+                raise WorkbookError(
+                    f"{path} is saved as Strict Open XML, which promptbatch cannot read (its "
+                    "reader, openpyxl, knows only the usual .xlsx: it would find no sheet). In "
+                    "Excel use File > Save As > Excel Workbook (.xlsx), and run that copy.")
         return openpyxl.load_workbook(path, data_only=True)
 
 
@@ -104,20 +112,21 @@ def _uncalculated(path: Path, sheet: str) -> frozenset[tuple[int, int]]:
     """Cells holding a formula but no saved value (openpyxl and other writers that do not
     calculate leave ``<v>`` out or empty); data_only reading gives None for them.
 
-    The sheet's XML is scanned cell by cell only when it holds a formula at all.
+    The sheet's XML is read in pieces, and a piece is scanned cell by cell only when it holds
+    a formula at all.
     """
-    with zipfile.ZipFile(path) as zf:
-        xml = zf.read(locate_parts(zf, path, sheet).sheet)
-    if not _FORMULA.search(xml):
-        return frozenset()
     found: set[tuple[int, int]] = set()
-    for cell in _CELL.finditer(xml):
-        body, attrs = cell.group(3) or b"", cell.group(2)
-        ref = _REF.search(attrs)
-        if ref and _FORMULA.search(body) and not _VALUE.search(body) \
-                and not _TEXT_TYPE.search(attrs):
-            col = column_index_from_string(ref.group(1).decode().upper())
-            found.add((int(ref.group(2)) - 1, col - 1))
+    with zipfile.ZipFile(path) as zf, zf.open(locate_parts(zf, path, sheet).sheet) as xml:
+        for piece in row_pieces(xml):
+            if not _FORMULA.search(piece):
+                continue
+            for cell in _CELL.finditer(piece):
+                body, attrs = cell.group(3) or b"", cell.group(2)
+                ref = _REF.search(attrs)
+                if ref and _FORMULA.search(body) and not _VALUE.search(body) \
+                        and not _TEXT_TYPE.search(attrs):
+                    col = column_index_from_string(ref.group(1).decode().upper())
+                    found.add((int(ref.group(2)) - 1, col - 1))
     return frozenset(found)
 
 

@@ -23,6 +23,7 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import IO
 from urllib.parse import unquote
 from xml.etree import ElementTree as ET
 
@@ -32,6 +33,12 @@ from ..errors import WorkbookError
 from ..sheet import Cell, CellValue, fit_cell
 
 EXCEL_CELL_LIMIT = 32_767
+MAX_UNPACKED = 2**30
+"""Bytes a workbook may inflate to, all parts together, as its zip declares them: real
+workbooks inflate to a few hundred MB at most (the corpus's largest: 60 MB)."""
+MAX_RATIO, RATIO_FROM = 250, 10 * 2**20
+"""A part over 10 MB may inflate at most 250 times its packed size (real sheets: up to 121);
+a zip bomb inflates ~1,000 times."""
 MAX_ROWS, MAX_COLS = 1_048_576, 16_384
 OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 """Encrypted (password-to-open) workbooks are OLE compound files, not zips."""
@@ -85,14 +92,32 @@ def check_package(path: Path) -> None:
     if not zipfile.is_zipfile(path):
         raise WorkbookError(f"{path} is not a readable .xlsx workbook (the zip is damaged or "
                             "it is another kind of file). Open it in Excel and save it as .xlsx.")
+    with _damage_reported(path), zipfile.ZipFile(path) as zf:
+        _check_sizes(zf, path)
+
+
+def _check_sizes(zf: zipfile.ZipFile, path: Path) -> None:
+    """Refuse a zip bomb from what the zip declares, before anything is inflated; a part that
+    inflates past its declared size is cut there by zipfile, which then fails its CRC check."""
+    total = sum(info.file_size for info in zf.infolist())
+    if total > MAX_UNPACKED:
+        raise WorkbookError(f"{path} would inflate to {total / 2**20:,.0f} MB; promptbatch "
+                            f"opens workbooks of up to {MAX_UNPACKED // 2**20:,} MB unpacked. "
+                            "If it is really that big, save its table as .csv and run that.")
+    for info in zf.infolist():
+        if info.file_size > RATIO_FROM and info.file_size > MAX_RATIO * info.compress_size:
+            raise WorkbookError(f"{path} is not a plausible workbook: its part "
+                                f"{info.filename} inflates {info.file_size // 2**20:,} MB from "
+                                f"{info.compress_size // 2**10:,} KB (a zip bomb?). Open it "
+                                "in Excel and save it again if you trust it.")
 
 
 def check_writable(path: Path, sheet: str) -> None:
     """Everything ``patch_workbook`` would refuse for, found before any answer is bought."""
     check_package(path)
-    with _damage_reported(path), zipfile.ZipFile(path) as zf:
-        parts = locate_parts(zf, path, sheet)
-        _refuse_unpatchable(zf.read(parts.sheet), path, sheet)
+    with _damage_reported(path), zipfile.ZipFile(path) as zf, \
+            zf.open(locate_parts(zf, path, sheet).sheet) as xml:
+        _refuse_unpatchable(row_pieces(xml), path, sheet)
 
 
 def patch_workbook(source: Path, target: Path, sheet: str, cells: Iterable[Cell]) -> None:
@@ -107,7 +132,7 @@ def patch_workbook(source: Path, target: Path, sheet: str, cells: Iterable[Cell]
     with _damage_reported(source), zipfile.ZipFile(source) as zf:
         parts = locate_parts(zf, source, sheet)
         xml = zf.read(parts.sheet)
-        _refuse_unpatchable(xml, source, sheet)
+        _refuse_unpatchable([xml], source, sheet)
         changed = _grow_tables(zf, parts.tables, answers)
         changed[parts.sheet] = patch_sheet_xml(xml, answers, sheet)
         _copy_zip(zf, target, changed)
@@ -191,8 +216,42 @@ def locate_parts(zf: zipfile.ZipFile, path: Path, sheet: str) -> SheetParts:
                         + ", ".join(repr(n) for n in names))
 
 
-def _refuse_unpatchable(xml: bytes, path: Path, sheet: str) -> None:
-    """A protected sheet, or XML this scanner cannot patch byte-for-byte."""
+_ROW_END = re.compile(rb"</(?:[\w.-]+:)?row>")
+
+
+def row_pieces(stream: IO[bytes], size: int = 1 << 20) -> Iterator[bytes]:
+    """A worksheet's XML in pieces of about ``size`` bytes, each ending after a row's end tag,
+    so that no cell (and no tag) is split between two: a sheet need not be read whole."""
+    rest = b""
+    while chunk := stream.read(size):
+        rest += chunk
+        end = max((m.end() for m in _ROW_END.finditer(rest, max(len(rest) - len(chunk) - 16,
+                                                                  0))), default=0)
+        if end:
+            yield rest[:end]
+            rest = rest[end:]
+    yield rest
+
+
+def _refuse_unpatchable(pieces: Iterable[bytes], path: Path, sheet: str) -> None:
+    """A protected sheet, or XML this scanner cannot patch byte-for-byte; ``pieces`` as
+    ``row_pieces`` cuts them (the sheet's head is in the first)."""
+    protection: re.Pattern[bytes] | None = None
+    for piece in pieces:
+        if protection is None:
+            protection = _check_head(piece, path, sheet)
+        found = protection.search(piece)
+        if found and _attrs(found.group(0)).get(b"sheet") in (b"1", b"true"):
+            raise WorkbookError(f"Sheet {sheet!r} of {path} is protected. Unprotect it in "
+                                "Excel (Review > Unprotect Sheet), save, and run again.")
+        if b"<!--" in piece or b"<![CDATA[" in piece:
+            raise WorkbookError(f"Sheet {sheet!r} of {path} holds XML comments or CDATA, "
+                                "which promptbatch cannot patch safely; open it in Excel and "
+                                "save again.")
+
+
+def _check_head(xml: bytes, path: Path, sheet: str) -> re.Pattern[bytes]:
+    """The sheet is UTF-8 and has cell data; returns how its protection tag is spelled."""
     encoding = _ENCODING.match(xml)
     if xml.startswith((b"\xff\xfe", b"\xfe\xff")) or (
             encoding and encoding.group(1).lower() not in (b"utf-8", b"utf8")):
@@ -202,13 +261,7 @@ def _refuse_unpatchable(xml: bytes, path: Path, sheet: str) -> None:
     if data is None:
         raise WorkbookError(f"Sheet {sheet!r} of {path} has no cell data part; open the "
                             "workbook in Excel and save it again.")
-    protection = _tag(data.group(1), b"sheetProtection").search(xml)
-    if protection and _attrs(protection.group(0)).get(b"sheet") in (b"1", b"true"):
-        raise WorkbookError(f"Sheet {sheet!r} of {path} is protected. Unprotect it in Excel "
-                            "(Review > Unprotect Sheet), save, and run again.")
-    if b"<!--" in xml or b"<![CDATA[" in xml:
-        raise WorkbookError(f"Sheet {sheet!r} of {path} holds XML comments or CDATA, which "
-                            "promptbatch cannot patch safely; open it in Excel and save again.")
+    return _tag(data.group(1), b"sheetProtection")
 
 
 # --- scanning XML --------------------------------------------------------------------------------
@@ -260,12 +313,15 @@ def _index(ref: bytes) -> int:
 
 
 def _apply(xml: bytes, edits: list[tuple[int, int, bytes]]) -> bytes:
-    """Replace each ``xml[start:end]``; edits at one place keep their given order."""
-    pieces, pos = [], 0
+    """Replace each ``xml[start:end]``; edits at one place keep their given order. The kept
+    parts are views, not copies: a big sheet is held twice at most, not three times."""
+    view = memoryview(xml)
+    pieces: list[bytes | memoryview] = []
+    pos = 0
     for start, end, text in sorted(edits, key=lambda e: e[0]):
-        pieces += [xml[pos:start], text]
+        pieces += [view[pos:start], text]
         pos = end
-    pieces.append(xml[pos:])
+    pieces.append(view[pos:])
     return b"".join(pieces)
 
 
