@@ -26,7 +26,6 @@ from click.testing import Result
 
 from promptbatch_sheets.sheet import CUT_MARKER, fit_cell
 from promptbatch_sheets.surfaces import CsvSurface, csvfile, xlsx_patch
-from promptbatch_sheets.surfaces.csvfile import CELL_LIMIT as CSV_CELL_LIMIT
 from promptbatch_sheets.surfaces.xlsx import EXCEL_CELL_LIMIT
 from tests.conftest import cli, fake_model
 from tests.fakes.llm_server import FakeLLMServer
@@ -188,7 +187,7 @@ def test_a_long_answer_is_cut_so_the_csv_reads_back(tmp_path: Path, llm: FakeLLM
     args = ["run", str(book), "--template", "{{ q }}", "-o", str(out), *fake_model(llm)]
     assert cli(*args).exit_code == 0
     answer = list(csv.reader(out.open(newline="", encoding="utf-8")))[1][1]
-    assert len(answer) == CSV_CELL_LIMIT
+    assert len(answer) == csvfile.CELL_LIMIT
     assert answer.endswith(CUT_MARKER.format(n=300_000 - answer.count("w")))
     again = cli("run", str(out), "--template", "{{ q }}", *fake_model(llm))
     assert again.exit_code == 0, again.output

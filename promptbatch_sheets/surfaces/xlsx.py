@@ -139,9 +139,9 @@ class XlsxSurface:
         self.path = path
         self.sheet_name = sheet
         self.output = output or default_output(path)
-        self._values = _load(path)
-        self._sheet = self._pick_sheet(self._values)
-        check_writable(path, self._sheet.title)  # refuse before any answer is paid for
+        self._values: Workbook | None = _load(path)
+        self._title = self._pick_sheet(self._values).title
+        check_writable(path, self._title)  # refuse before any answer is paid for
         self._written: list[Cell] = []
         self._schedule = SaveSchedule()
 
@@ -160,20 +160,31 @@ class XlsxSurface:
             raise WorkbookError(f"{self.path} has no worksheet to run.")
         return candidates[0]
 
+    def _book(self) -> Workbook:
+        """openpyxl's workbook, which ``read`` lets go of: a big one holds gigabytes that the
+        run, which writes by patching the file, never needs. A later ``cell_text`` loads it
+        again."""
+        if self._values is None:
+            self._values = _load(self.path)
+        return self._values
+
     def read(self) -> SheetData:
-        ws = self._sheet
+        book = self._book()
+        ws = book[self._title]
         with _unreadable(self.path):
             grid = _grid(ws)
             merged = _fill_merged(grid, ws)
             hidden = frozenset(r - 1 for r, dim in ws.row_dimensions.items() if dim.hidden)
-            return SheetData(name=ws.title, grid=grid, template=self._defined_template(),
-                             bounds=self._table_bounds(ws), settings=self._conf(),
+            data = SheetData(name=ws.title, grid=grid, template=self._defined_template(book, ws),
+                             bounds=self._table_bounds(ws), settings=self._conf(book),
                              hidden_rows=hidden, merged=merged,
                              uncalculated=_uncalculated(self.path, ws.title))
+        self._values = None
+        return data
 
-    def _defined_template(self) -> TemplateText | None:
-        names = dict(self._values.defined_names.items())
-        names.update(self._sheet.defined_names.items())
+    def _defined_template(self, book: Workbook, ws: Worksheet) -> TemplateText | None:
+        names = dict(book.defined_names.items())
+        names.update(ws.defined_names.items())
         defined = names.get(TEMPLATE_NAME)
         if defined is None:
             return None
@@ -189,20 +200,22 @@ class XlsxSurface:
             return Bounds(top - 1, left - 1, bottom - 1, right - 1)
         return None
 
-    def _conf(self) -> dict[str, str]:
-        conf = next((ws for ws in self._values.worksheets if ws.title.lower() == CONF_SHEET), None)
+    @staticmethod
+    def _conf(book: Workbook) -> dict[str, str]:
+        conf = next((ws for ws in book.worksheets if ws.title.lower() == CONF_SHEET), None)
         if conf is None:
             return {}
         return conf_settings(conf.iter_rows(values_only=True, max_col=2))
 
     def cell_text(self, ref: str) -> str:
         sheet, _, coord = ref.rpartition("!")
-        sheet = sheet.strip("'").replace("''", "'") if sheet else self._sheet.title
-        if sheet not in self._values.sheetnames:
+        sheet = sheet.strip("'").replace("''", "'") if sheet else self._title
+        book = self._book()
+        if sheet not in book.sheetnames:
             raise WorkbookError(f"Cell {ref}: no sheet {sheet!r}. Sheets: "
-                                + ", ".join(repr(n) for n in self._values.sheetnames))
+                                + ", ".join(repr(n) for n in book.sheetnames))
         try:
-            value: Any = self._values[sheet][coord.replace("$", "")].value
+            value: Any = book[sheet][coord.replace("$", "")].value
         except (ValueError, AttributeError):
             raise WorkbookError(f"{ref} is not a cell reference; write it like 'Sheet 1'!B2."
                                 ) from None
@@ -222,5 +235,5 @@ class XlsxSurface:
 
     def _save(self) -> None:
         """Patch every answer so far into a fresh copy of the source, then swap it in."""
-        title, written = self._sheet.title, list(self._written)
+        title, written = self._title, list(self._written)
         atomic_write(self.output, lambda tmp: patch_workbook(self.path, tmp, title, written))
