@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import csv
 import io
-import os
-import subprocess
-import sys
 import time
 import zipfile
 from collections.abc import Callable
@@ -27,7 +24,7 @@ from click.testing import Result
 from promptbatch_sheets.sheet import CUT_MARKER, fit_cell
 from promptbatch_sheets.surfaces import CsvSurface, csvfile, xlsx_patch
 from promptbatch_sheets.surfaces.xlsx import EXCEL_CELL_LIMIT
-from tests.conftest import cli, fake_model
+from tests.conftest import cli, fake_model, serve_process
 from tests.fakes.llm_server import FakeLLMServer
 from tests.test_bad_input import CORPUS
 from tests.test_run_cli import chat_requests, write_csv
@@ -37,6 +34,20 @@ def refused(result: Result, message: str) -> None:
     """Exit 2 with exactly ``message`` after "Error: ", no traceback."""
     assert result.exit_code == 2, result.output
     assert " ".join(result.output.split()) == f"Error: {message}", result.output
+
+
+def sheet_book(path: Path, rows: list[list[object]], **extra: bytes) -> Path:
+    """A one-sheet workbook (sheet 'S') with ``extra`` parts added as they are."""
+    wb = openpyxl.Workbook()
+    wb.active.title = "S"
+    for row in rows:
+        wb.active.append(row)
+    wb.save(path)
+    if extra:
+        with zipfile.ZipFile(path, "a", zipfile.ZIP_DEFLATED) as zf:
+            for name, data in extra.items():
+                zf.writestr(name, data)
+    return path
 
 
 # --- 4. CSV answers are data --------------------------------------------------------------------
@@ -115,11 +126,7 @@ def test_xlsx_answers_keep_the_leading_tab_as_text(tmp_path: Path, llm: FakeLLMS
     """Stripping ``\\t=1+1`` would make a formula of it wherever the text is pasted or exported;
     in a workbook the answer is a text cell either way."""
     llm.config.answer = lambda prompt: "\t=1+1 "
-    book = tmp_path / "b.xlsx"
-    wb = openpyxl.Workbook()
-    wb.active.append(["q"])
-    wb.active.append(["x"])
-    wb.save(book)
+    book = sheet_book(tmp_path / "b.xlsx", [["q"], ["x"]])
     assert cli("run", str(book), "--template", "{{ q }}", *fake_model(llm)).exit_code == 0
     cell = openpyxl.load_workbook(tmp_path / "b.promptbatch.xlsx").active["B2"]
     assert (cell.value, cell.data_type) == ("\t=1+1", "s")
@@ -131,11 +138,7 @@ def test_xlsx_answers_keep_the_leading_tab_as_text(tmp_path: Path, llm: FakeLLMS
 def test_an_answer_of_emoji_is_cut_to_what_an_excel_cell_holds(
         tmp_path: Path, llm: FakeLLMServer) -> None:
     llm.config.answer = lambda prompt: "\U0001F600" * 20_000  # 40,000 UTF-16 code units
-    book = tmp_path / "b.xlsx"
-    wb = openpyxl.Workbook()
-    wb.active.append(["q"])
-    wb.active.append(["x"])
-    wb.save(book)
+    book = sheet_book(tmp_path / "b.xlsx", [["q"], ["x"]])
     assert cli("run", str(book), "--template", "{{ q }}", *fake_model(llm)).exit_code == 0
     with zipfile.ZipFile(tmp_path / "b.promptbatch.xlsx") as zf:
         xml = zf.read("xl/worksheets/sheet1.xml").decode()
@@ -292,15 +295,9 @@ LOOPS = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% 
 
 
 def test_serve_answers_others_while_a_hostile_template_renders_and_still_stops(
-        llm: FakeLLMServer, isolated_home: Path) -> None:
-    command = [str(Path(sys.executable).parent / "promptbatch"), "serve", "--port", "0",
-               "--model", "openai-compatible:fake", "--base-url", llm.base_url]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            text=True, env=os.environ.copy())
-    try:
-        assert proc.stdout is not None
-        url = proc.stdout.readline().split()[4]
-        headers = {"authorization": f"Bearer {proc.stdout.readline().split(': ', 1)[1].strip()}"}
+        llm: FakeLLMServer) -> None:
+    with serve_process(llm) as (proc, url, token):
+        headers = {"authorization": f"Bearer {token}"}
         hostile = {"template": LOOPS, "headers": ["q"], "rows": [["a"], ["b"], ["c"]]}
 
         def timed(call: Callable[[], httpx.Response]) -> tuple[float, httpx.Response]:
@@ -329,27 +326,10 @@ def test_serve_answers_others_while_a_hostile_template_renders_and_still_stops(
                         timeout=60)
             time.sleep(0.2)
             proc.terminate()
-            assert proc.wait(20) is not None  # the render ends within its second, then the server
-    finally:
-        proc.kill()
-        proc.wait(10)
+            assert proc.wait(20) is not None  # the render ends within its second, so it stops
 
 
 # --- 7. workbooks: zip bombs are refused before anything is inflated ---------------------------
-
-
-def sheet_book(path: Path, rows: list[list[object]], **extra: bytes) -> Path:
-    """A one-sheet workbook (sheet 'S') with ``extra`` parts added as they are."""
-    wb = openpyxl.Workbook()
-    wb.active.title = "S"
-    for row in rows:
-        wb.active.append(row)
-    wb.save(path)
-    if extra:
-        with zipfile.ZipFile(path, "a", zipfile.ZIP_DEFLATED) as zf:
-            for name, data in extra.items():
-                zf.writestr(name, data)
-    return path
 
 
 def with_sheet_padding(path: Path, spaces: int) -> Path:
