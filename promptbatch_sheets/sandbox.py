@@ -54,10 +54,16 @@ class Refused(Exception):
     """A template asked for more than any prompt needs; the text says what, as "it ..."."""
 
 
+class OutOfTime(Refused):
+    """The render ran out of time: the run's later rows are not tried."""
+
+
 class _Budget(threading.local):
     """What the render running in this thread may still spend."""
 
     deadline = math.inf
+    late = ""
+    """What the render did when it passes the deadline."""
     work = 0
 
 
@@ -68,6 +74,7 @@ _BUDGET = _Budget()
 def bounded(seconds: float) -> Iterator[None]:
     """Run one render within ``seconds`` and ``MAX_WORK`` characters, in this thread."""
     _BUDGET.deadline, _BUDGET.work = time.perf_counter() + seconds, 0
+    _BUDGET.late = f"ran longer than {seconds:g} s"
     try:
         yield
     finally:
@@ -89,9 +96,13 @@ class RunBudget:
             raise Refused("ran out of time on an earlier row")
         allowed = RUN_SECONDS + RUN_SECONDS_PER_ROW * (self.rows + 1) - self.spent
         if allowed <= 0:
-            raise Refused(f"took longer than the {RUN_SECONDS:g} s (and {RUN_SECONDS_PER_ROW:g} "
-                          "s a row) a run's rendering may take")
+            raise Refused(self._over)
         return min(ROW_SECONDS, allowed)
+
+    @property
+    def _over(self) -> str:
+        return (f"took longer than the {RUN_SECONDS:g} s (and {RUN_SECONDS_PER_ROW:g} s a row) "
+                "a run's rendering may take")
 
     def __enter__(self) -> None:
         """One row's render: within the time left, and charged to the run (a class, not a
@@ -99,6 +110,7 @@ class RunBudget:
         seconds = self.left()
         self._started = time.perf_counter()
         _BUDGET.deadline, _BUDGET.work = self._started + seconds, 0
+        _BUDGET.late = f"ran longer than {seconds:g} s" if seconds == ROW_SECONDS else self._over
 
     def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
         _BUDGET.deadline = math.inf
@@ -114,11 +126,7 @@ def spend(chars: int = 0) -> None:
         raise Refused(f"wrote more than {MAX_WORK:,} characters (counting what loops, macros "
                       "and blocks write and throw away)")
     if time.perf_counter() > _BUDGET.deadline:
-        raise OutOfTime(f"ran longer than {ROW_SECONDS:g} s")
-
-
-class OutOfTime(Refused):
-    """The render ran out of time: the run's later rows are not tried."""
+        raise OutOfTime(_BUDGET.late)
 
 
 # --------------------------------------------------------------------------- sizes

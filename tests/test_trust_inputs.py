@@ -21,6 +21,7 @@ import openpyxl.worksheet.table
 import pytest
 from click.testing import Result
 
+from promptbatch_sheets import sandbox
 from promptbatch_sheets.sheet import CUT_MARKER, fit_cell
 from promptbatch_sheets.surfaces import CsvSurface, csvfile, xlsx_patch
 from promptbatch_sheets.surfaces.xlsx import EXCEL_CELL_LIMIT
@@ -262,6 +263,22 @@ def test_a_runaway_template_is_stopped_with_a_message_and_no_call(
     assert time.monotonic() - started < 20  # about 1 s; the bound holds on a loaded machine
     assert chat_requests(llm) == []
     assert not (tmp_path / "b.promptbatch.csv").exists()
+
+
+def test_a_run_of_slow_rows_is_stopped_by_the_run_budget(
+        tmp_path: Path, llm: FakeLLMServer, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Rows each under the per-row second still add up: a run's renders share a budget (here
+    0.3 s instead of 20 s, to keep the test short)."""
+    monkeypatch.setattr(sandbox, "RUN_SECONDS", 0.3)
+    book = write_csv(tmp_path / "b.csv", [["q"], *([f"row {i}"] for i in range(2000))])
+    template = "{% for i in range(20000) %}{% endfor %}{{ q }}"
+    result = cli("run", str(book), "--template", template, *fake_model(llm))
+    assert result.exit_code == 2, result.output
+    message = " ".join(result.output.split())
+    assert message.startswith("Error: The template in --template was stopped on row "), message
+    assert message.endswith("it took longer than the 0.3 s (and 0.001 s a row) a run's rendering "
+                            "may take. A template only formats a row's values; simplify it.")
+    assert chat_requests(llm) == []
 
 
 def test_recursion_without_end_is_stopped(tmp_path: Path, llm: FakeLLMServer) -> None:
