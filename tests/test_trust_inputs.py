@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import csv
 import io
+import re
 import time
 import zipfile
 from collections.abc import Callable
@@ -482,3 +483,23 @@ def test_data_under_a_merged_header_names_the_merge(tmp_path: Path, llm: FakeLLM
             "Column C has data ('S'!C2) under the merged header 'S'!B1:C1, which names only "
             "column B. Unmerge it (Home > Merge & Center) and give each column its own header.")
     assert chat_requests(llm) == []
+
+
+@pytest.mark.parametrize("size", [97, 4096])
+@pytest.mark.parametrize("path", sorted(CORPUS.glob("*.xls[xm]"))[::4], ids=lambda p: p.name)
+def test_a_sheet_patched_in_pieces_is_the_sheet_patched_whole(path: Path, size: int) -> None:
+    """The patcher reads and writes a sheet in row-aligned pieces; cut small, the pieces must
+    give exactly the bytes the whole-sheet patch gives: rows patched in place, rows inserted
+    between pieces, rows added after the last."""
+    with zipfile.ZipFile(path) as zf:
+        part = next(n for n in zf.namelist() if n.startswith("xl/worksheets/sheet"))
+        xml = zf.read(part)
+    if b"<!--" in xml or b"<![CDATA[" in xml:
+        return
+    rows = [int(r) for r in re.findall(rb'<(?:\w+:)?row [^>]*?r="(\d+)"', xml)] or [1]
+    wanted = {rows[0] - 1, rows[len(rows) // 2] - 1, rows[-1] - 1, rows[-1] + 5, 1_000}
+    wanted |= {r for r in range(max(rows) + 2) if r % 7 == 3}  # between existing rows too
+    answers = {(r, 60): f"answer {r}" for r in wanted}
+    pieces = xlsx_patch.row_pieces(io.BytesIO(xml), size)
+    assert b"".join(xlsx_patch._patched(pieces, answers, "S")) == \
+        xlsx_patch.patch_sheet_xml(xml, answers, "S")

@@ -12,6 +12,7 @@ would rename namespace prefixes and be slow on 50,000-row sheets.
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 import posixpath
 import re
@@ -117,25 +118,32 @@ def check_writable(path: Path, sheet: str) -> None:
     check_package(path)
     with _damage_reported(path), zipfile.ZipFile(path) as zf, \
             zf.open(locate_parts(zf, path, sheet).sheet) as xml:
-        _refuse_unpatchable(row_pieces(xml), path, sheet)
+        for _ in _checked(row_pieces(xml), path, sheet):
+            pass
 
 
 def patch_workbook(source: Path, target: Path, sheet: str, cells: Iterable[Cell]) -> None:
     """Copy ``source`` to ``target`` with ``cells`` written into ``sheet``: strings as text,
     numbers as numbers, booleans as booleans.
 
-    Later cells for the same position win. Raises ``WorkbookError`` before writing anything
-    when the workbook cannot be patched safely.
+    Later cells for the same position win. Raises ``WorkbookError``, leaving no ``target``,
+    when the workbook cannot be patched safely. The worksheet is read and written in pieces,
+    never held whole, so a refusal can come after ``target`` was begun: it is removed then.
     """
     answers = _answers(cells)
     check_package(source)
-    with _damage_reported(source), zipfile.ZipFile(source) as zf:
-        parts = locate_parts(zf, source, sheet)
-        xml = zf.read(parts.sheet)
-        _refuse_unpatchable([xml], source, sheet)
-        changed = _grow_tables(zf, parts.tables, answers)
-        changed[parts.sheet] = patch_sheet_xml(xml, answers, sheet)
-        _copy_zip(zf, target, changed)
+    try:
+        with _damage_reported(source), zipfile.ZipFile(source) as zf:
+            parts = locate_parts(zf, source, sheet)
+            changed: dict[str, bytes | Iterator[bytes]] = dict(
+                _grow_tables(zf, parts.tables, answers))
+            with zf.open(parts.sheet) as xml:
+                changed[parts.sheet] = _patched(_checked(row_pieces(xml), source, sheet),
+                                                answers, sheet)
+                _copy_zip(zf, target, changed)
+    except WorkbookError:
+        target.unlink(missing_ok=True)
+        raise
 
 
 @contextmanager
@@ -233,9 +241,9 @@ def row_pieces(stream: IO[bytes], size: int = 1 << 20) -> Iterator[bytes]:
     yield rest
 
 
-def _refuse_unpatchable(pieces: Iterable[bytes], path: Path, sheet: str) -> None:
-    """A protected sheet, or XML this scanner cannot patch byte-for-byte; ``pieces`` as
-    ``row_pieces`` cuts them (the sheet's head is in the first)."""
+def _checked(pieces: Iterable[bytes], path: Path, sheet: str) -> Iterator[bytes]:
+    """``pieces`` (as ``row_pieces`` cuts them: the sheet's head is in the first), refused if
+    the sheet is protected or holds XML this scanner cannot patch byte-for-byte."""
     protection: re.Pattern[bytes] | None = None
     for piece in pieces:
         if protection is None:
@@ -248,6 +256,7 @@ def _refuse_unpatchable(pieces: Iterable[bytes], path: Path, sheet: str) -> None
             raise WorkbookError(f"Sheet {sheet!r} of {path} holds XML comments or CDATA, "
                                 "which promptbatch cannot patch safely; open it in Excel and "
                                 "save again.")
+        yield piece
 
 
 def _check_head(xml: bytes, path: Path, sheet: str) -> re.Pattern[bytes]:
@@ -289,15 +298,15 @@ def _set_attr(tag: bytes, name: bytes, value: str) -> bytes:
 
 
 def _elements(xml: bytes, prefix: bytes, name: bytes, start: int, stop: int,
-              ends: bool) -> Iterator[_Element]:
+              ends: bool, previous: int = 0) -> Iterator[_Element]:
     """The ``name`` elements in ``xml[start:stop]``, none nested in another.
 
     ``index`` comes from the ``r`` attribute (a row number or a cell reference) or, where a
-    producer left ``r`` out, is one more than the previous element's. ``end`` is only searched
-    for when ``ends`` is true: indexing 50,000 rows needs the start tags only.
+    producer left ``r`` out, is one more than the previous element's (``previous`` before the
+    first). ``end`` is only searched for when ``ends`` is true: indexing 50,000 rows needs the
+    start tags only.
     """
     close = b"</" + prefix + name + b">"
-    previous = 0
     for found in _tag(prefix, name).finditer(xml, start, stop):
         r = _R_ATTR.search(found.group(0))
         previous = _index(r.group(1)) if r else previous + 1
@@ -345,9 +354,40 @@ def patch_sheet_xml(xml: bytes, answers: Mapping[tuple[int, int], CellValue],
         rows = (_tag_open(data.group(0)) + body + b"</" + prefix + b"sheetData>")
         edits = [(data.start(), data.end(), rows)]
     else:
-        edits = _row_edits(xml, prefix, data.end(), by_row, sheet)
+        stop = xml.index(b"</" + prefix + b"sheetData>", data.end())
+        found = list(_elements(xml, prefix, b"row", data.end(), stop, ends=False))
+        edits = _row_edits(xml, prefix, found, stop, by_row, sheet)
     edits += _dimension_edit(xml[:data.start()], prefix, answers)
     return _apply(xml, edits)
+
+
+def _patched(pieces: Iterator[bytes], answers: Mapping[tuple[int, int], CellValue],
+             sheet: str) -> Iterator[bytes]:
+    """``patch_sheet_xml`` over the pieces ``row_pieces`` cuts, piece by piece: each piece's
+    answers are the rows up to its last one (the last piece takes the rest, before
+    ``</sheetData>``), so a big sheet is never held whole, in or out."""
+    first = next(pieces)
+    data = _SHEET_DATA.search(first)
+    if data is None or data.group(2) or not answers:  # no rows: the sheet is one piece
+        yield patch_sheet_xml(b"".join([first, *pieces]), answers, sheet)
+        return
+    prefix, end_tag = data.group(1), b"</" + data.group(1) + b"sheetData>"
+    by_row: dict[int, dict[int, CellValue]] = {}
+    for (row, col), value in sorted(answers.items()):
+        by_row.setdefault(row + 1, {})[col + 1] = value
+    numbers, taken, previous = list(by_row), 0, 0
+    start, edits = data.end(), _dimension_edit(first[:data.start()], prefix, answers)
+    for piece in itertools.chain([first], pieces):
+        stop = piece.find(end_tag, start)
+        found = list(_elements(piece, prefix, b"row", start, len(piece) if stop < 0 else stop,
+                               ends=False, previous=previous))
+        previous = found[-1].index if found else previous
+        upto = len(numbers) if stop >= 0 else bisect.bisect(numbers, previous)
+        mine = {n: by_row[n] for n in numbers[taken:upto]}
+        taken = upto
+        yield _apply(piece, edits + _row_edits(piece, prefix, found, len(piece) if stop < 0
+                                               else stop, mine, sheet))
+        start, edits = 0, []
 
 
 def _tag_open(tag: bytes) -> bytes:
@@ -355,10 +395,11 @@ def _tag_open(tag: bytes) -> bytes:
     return re.sub(rb"\s*/>$", b">", tag)
 
 
-def _row_edits(xml: bytes, prefix: bytes, start: int, by_row: dict[int, dict[int, CellValue]],
-               sheet: str) -> list[tuple[int, int, bytes]]:
-    stop = xml.index(b"</" + prefix + b"sheetData>", start)
-    rows = {e.index: e for e in _elements(xml, prefix, b"row", start, stop, ends=False)}
+def _row_edits(xml: bytes, prefix: bytes, found: list[_Element], stop: int,
+               by_row: dict[int, dict[int, CellValue]], sheet: str) -> list[tuple[int, int, bytes]]:
+    """Edits writing ``by_row`` into the rows ``found`` in ``xml``; a row not there is
+    inserted before the next one, or at ``stop``."""
+    rows = {e.index: e for e in found}
     ordered = sorted(rows)
     starts = [rows[n].start for n in ordered]
     edits = []
@@ -571,8 +612,10 @@ def _count(xml: bytes, prefix: bytes, count: int) -> tuple[int, int, bytes]:
 # --- the zip -------------------------------------------------------------------------------------
 
 
-def _copy_zip(zf: zipfile.ZipFile, target: Path, changed: Mapping[str, bytes]) -> None:
-    """Every member in its order, with its name, date, attributes and compression method."""
+def _copy_zip(zf: zipfile.ZipFile, target: Path,
+              changed: Mapping[str, bytes | Iterator[bytes]]) -> None:
+    """Every member in its order, with its name, date, attributes and compression method; a
+    changed one given as pieces is written piece by piece."""
     with zipfile.ZipFile(target, "w", allowZip64=True) as out:
         out.comment = zf.comment
         for info in zf.infolist():
@@ -580,8 +623,14 @@ def _copy_zip(zf: zipfile.ZipFile, target: Path, changed: Mapping[str, bytes]) -
             copy.compress_type = info.compress_type
             copy.external_attr, copy.create_system = info.external_attr, info.create_system
             copy.comment = info.comment
-            if info.filename in changed:
-                out.writestr(copy, changed[info.filename])
+            new = changed.get(info.filename)
+            if isinstance(new, bytes):
+                out.writestr(copy, new)
+                continue
+            if new is not None:
+                with out.open(copy, "w") as dst:
+                    for piece in new:
+                        dst.write(piece)
                 continue
             copy.file_size = info.file_size
             with zf.open(info) as src, out.open(copy, "w") as dst:
