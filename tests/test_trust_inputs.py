@@ -147,7 +147,19 @@ def test_an_answer_of_emoji_is_cut_to_what_an_excel_cell_holds(
     text = xml.split('<t xml:space="preserve">')[2].split("</t>")[0]
     kept = text.count("\U0001F600")
     assert text == "\U0001F600" * kept + CUT_MARKER.format(n=20_000 - kept)
-    assert EXCEL_CELL_LIMIT - 1 <= len(text.encode("utf-16-le")) // 2 <= EXCEL_CELL_LIMIT
+    assert EXCEL_CELL_LIMIT - 8 <= len(text.encode("utf-16-le")) // 2 <= EXCEL_CELL_LIMIT
+
+
+def test_serve_cuts_an_answer_to_what_a_google_sheets_cell_holds(llm: FakeLLMServer) -> None:
+    llm.config.answer = lambda prompt: "\U0001F600" * 30_000  # 60,000 UTF-16 code units
+    with serve_process(llm) as (_, url, token):
+        reply = httpx.post(f"{url}/v1/complete", headers={"authorization": f"Bearer {token}"},
+                           json={"template": "{{ q }}", "headers": ["q"], "rows": [["x"]]},
+                           timeout=60)
+    text = reply.json()["answers"][0]
+    kept = text.count("\U0001F600")
+    assert text == "\U0001F600" * kept + CUT_MARKER.format(n=30_000 - kept)
+    assert 50_000 - 8 <= len(text.encode("utf-16-le")) // 2 <= 50_000  # the marker may be shorter
 
 
 @pytest.mark.parametrize("limit", [32_767, 50_000])
@@ -231,9 +243,9 @@ TOO_BIG = "would build a value of {n} or more characters, more than the 200,000 
 
 @pytest.mark.parametrize(("template", "reason"), [
     ("{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}x",
-     "ran longer than 1 s"),
+     "ran longer than 0.5 s"),
     ("{% macro f(n) %}{% if n %}{{ f(n - 1) }}{{ f(n - 1) }}{% endif %}{% endmacro %}{{ f(60) }}",
-     "ran longer than 1 s"),
+     "ran longer than 0.5 s"),
     ("{{ 2**100000000 }}", "would build a number of more than 3,000 digits"),
     ("{{ 'a' * 10**10 }}", TOO_BIG.format(n="10,000,000,000")),
     ("{{ q|center(10**9) }}", TOO_BIG.format(n="1,000,000,000")),
@@ -261,7 +273,7 @@ def test_a_runaway_template_is_stopped_with_a_message_and_no_call(
     started = time.monotonic()
     result = cli("run", str(book), "--template", template, *fake_model(llm))
     refused(result, STOPPED.format(origin="--template", reason=reason))
-    assert time.monotonic() - started < 20  # about 1 s; the bound holds on a loaded machine
+    assert time.monotonic() - started < 20  # about 0.5 s; generous for a loaded machine
     assert chat_requests(llm) == []
     assert not (tmp_path / "b.promptbatch.csv").exists()
 
@@ -333,7 +345,7 @@ def test_serve_answers_others_while_a_hostile_template_renders_and_still_stops(
         assert health.json()["ok"] is True and health_s < slow_s
         where = "The template in the template was stopped on this row: it"
         assert reply.json()["answers"] == [
-            f"#ERROR: {where} ran longer than 1 s. A template only formats a row's values; "
+            f"#ERROR: {where} ran longer than 0.5 s. A template only formats a row's values; "
             "simplify it.",
             *[f"#ERROR: {where} ran out of time on an earlier row. A template only formats a "
               "row's values; simplify it."] * 2]
@@ -344,7 +356,7 @@ def test_serve_answers_others_while_a_hostile_template_renders_and_still_stops(
                         timeout=60)
             time.sleep(0.2)
             proc.terminate()
-            assert proc.wait(20) is not None  # the render ends within its second, so it stops
+            assert proc.wait(20) is not None  # the render ends within half a second, so it stops
 
 
 # --- 7. workbooks: zip bombs are refused before anything is inflated ---------------------------
