@@ -74,7 +74,7 @@ def user_errors(command: F) -> F:
 def _store() -> Store:
     """The answer cache, after saying in a line each what happened to its file (a damaged
     one moved aside, one that cannot be written)."""
-    store = _store()
+    store = Store()
     for line in store.take_notices():
         console.print(line, soft_wrap=True)
     return store
@@ -100,13 +100,13 @@ def _prepare(book: str, opts: Options, output: str | None = None) -> tuple[Any, 
 
 @app.command()
 @user_errors
-@takes(*SHEET_OPTIONS, "output", "concurrency", "rpm", "tpm", "budget", "no_cache", "via")
+@takes(*SHEET_OPTIONS, "output", "concurrency", "rpm", "tpm", "budget", "no_cache", "via",
+       "no_csv_escape")
 def run(book: Book, *, opts: Options) -> None:
     """Answer every row that needs it and write the answers next to the table."""
     surface, prepared = _prepare(book, opts, opts.output)
     if not prepared.plan.prompts:
-        console.print(f"All {prepared.plan.kept} rows already have answers; nothing to send. "
-                      "Use --rerun all to ask again.")
+        console.print(report.nothing_to_send(prepared.plan))
         return
     if prepared.settings.via is Via.BATCH:
         _via_batch_api(book, opts, surface, prepared)
@@ -167,7 +167,7 @@ def _collected(book: str, opts: Options, surface: Any, prepared: runner.Prepared
 
 @app.command()
 @user_errors
-@takes(*SHEET_OPTIONS, "output")
+@takes(*SHEET_OPTIONS, "output", "no_csv_escape")
 def collect(book: Book, *, opts: Options) -> None:
     """Fetch finished Batch API results and write them next to the table (same options as
     the run that sent them); rows of running jobs stay empty."""

@@ -89,6 +89,10 @@ class Options:
     via: Annotated[Via | None, typer.Option(
         "--via", help="realtime, or batch: the provider's Batch API at half price, answers "
         "within a day (promptbatch collect writes them).")] = None
+    no_csv_escape: Annotated[bool, typer.Option(
+        "--no-csv-escape", help="Write answers to a CSV file as they are, even those a "
+        "spreadsheet would open as formulas (= + - @ ...); for pipelines that read the file "
+        "themselves.")] = False
 
     def settings(self) -> dict[str, Any]:
         """The command-line layer of the settings; None is "not given", so the sheet's or
@@ -96,6 +100,7 @@ class Options:
         given = {f.name: getattr(self, f.name) for f in fields(self) if f.name in NAMES}
         given["skip_hidden"] = self.skip_hidden or None
         given["use_cache"] = False if self.no_cache else None
+        given["csv_escape"] = False if self.no_csv_escape else None
         return given
 
     def template_text(self) -> TemplateText | None:

@@ -15,9 +15,10 @@ from enum import StrEnum
 from graphlib import CycleError, TopologicalSorter
 from typing import Any
 
+from .cells import CellValue, answer_text
 from .errors import TableError, TemplateError
 from .schema import Schema
-from .table import CellValue, Grid, Output, Table, cell_name
+from .table import Grid, Output, Table, cell_name
 from .template import Template, display, variable_name
 
 ERROR_PREFIX = "#ERROR:"
@@ -74,7 +75,7 @@ class Step:
     def cells(self, answer: str) -> list[CellValue]:
         """The values an answer puts in this step's columns (it was checked on arrival)."""
         if self.schema is None:
-            return [answer.strip()]
+            return [answer_text(answer)]
         return self.schema.cells(self.schema.check(answer))
 
 

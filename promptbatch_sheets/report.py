@@ -16,10 +16,11 @@ from .budget import ASSUMED_MAX_ANSWER_TOKENS
 from .engine import Summary
 from .errors import Interrupted
 from .estimate import Estimate
+from .plan import Plan
 from .runner import Prepared, Preview, summary_cost
 from .settings import Via
 from .store import Store
-from .table import cell_name
+from .table import cell_name, quote_sheet
 from .template import variable_name
 
 if TYPE_CHECKING:  # the Batch API modules load only for the commands that use them
@@ -62,6 +63,16 @@ def _server(prepared: Prepared) -> str:
     """Where the run's requests go, and which cell chose it when the workbook did."""
     cell = prepared.sheet_choices.get("base_url") if prepared.spec.base_url else None
     return escape(prepared.spec.server + (f" (set by {cell})" if cell else ""))
+
+
+def nothing_to_send(plan: Plan) -> str:
+    """Why a run sends nothing: every row is answered, or the table has no rows at all."""
+    table = plan.table
+    if not table.rows:
+        return (f"The table on sheet {quote_sheet(table.sheet)} has no data rows under its "
+                f"header row (row {table.header_row + 1}); nothing to send. Add rows to it.")
+    return (f"All {plan.kept} rows already have answers; nothing to send. Use --rerun all to "
+            "ask again.")
 
 
 def print_summary(console: Console, prepared: Prepared, summary: Summary,

@@ -17,6 +17,7 @@ from typing import Any
 
 from . import userconfig
 from .budget import Budget
+from .cells import escape_formula
 from .chain import Chain
 from .engine import RowResult, Summary, error_text, run_jobs, structured
 from .errors import ConfigError, Interrupted, SetupError
@@ -274,11 +275,13 @@ def status_of(result: RowResult) -> str:
 
 
 class BlockWriter:
-    """Collects answers and hands them to the surface in blocks, at most every 2 seconds."""
+    """Collects answers and hands them to the surface in blocks, at most every 2 seconds;
+    with ``escape``, answers that would open as formulas are escaped (headers are not)."""
 
-    def __init__(self, surface: Surface, plan: Plan) -> None:
+    def __init__(self, surface: Surface, plan: Plan, escape: bool = False) -> None:
         self.surface = surface
         self.plan = plan
+        self.escape = escape
         self.pending: list[Cell] = []
         self.last = time.monotonic()
         self.answered = False
@@ -289,6 +292,8 @@ class BlockWriter:
         step = self.plan.steps[result.step]
         values = step.cells(result.text) if result.ok else [result.text] + [""] * (
             len(step.cols) - 1)
+        if self.escape:
+            values = [escape_formula(v) if isinstance(v, str) else v for v in values]
         self.pending += [(result.row, col, value) for col, value in zip(step.cols, values,
                                                                         strict=True)]
         self.status(result.row, result.step, status_of(result))
@@ -342,7 +347,7 @@ def run(prepared: Prepared, surface: Surface, store: Store,
     plan = prepared.plan
     settings = prepared.settings
     surface.ready()
-    writer = BlockWriter(surface, plan)
+    writer = BlockWriter(surface, plan, escape=surface.plain_text and settings.csv_escape)
     writer.pending += carried(plan, prepared.data.grid, surface.previous())
     writer.pending += [(plan.table.header_row, o.col, o.header)
                        for o in plan.table.outputs if not o.exists]

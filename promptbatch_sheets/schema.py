@@ -16,8 +16,8 @@ from functools import cached_property
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from .cells import CellValue
 from .errors import ConfigError, SchemaMismatch
-from .table import CellValue
 
 if TYPE_CHECKING:
     import jsonschema

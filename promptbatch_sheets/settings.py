@@ -45,6 +45,8 @@ class Settings:
     use_cache: bool = True
     skip_hidden: bool = False
     """Leave out rows hidden in the sheet (filtered rows are hidden rows)."""
+    csv_escape: bool = True
+    """Answers written to a CSV file that would open as formulas get a leading ``'``."""
     via: Via = Via.REALTIME
     metadata: str = ""
     """Columns beside each prompt's answers, comma-separated from ``METADATA``."""
@@ -60,7 +62,7 @@ RANGES: dict[str, tuple[float, float | None]] = {
 """The lowest and highest value of each number (None: no ceiling)."""
 METADATA = ("status",)
 """The columns ``metadata`` may ask for beside each prompt's answers."""
-BOOLS = frozenset({"use_cache", "skip_hidden"})
+BOOLS = frozenset({"use_cache", "skip_hidden", "csv_escape"})
 CHOICES: dict[str, type[Rerun] | type[Via]] = {"rerun": Rerun, "via": Via}
 NAMES = {f.name for f in fields(Settings)}
 COMMAND_LINE = "the command line"

@@ -14,8 +14,6 @@ from .errors import TableError
 from .template import display, variable_name
 
 Grid = Sequence[Sequence[Any]]
-CellValue = str | int | float | bool
-"""What an answer cell holds: text, or a typed field of a structured answer."""
 
 LABEL_SCAN_ROWS = 10
 """How far down a ``template`` label cell is looked for."""
@@ -198,12 +196,13 @@ def locate(
     """
     label = find_template_label(grid, sheet)
     header_row, last_row, left, right = _extent(grid, sheet, bounds, label.row + 1 if label
-                                                else 0)
-    header_cells = grid[header_row]
+                                                else 0, merged)
+    header_cells = grid[header_row] if header_row < len(grid) else ()
     templates = _templates(explicit or (label.single if label else None) or fallback,
                            output_header, label, named or {}, header_cells, sheet, header_row)
     wanted = [(name, list((fields or {}).get(name.lower()) or [name])) for name in templates]
-    headers = {c: _text(header_cells[c]) if c < len(header_cells) else ""
+    copies = _merged_copies(merged, header_row)
+    headers = {c: _text(header_cells[c]) if c < len(header_cells) and c not in copies else ""
                for c in range(left, right + 1)}
     placed, new = _place_outputs([h for name, hs in wanted
                                   for h in hs + ([status_header(name)] if status else [])],
@@ -214,7 +213,7 @@ def locate(
                          "names no input column.")
     _check_unique(columns, sheet, header_row)
     unnamed = [c for c, h in headers.items() if not h and c not in placed.values()]
-    _check_unnamed(grid, unnamed + sorted(new), sheet, header_row, last_row)
+    _check_unnamed(grid, unnamed + sorted(new), sheet, header_row, last_row, copies)
     input_cols = list(columns)
     rows = [r for r in range(header_row + 1, last_row + 1) if r not in skip_rows
             and not _is_blank([grid[r][c] for c in input_cols if c < len(grid[r])])]
@@ -272,13 +271,15 @@ def _templates(main: TemplateText | None, output_header: str, label: Label | Non
     return found
 
 
-def _extent(grid: Grid, sheet: str, bounds: Bounds | None,
-            start: int) -> tuple[int, int, int, int]:
-    """Header row, last row, first and last column: an Excel Table's, or the first non-empty
-    row's at or below ``start`` down to the end of the sheet."""
+def _extent(grid: Grid, sheet: str, bounds: Bounds | None, start: int,
+            merged: Sequence[Bounds]) -> tuple[int, int, int, int]:
+    """Header row, last row, first and last column: an Excel Table's (rows past the last one
+    the file stores are blank, so they are left out), or else those of the first row at or
+    below ``start`` that names something: not blank, and not a title merged across columns."""
     if bounds is not None:
-        return bounds.top, bounds.bottom, bounds.left, bounds.right
-    header_row = next((r for r in range(start, len(grid)) if not _is_blank(grid[r])), -1)
+        return bounds.top, min(bounds.bottom, len(grid) - 1), bounds.left, bounds.right
+    header_row = next((r for r in range(start, len(grid))
+                       if not _is_blank(grid[r]) and not _is_title(grid[r], r, merged)), -1)
     if header_row < 0:
         raise TableError(
             f"Sheet {quote_sheet(sheet)} has no header row" + (
@@ -286,6 +287,21 @@ def _extent(grid: Grid, sheet: str, bounds: Bounds | None,
             "non-empty row must name the variables, e.g. Product Name | Price.")
     used = [c for c, v in enumerate(grid[header_row]) if _text(v)]
     return header_row, len(grid) - 1, used[0], used[-1]
+
+
+def _is_title(cells: Sequence[Any], row: int, merged: Sequence[Bounds]) -> bool:
+    """A row whose only text is one range merged across columns (a title over the table):
+    its copies in every cell would otherwise read as headers that all say the same."""
+    used = [c for c, v in enumerate(cells) if _text(v)]
+    return any(m.top <= row <= m.bottom and m.left < m.right and m.left <= used[0]
+               and used[-1] <= m.right for m in merged)
+
+
+def _merged_copies(merged: Sequence[Bounds], row: int) -> dict[int, Bounds]:
+    """Columns of ``row`` that show a merged range's value without holding it (all but its
+    first): a header merged over two columns names one variable, not two."""
+    return {c: m for m in merged if m.top <= row <= m.bottom
+            for c in range(m.left + 1, m.right + 1)}
 
 
 def _place_outputs(wanted: list[str], headers: dict[int, str], header_cells: Sequence[Any],
@@ -331,12 +347,20 @@ def _place_outputs(wanted: list[str], headers: dict[int, str], header_cells: Seq
 
 
 def _check_unnamed(grid: Grid, cols: list[int], sheet: str, header_row: int,
-                   last_row: int) -> None:
+                   last_row: int, copies: Mapping[int, Bounds]) -> None:
     """A column with data but no header would be left out of every prompt, or, right of the
     table, overwritten by the answers."""
     for c in cols:
         filled = next((r for r in range(header_row + 1, last_row + 1)
                        if c < len(grid[r]) and _text(grid[r][c])), None)
+        if filled is not None and c in copies:
+            m = copies[c]
+            raise TableError(
+                f"Column {column_letter(c + 1)} has data ({cell_name(sheet, filled, c)}) under "
+                f"the merged header {cell_name(sheet, m.top, m.left)}:"
+                f"{column_letter(m.right + 1)}{m.bottom + 1}, which names only column "
+                f"{column_letter(m.left + 1)}. Unmerge it (Home > Merge & Center) and give "
+                "each column its own header.")
         if filled is not None:
             raise TableError(
                 f"Column {column_letter(c + 1)} has data ({cell_name(sheet, filled, c)}) "

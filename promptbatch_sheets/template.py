@@ -1,4 +1,4 @@
-"""Prompt templates from spreadsheets: untrusted Jinja2, sandboxed and strict.
+"""Prompt templates from spreadsheets: untrusted Jinja2, sandboxed, bounded and strict.
 
 Headers become variables by a simple rule (``Product Name`` -> ``product_name``), and every
 header is also reachable as ``row["Product Name"]``.
@@ -15,14 +15,12 @@ from typing import Any
 
 import jinja2
 from jinja2 import meta
-from jinja2.sandbox import SandboxedEnvironment
 
 from .errors import TemplateError
+from .sandbox import ENV, MAX_CHARS, ROW_SECONDS, Refused, RunBudget, bounded
 
-MAX_RENDERED_CHARS = 200_000
+MAX_RENDERED_CHARS = MAX_CHARS
 """A rendered prompt longer than this is a runaway template, not a prompt."""
-
-_ENV = SandboxedEnvironment(undefined=jinja2.StrictUndefined, autoescape=False)
 
 
 @functools.lru_cache(maxsize=4096)
@@ -69,7 +67,7 @@ def _header_as_typed(source: str) -> str | None:
         if not name or name == inner or any(c in inner for c in "|()[]'\"+*"):
             continue
         try:
-            _ENV.parse(f"{{{{ {inner} }}}}")
+            ENV.parse(f"{{{{ {inner} }}}}")
         except jinja2.TemplateSyntaxError:
             return (f"{found.group()} is a column header as it reads, not a variable name. "
                     f'Write {{{{ {name} }}}} or {{{{ row["{inner}"] }}}}.')
@@ -102,6 +100,8 @@ class Template:
     _globals: dict[str, Any] = field(compare=False, repr=False)
     """Jinja's globals (``range``, ``dict``...) merged once: Jinja would merge them into the
     context of every row, most of the cost of rendering a short prompt."""
+    _run: RunBudget = field(default_factory=RunBudget, compare=False, repr=False)
+    """The render time left to this template in the run it serves."""
 
     @classmethod
     def parse(cls, source: str, origin: str = "the template") -> Template:
@@ -110,13 +110,16 @@ class Template:
             raise TemplateError(f"The template in {origin} is empty. Write a prompt there, "
                                 "for example: Describe {{ product_name }} in one sentence.")
         try:
-            ast = _ENV.parse(source)
-            compiled = _ENV.from_string(ast)
+            ast = ENV.parse(source)
+            names = frozenset(meta.find_undeclared_variables(ast))
+            with bounded(ROW_SECONDS):
+                compiled = ENV.from_string(ENV.guard(ast))
+        except (Refused, RecursionError) as exc:
+            raise _stopped(origin, "while it was read", exc) from None
         except jinja2.TemplateSyntaxError as exc:
             raise TemplateError(
                 f"Template syntax error in {origin}, line {exc.lineno}: "
                 + (_header_as_typed(source) or str(exc.message))) from None
-        names = frozenset(meta.find_undeclared_variables(ast))
         return cls(source, origin, names - {"row"}, "row" in names, compiled,
                    dict(compiled.globals))
 
@@ -139,25 +142,29 @@ class Template:
         context = self._globals.copy()
         context.update({variable_name(h): v for h, v in values.items()})
         context["row"] = values
+        where = where or "a row"
         try:
-            text = self._render_bounded(context)
+            with self._run:
+                text = self._render_bounded(context)
+        except (Refused, RecursionError) as exc:
+            raise _stopped(self.origin, f"on {where}", exc) from None
         except jinja2.exceptions.SecurityError as exc:
             raise TemplateError(f"The template in {self.origin} tried something unsafe "
                                 f"({exc}); templates may only format the row's values.") from None
         except jinja2.TemplateError as exc:
-            raise TemplateError(f"The template in {self.origin} failed on {where or 'a row'}: "
+            raise TemplateError(f"The template in {self.origin} failed on {where}: "
                                 f"{exc}") from None
         except (TypeError, ValueError, ArithmeticError, AttributeError) as exc:
-            raise TemplateError(f"The template in {self.origin} failed on {where or 'a row'}: "
+            raise TemplateError(f"The template in {self.origin} failed on {where}: "
                                 f"{type(exc).__name__}: {exc}") from None
         if text is None:
             raise TemplateError(
                 f"The template in {self.origin} rendered more than {MAX_RENDERED_CHARS:,} "
-                f"characters on {where or 'a row'}: is a loop running away?"
+                f"characters on {where}: is a loop running away?"
             )
         if not text.strip():
             raise TemplateError(f"The template in {self.origin} renders nothing on "
-                                f"{where or 'a row'}: every prompt must have some text.")
+                                f"{where}: every prompt must have some text.")
         return text
 
     def _render_bounded(self, context: dict[str, Any]) -> str | None:
@@ -174,3 +181,12 @@ class Template:
                 return None
             parts.append(part)
         return "".join(parts)
+
+
+def _stopped(origin: str, where: str, exc: Exception) -> TemplateError:
+    """The message for a template that asked for too much, or recursed without end."""
+    if isinstance(exc, RecursionError):
+        return TemplateError(f"The template in {origin} was stopped {where}: it calls itself "
+                             "without end (a macro or block that recurses). Simplify it.")
+    return TemplateError(f"The template in {origin} was stopped {where}: it {exc}. A template "
+                         "only formats a row's values; simplify it.")

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import functools
+import os
+import subprocess
+import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -55,3 +59,22 @@ def cli(*args: str) -> Result:
 
 def fake_model(server: FakeLLMServer) -> list[str]:
     return ["--model", "openai-compatible:fake", "--base-url", server.base_url]
+
+
+@contextmanager
+def serve_process(server: FakeLLMServer) -> Iterator[tuple[subprocess.Popen[str], str, str]]:
+    """``promptbatch serve`` on a free port in its own process, its model at ``server``: the
+    process, the address it printed and its bearer token. Stopped (SIGTERM) on exit."""
+    command = [str(Path(sys.executable).parent / "promptbatch"), "serve", "--port", "0",
+               "--model", "openai-compatible:fake", "--base-url", server.base_url]
+    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
+                            text=True, env=os.environ.copy())
+    try:
+        assert proc.stdout is not None
+        first = proc.stdout.readline()
+        assert first.startswith("PromptBatch backend listening on http://127.0.0.1:"), first
+        assert first.endswith(f"(model openai-compatible:fake, answered by {server.base_url})\n")
+        yield proc, first.split()[4], proc.stdout.readline().split(": ", 1)[1].strip()
+    finally:
+        proc.terminate()
+        proc.wait(10)

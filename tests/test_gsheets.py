@@ -16,10 +16,10 @@ import pytest
 from google.auth import _regional_access_boundary_utils
 from typer.testing import CliRunner
 
+from promptbatch_sheets.cells import CUT_MARKER
 from promptbatch_sheets.cli import app
 from promptbatch_sheets.errors import ConfigError, WorkbookError
 from promptbatch_sheets.surfaces import gsheets, open_surface
-from promptbatch_sheets.surfaces.base import CUT_MARKER
 from promptbatch_sheets.surfaces.gsheets import GSheetSurface, parse_ref
 from tests.fakes.llm_server import FakeLLMConfig, FakeLLMServer
 from tests.fakes.sheets_api import FakeSheetsAPI, Formula

@@ -3,10 +3,7 @@
 from __future__ import annotations
 
 import hmac
-import os
 import stat
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -22,6 +19,7 @@ from starlette.applications import Starlette
 from promptbatch_sheets import server
 from promptbatch_sheets.errors import ConfigError
 from promptbatch_sheets.settings import Settings
+from tests.conftest import serve_process
 from tests.fakes.llm_server import FakeLLMServer
 
 TOKEN = "test-token-0123456789"
@@ -216,21 +214,8 @@ def test_a_missing_api_key_stops_the_server_at_start(tmp_path: Path) -> None:
 
 def test_the_serve_command_prints_its_port_and_token(llm: FakeLLMServer,
                                                      isolated_home: Path) -> None:
-    command = [str(Path(sys.executable).parent / "promptbatch"), "serve", "--port", "0",
-               "--model", "openai-compatible:fake", "--base-url", llm.base_url]
-    proc = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL,
-                            text=True, env=os.environ.copy())
-    try:
-        assert proc.stdout is not None
-        first = proc.stdout.readline()
-        assert first.startswith("PromptBatch backend listening on http://127.0.0.1:")
-        assert first.endswith(f"(model openai-compatible:fake, answered by {llm.base_url})\n")
-        url = first.split()[4]
-        token = proc.stdout.readline().split(": ", 1)[1].strip()
+    with serve_process(llm) as (_, url, token):
         assert token == (isolated_home / "serve-token").read_text().strip()
         reply = httpx.post(f"{url}/v1/complete", json=ROWS,
                            headers={"authorization": f"Bearer {token}"}, timeout=30)
         assert reply.json()["answers"][0] == "Answer: Describe kettle."
-    finally:
-        proc.terminate()
-        proc.wait(10)

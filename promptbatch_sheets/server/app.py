@@ -38,7 +38,7 @@ MAX_DEPTH = 64
 
 async def find_table(backend: Backend, body: Any) -> dict[str, Any]:
     """Where the table and every prompt column sit, read by the CLI's own rules."""
-    return layout(sheet_request(backend.settings, body))
+    return await asyncio.to_thread(layout, sheet_request(backend.settings, body))
 
 
 async def batch_submit(backend: Backend, body: Any) -> dict[str, Any]:

@@ -20,13 +20,14 @@ from typing import Any
 
 from .. import batchapi
 from ..batchapi import Collected
+from ..cells import fit_cell
 from ..errors import ConfigError, WorkbookError
 from ..providers import ModelSpec, require_batch_api
 from ..report import progress
 from ..settings import Settings
 from ..store import Store
 from ..store.journal import Job
-from ..surfaces.base import Cell, SheetData, fit_cell
+from ..surfaces.base import Cell, SheetData
 from ..table import Grid
 from .sheet import SentSheet, prepared, sheet_request
 
@@ -37,6 +38,8 @@ CELL_LIMIT = 50_000
 
 class CaughtCells:
     """A surface that keeps what is written to it, for the script to write into the sheet."""
+
+    plain_text = False
 
     def __init__(self, data: SheetData) -> None:
         self.data = data

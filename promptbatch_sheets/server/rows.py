@@ -8,6 +8,7 @@ import contextlib
 from dataclasses import dataclass
 from typing import Any
 
+from ..cells import CellValue, answer_text, fit_cell
 from ..engine import RowResult, error_text, run_jobs, structured
 from ..errors import BadRequest, PromptBatchError
 from ..estimate import estimate
@@ -15,8 +16,6 @@ from ..plan import ERROR_PREFIX, RowJob
 from ..providers import Params
 from ..schema import Schema, load_schema
 from ..store import answer_key
-from ..surfaces.base import fit_cell
-from ..table import CellValue
 from ..template import Template, display
 from .backend import Backend
 from .checks import (
@@ -104,10 +103,21 @@ def _render(rows: Rows) -> tuple[list[RowJob], dict[int, str]]:
     return jobs, settled
 
 
+async def _rendered(backend: Backend, body: dict[str, Any]
+                    ) -> tuple[Rows, list[RowJob], dict[int, str]]:
+    """The request's template parsed and rendered off the event loop: a template that spends
+    its whole time budget must not stall the other requests, or a shutdown."""
+    def work() -> tuple[Rows, list[RowJob], dict[int, str]]:
+        rows = _rows_request(backend, body)
+        return (rows, *_render(rows))
+
+    return await asyncio.to_thread(work)
+
+
 def _answer(rows: Rows, result: RowResult) -> Answer:
     """The cell text, or one typed cell per field of an answer that fits them."""
     if rows.schema is None or not result.ok:
-        return fit_cell(result.text.strip(), CELL_LIMIT)
+        return fit_cell(answer_text(result.text), CELL_LIMIT)
     values = rows.schema.cells(rows.schema.check(result.text))
     return [fit_cell(v, CELL_LIMIT) if isinstance(v, str) else v for v in values]
 
@@ -122,10 +132,9 @@ Answer = str | list[CellValue] | None
 async def complete(backend: Backend, body: Any) -> dict[str, Any]:
     """Answers for a chunk of rows, from the cache first; ``null`` for rows past the wait."""
     body = body_fields(body, ROW_FIELDS, ROW_OPTIONAL | {"wait_seconds"})
-    rows = _rows_request(backend, body)
     wait = body.get("wait_seconds")
     wait = None if wait is None else number_field(wait, "wait_seconds", 1, MAX_WAIT_S)
-    jobs, settled = _render(rows)
+    rows, jobs, settled = await _rendered(backend, body)
     answers: list[Answer] = [settled.get(i) for i in range(len(rows.rows))]
     counts = {"cached": 0, "answered": 0, "failed": sum(1 for t in settled.values() if t)}
 
@@ -147,9 +156,8 @@ async def complete(backend: Backend, body: Any) -> dict[str, Any]:
 async def preview(backend: Backend, body: Any) -> dict[str, Any]:
     """Counts, first prompts and an estimate for rows to send; ``total`` scales a sample."""
     body = body_fields(body, ROW_FIELDS, ROW_OPTIONAL | {"total", "first"})
-    rows = _rows_request(backend, body)
     first = int(number_field(body.get("first", 3), "first", 0, PREVIEW_FIRST_MAX))
-    jobs, settled = _render(rows)
+    rows, jobs, settled = await _rendered(backend, body)
     keys = {job.row: answer_key(backend.spec.label, rows.asked, job.prompt) for job in jobs}
     hits = backend.store.get_many(keys.values())
     fresh = list({keys[j.row]: j.prompt for j in jobs if keys[j.row] not in hits}.values())

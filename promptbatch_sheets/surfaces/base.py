@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import re
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple, Protocol
 
-from ..table import Bounds, CellValue, Grid, TemplateText, quote_sheet
+from ..cells import CellValue
+from ..table import Bounds, Grid, TemplateText, quote_sheet
 from ..template import display
 
 
@@ -68,6 +68,10 @@ Cell = tuple[int, int, CellValue]
 class Surface(Protocol):
     """Brings a table in and takes answers out, in few calls."""
 
+    plain_text: bool
+    """The output keeps no cell types (CSV): a spreadsheet that opens it runs text that
+    starts like a formula, so answers written there are escaped (``escape_formula``)."""
+
     def read(self) -> SheetData:
         """The sheet to run, read in one go."""
         ...
@@ -94,16 +98,3 @@ class Surface(Protocol):
     def close(self) -> None:
         """Make everything written durable (save the file, flush the last block)."""
         ...
-
-
-CUT_MARKER = " [... cut: {n} more characters]"
-_XML_ILLEGAL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ufffe\uffff]")
-
-
-def fit_cell(text: str, limit: int) -> str:
-    """Text a cell can hold: characters XML forbids removed, over-long answers visibly cut."""
-    text = _XML_ILLEGAL.sub("", text)
-    if len(text) <= limit:
-        return text
-    keep = limit - len(CUT_MARKER.format(n=len(text)))
-    return text[:keep] + CUT_MARKER.format(n=len(text) - keep)

@@ -16,13 +16,14 @@ from typing import Any
 import xlwings as xw
 
 from .. import batchapi, runner
+from ..cells import CellValue, fit_cell
 from ..engine import RowResult, Summary
 from ..errors import PromptBatchError, WorkbookError
 from ..settings import Via
 from ..store import Store
-from ..table import Bounds, CellValue, Grid, TemplateText, quote_sheet
+from ..table import Bounds, Grid, TemplateText, quote_sheet
 from ..template import display
-from .base import CONF_SHEET, TEMPLATE_NAME, Cell, Conf, SheetData, conf_settings, fit_cell
+from .base import CONF_SHEET, TEMPLATE_NAME, Cell, Conf, SheetData, conf_settings
 from .xlsx import EXCEL_CELL_LIMIT
 
 TEXT_PREFIX = "'"
@@ -74,6 +75,8 @@ def _read_setting(app: xw.App, name: str) -> Any:
 
 class ExcelSurface:
     """One sheet of an open workbook."""
+
+    plain_text = False
 
     def __init__(self, book: xw.Book, sheet: str | None = None) -> None:
         self.book = book

@@ -24,9 +24,10 @@ from openpyxl.utils import get_column_letter
 from requests import Response
 from requests.exceptions import RequestException
 
+from ..cells import CellValue, fit_cell
 from ..errors import WorkbookError
-from ..table import CellValue, Grid, TemplateText, quote_sheet
-from .base import CONF_SHEET, TEMPLATE_NAME, Cell, Conf, SheetData, conf_settings, fit_cell
+from ..table import Grid, TemplateText, quote_sheet
+from .base import CONF_SHEET, TEMPLATE_NAME, Cell, Conf, SheetData, conf_settings
 from .gsheets_auth import Login, login
 
 GOOGLE_CELL_LIMIT = 50_000
@@ -104,6 +105,8 @@ def _backoff(attempt: int, retry_after: str | None) -> float:
 
 class GSheetSurface:
     """One sheet of a Google spreadsheet; credentials as ``gsheets_auth.login`` finds them."""
+
+    plain_text = False
 
     def __init__(self, ref: str, sheet: str | None = None,
                  credentials: str | None = None) -> None:

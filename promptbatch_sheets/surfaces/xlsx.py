@@ -30,13 +30,15 @@ from .files import (
     default_output,
 )
 from .xlsx_patch import EXCEL_CELL_LIMIT as EXCEL_CELL_LIMIT  # other surfaces import it here
-from .xlsx_patch import check_package, check_writable, locate_parts, patch_workbook
+from .xlsx_patch import check_package, check_writable, locate_parts, patch_workbook, row_pieces
 
 _FORMULA = re.compile(rb"<(?:[\w.-]+:)?f[\s>/]")
 _CELL = re.compile(rb"<((?:[\w.-]+:)?)c\b([^>]*?)(?:/>|>(.*?)</\1c>)", re.S)
 _VALUE = re.compile(rb"<(?:[\w.-]+:)?v\s*>[^<]")
 _REF = re.compile(rb"""\sr\s*=\s*["']([A-Za-z]{1,3})([0-9]{1,7})["']""")
 _TEXT_TYPE = re.compile(rb"""\st\s*=\s*["']str["']""")
+STRICT = b"http://purl.oclc.org/ooxml/"
+"""Where Strict Open XML's namespaces start; openpyxl reads only the Transitional ones."""
 EMPTY_ROW: tuple[Any, ...] = ()
 """Every blank row of a grid is this one tuple: a sheet reaching row 1,048,576 stays small."""
 
@@ -63,6 +65,12 @@ def _unreadable(path: Path) -> Iterator[None]:
 
 def _load(path: Path) -> Workbook:
     with _unreadable(path):
+        with zipfile.ZipFile(path) as zf:
+            if STRICT in zf.read("_rels/.rels"):
+                raise WorkbookError(
+                    f"{path} is saved as Strict Open XML, which promptbatch cannot read (its "
+                    "reader, openpyxl, knows only the usual .xlsx: it would find no sheet). In "
+                    "Excel use File > Save As > Excel Workbook (.xlsx), and run that copy.")
         return openpyxl.load_workbook(path, data_only=True)
 
 
@@ -110,33 +118,36 @@ def _uncalculated(path: Path, sheet: str) -> frozenset[tuple[int, int]]:
     """Cells holding a formula but no saved value (openpyxl and other writers that do not
     calculate leave ``<v>`` out or empty); data_only reading gives None for them.
 
-    The sheet's XML is scanned cell by cell only when it holds a formula at all.
+    The sheet's XML is read in pieces, and a piece is scanned cell by cell only when it holds
+    a formula at all.
     """
-    with zipfile.ZipFile(path) as zf:
-        xml = zf.read(locate_parts(zf, path, sheet).sheet)
-    if not _FORMULA.search(xml):
-        return frozenset()
     found: set[tuple[int, int]] = set()
-    for cell in _CELL.finditer(xml):
-        body, attrs = cell.group(3) or b"", cell.group(2)
-        ref = _REF.search(attrs)
-        if ref and _FORMULA.search(body) and not _VALUE.search(body) \
-                and not _TEXT_TYPE.search(attrs):
-            col = column_index_from_string(ref.group(1).decode().upper())
-            found.add((int(ref.group(2)) - 1, col - 1))
+    with zipfile.ZipFile(path) as zf, zf.open(locate_parts(zf, path, sheet).sheet) as xml:
+        for piece in row_pieces(xml):
+            if not _FORMULA.search(piece):
+                continue
+            for cell in _CELL.finditer(piece):
+                body, attrs = cell.group(3) or b"", cell.group(2)
+                ref = _REF.search(attrs)
+                if ref and _FORMULA.search(body) and not _VALUE.search(body) \
+                        and not _TEXT_TYPE.search(attrs):
+                    col = column_index_from_string(ref.group(1).decode().upper())
+                    found.add((int(ref.group(2)) - 1, col - 1))
     return frozenset(found)
 
 
 class XlsxSurface:
+    plain_text = False
+
     def __init__(self, path: Path, sheet: str | None = None, output: Path | None = None) -> None:
         check_readable(path)
         check_package(path)
         self.path = path
         self.sheet_name = sheet
         self.output = output or default_output(path)
-        self._values = _load(path)
-        self._sheet = self._pick_sheet(self._values)
-        check_writable(path, self._sheet.title)  # refuse before any answer is paid for
+        self._values: Workbook | None = _load(path)
+        self._title = self._pick_sheet(self._values).title
+        check_writable(path, self._title)  # refuse before any answer is paid for
         self._written: list[Cell] = []
         self._schedule = SaveSchedule()
         self._lock = OutputLock(self.output)
@@ -156,22 +167,33 @@ class XlsxSurface:
             raise WorkbookError(f"{self.path} has no worksheet to run.")
         return candidates[0]
 
+    def _book(self) -> Workbook:
+        """openpyxl's workbook, which ``read`` lets go of: a big one holds gigabytes that the
+        run, which writes by patching the file, never needs. A later ``cell_text`` loads it
+        again."""
+        if self._values is None:
+            self._values = _load(self.path)
+        return self._values
+
     def read(self) -> SheetData:
-        ws = self._sheet
+        book = self._book()
+        ws = book[self._title]
         with _unreadable(self.path):
             grid = _grid(ws)
             merged = _fill_merged(grid, ws)
             hidden = frozenset(r - 1 for r, dim in ws.row_dimensions.items() if dim.hidden)
-            conf = self._conf()
-            return SheetData(name=ws.title, grid=grid, template=self._defined_template(),
+            conf = self._conf(book)
+            data = SheetData(name=ws.title, grid=grid, template=self._defined_template(book, ws),
                              bounds=self._table_bounds(ws), settings=conf.settings,
                              setting_cells=conf.cells,
                              hidden_rows=hidden, merged=merged,
                              uncalculated=_uncalculated(self.path, ws.title))
+        self._values = None
+        return data
 
-    def _defined_template(self) -> TemplateText | None:
-        names = dict(self._values.defined_names.items())
-        names.update(self._sheet.defined_names.items())
+    def _defined_template(self, book: Workbook, ws: Worksheet) -> TemplateText | None:
+        names = dict(book.defined_names.items())
+        names.update(ws.defined_names.items())
         defined = names.get(TEMPLATE_NAME)
         if defined is None:
             return None
@@ -187,20 +209,22 @@ class XlsxSurface:
             return Bounds(top - 1, left - 1, bottom - 1, right - 1)
         return None
 
-    def _conf(self) -> Conf:
-        conf = next((ws for ws in self._values.worksheets if ws.title.lower() == CONF_SHEET), None)
+    @staticmethod
+    def _conf(book: Workbook) -> Conf:
+        conf = next((ws for ws in book.worksheets if ws.title.lower() == CONF_SHEET), None)
         if conf is None:
             return Conf({}, {})
         return conf_settings(conf.iter_rows(values_only=True, max_col=2), conf.title)
 
     def cell_text(self, ref: str) -> str:
         sheet, _, coord = ref.rpartition("!")
-        sheet = sheet.strip("'").replace("''", "'") if sheet else self._sheet.title
-        if sheet not in self._values.sheetnames:
+        sheet = sheet.strip("'").replace("''", "'") if sheet else self._title
+        book = self._book()
+        if sheet not in book.sheetnames:
             raise WorkbookError(f"Cell {ref}: no sheet {sheet!r}. Sheets: "
-                                + ", ".join(repr(n) for n in self._values.sheetnames))
+                                + ", ".join(repr(n) for n in book.sheetnames))
         try:
-            value: Any = self._values[sheet][coord.replace("$", "")].value
+            value: Any = book[sheet][coord.replace("$", "")].value
         except (ValueError, AttributeError):
             raise WorkbookError(f"{ref} is not a cell reference; write it like 'Sheet 1'!B2."
                                 ) from None
@@ -216,7 +240,7 @@ class XlsxSurface:
             book = _load(self.output)
         except WorkbookError:
             return None  # unreadable: nothing in it could be kept anyway
-        title = self._sheet.title
+        title = self._title
         return _grid(book[title]) if title in book.sheetnames else None
 
     def write(self, cells: Sequence[Cell]) -> None:
@@ -233,5 +257,5 @@ class XlsxSurface:
 
     def _save(self) -> None:
         """Patch every answer so far into a fresh copy of the source, then swap it in."""
-        title, written = self._sheet.title, list(self._written)
+        title, written = self._title, list(self._written)
         atomic_write(self.output, lambda tmp: patch_workbook(self.path, tmp, title, written))

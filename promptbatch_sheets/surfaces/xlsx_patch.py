@@ -12,6 +12,7 @@ would rename namespace prefixes and be slow on 50,000-row sheets.
 from __future__ import annotations
 
 import bisect
+import itertools
 import math
 import posixpath
 import re
@@ -23,16 +24,23 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from functools import lru_cache
 from pathlib import Path
+from typing import IO
 from urllib.parse import unquote
 from xml.etree import ElementTree as ET
 
 from openpyxl.utils.cell import column_index_from_string, get_column_letter, range_boundaries
 
+from ..cells import CellValue, fit_cell
 from ..errors import WorkbookError
-from ..table import CellValue
-from .base import Cell, fit_cell
+from .base import Cell
 
 EXCEL_CELL_LIMIT = 32_767
+MAX_UNPACKED = 2**30
+"""Bytes a workbook may inflate to, all parts together, as its zip declares them: real
+workbooks inflate to a few hundred MB at most (the corpus's largest: 60 MB)."""
+MAX_RATIO, RATIO_FROM = 250, 10 * 2**20
+"""A part over 10 MB may inflate at most 250 times its packed size (real sheets: up to 121);
+a zip bomb inflates ~1,000 times."""
 MAX_ROWS, MAX_COLS = 1_048_576, 16_384
 OLE_MAGIC = b"\xd0\xcf\x11\xe0\xa1\xb1\x1a\xe1"
 """Encrypted (password-to-open) workbooks are OLE compound files, not zips."""
@@ -86,32 +94,57 @@ def check_package(path: Path) -> None:
     if not zipfile.is_zipfile(path):
         raise WorkbookError(f"{path} is not a readable .xlsx workbook (the zip is damaged or "
                             "it is another kind of file). Open it in Excel and save it as .xlsx.")
+    with _damage_reported(path), zipfile.ZipFile(path) as zf:
+        _check_sizes(zf, path)
+
+
+def _check_sizes(zf: zipfile.ZipFile, path: Path) -> None:
+    """Refuse a zip bomb from what the zip declares, before anything is inflated; a part that
+    inflates past its declared size is cut there by zipfile, which then fails its CRC check."""
+    total = sum(info.file_size for info in zf.infolist())
+    if total > MAX_UNPACKED:
+        raise WorkbookError(f"{path} would inflate to {total / 2**20:,.0f} MB; promptbatch "
+                            f"opens workbooks of up to {MAX_UNPACKED // 2**20:,} MB unpacked. "
+                            "If it is really that big, save its table as .csv and run that.")
+    for info in zf.infolist():
+        if info.file_size > RATIO_FROM and info.file_size > MAX_RATIO * info.compress_size:
+            raise WorkbookError(f"{path} is not a plausible workbook: its part "
+                                f"{info.filename} inflates {info.file_size // 2**20:,} MB from "
+                                f"{info.compress_size // 2**10:,} KB (a zip bomb?). Open it "
+                                "in Excel and save it again if you trust it.")
 
 
 def check_writable(path: Path, sheet: str) -> None:
     """Everything ``patch_workbook`` would refuse for, found before any answer is bought."""
     check_package(path)
-    with _damage_reported(path), zipfile.ZipFile(path) as zf:
-        parts = locate_parts(zf, path, sheet)
-        _refuse_unpatchable(zf.read(parts.sheet), path, sheet)
+    with _damage_reported(path), zipfile.ZipFile(path) as zf, \
+            zf.open(locate_parts(zf, path, sheet).sheet) as xml:
+        for _ in _checked(row_pieces(xml), path, sheet):
+            pass
 
 
 def patch_workbook(source: Path, target: Path, sheet: str, cells: Iterable[Cell]) -> None:
     """Copy ``source`` to ``target`` with ``cells`` written into ``sheet``: strings as text,
     numbers as numbers, booleans as booleans.
 
-    Later cells for the same position win. Raises ``WorkbookError`` before writing anything
-    when the workbook cannot be patched safely.
+    Later cells for the same position win. Raises ``WorkbookError``, leaving no ``target``,
+    when the workbook cannot be patched safely. The worksheet is read and written in pieces,
+    never held whole, so a refusal can come after ``target`` was begun: it is removed then.
     """
     answers = _answers(cells)
     check_package(source)
-    with _damage_reported(source), zipfile.ZipFile(source) as zf:
-        parts = locate_parts(zf, source, sheet)
-        xml = zf.read(parts.sheet)
-        _refuse_unpatchable(xml, source, sheet)
-        changed = _grow_tables(zf, parts.tables, answers)
-        changed[parts.sheet] = patch_sheet_xml(xml, answers, sheet)
-        _copy_zip(zf, target, changed)
+    try:
+        with _damage_reported(source), zipfile.ZipFile(source) as zf:
+            parts = locate_parts(zf, source, sheet)
+            changed: dict[str, bytes | Iterator[bytes]] = dict(
+                _grow_tables(zf, parts.tables, answers))
+            with zf.open(parts.sheet) as xml:
+                changed[parts.sheet] = _patched(_checked(row_pieces(xml), source, sheet),
+                                                answers, sheet)
+                _copy_zip(zf, target, changed)
+    except WorkbookError:
+        target.unlink(missing_ok=True)
+        raise
 
 
 @contextmanager
@@ -192,8 +225,43 @@ def locate_parts(zf: zipfile.ZipFile, path: Path, sheet: str) -> SheetParts:
                         + ", ".join(repr(n) for n in names))
 
 
-def _refuse_unpatchable(xml: bytes, path: Path, sheet: str) -> None:
-    """A protected sheet, or XML this scanner cannot patch byte-for-byte."""
+_ROW_END = re.compile(rb"</(?:[\w.-]+:)?row>")
+
+
+def row_pieces(stream: IO[bytes], size: int = 1 << 20) -> Iterator[bytes]:
+    """A worksheet's XML in pieces of about ``size`` bytes, each ending after a row's end tag,
+    so that no cell (and no tag) is split between two: a sheet need not be read whole."""
+    rest = b""
+    while chunk := stream.read(size):
+        rest += chunk
+        end = max((m.end() for m in _ROW_END.finditer(rest, max(len(rest) - len(chunk) - 16,
+                                                                  0))), default=0)
+        if end:
+            yield rest[:end]
+            rest = rest[end:]
+    yield rest
+
+
+def _checked(pieces: Iterable[bytes], path: Path, sheet: str) -> Iterator[bytes]:
+    """``pieces`` (as ``row_pieces`` cuts them: the sheet's head is in the first), refused if
+    the sheet is protected or holds XML this scanner cannot patch byte-for-byte."""
+    protection: re.Pattern[bytes] | None = None
+    for piece in pieces:
+        if protection is None:
+            protection = _check_head(piece, path, sheet)
+        found = protection.search(piece)
+        if found and _attrs(found.group(0)).get(b"sheet") in (b"1", b"true"):
+            raise WorkbookError(f"Sheet {sheet!r} of {path} is protected. Unprotect it in "
+                                "Excel (Review > Unprotect Sheet), save, and run again.")
+        if b"<!--" in piece or b"<![CDATA[" in piece:
+            raise WorkbookError(f"Sheet {sheet!r} of {path} holds XML comments or CDATA, "
+                                "which promptbatch cannot patch safely; open it in Excel and "
+                                "save again.")
+        yield piece
+
+
+def _check_head(xml: bytes, path: Path, sheet: str) -> re.Pattern[bytes]:
+    """The sheet is UTF-8 and has cell data; returns how its protection tag is spelled."""
     encoding = _ENCODING.match(xml)
     if xml.startswith((b"\xff\xfe", b"\xfe\xff")) or (
             encoding and encoding.group(1).lower() not in (b"utf-8", b"utf8")):
@@ -203,13 +271,7 @@ def _refuse_unpatchable(xml: bytes, path: Path, sheet: str) -> None:
     if data is None:
         raise WorkbookError(f"Sheet {sheet!r} of {path} has no cell data part; open the "
                             "workbook in Excel and save it again.")
-    protection = _tag(data.group(1), b"sheetProtection").search(xml)
-    if protection and _attrs(protection.group(0)).get(b"sheet") in (b"1", b"true"):
-        raise WorkbookError(f"Sheet {sheet!r} of {path} is protected. Unprotect it in Excel "
-                            "(Review > Unprotect Sheet), save, and run again.")
-    if b"<!--" in xml or b"<![CDATA[" in xml:
-        raise WorkbookError(f"Sheet {sheet!r} of {path} holds XML comments or CDATA, which "
-                            "promptbatch cannot patch safely; open it in Excel and save again.")
+    return _tag(data.group(1), b"sheetProtection")
 
 
 # --- scanning XML --------------------------------------------------------------------------------
@@ -237,15 +299,15 @@ def _set_attr(tag: bytes, name: bytes, value: str) -> bytes:
 
 
 def _elements(xml: bytes, prefix: bytes, name: bytes, start: int, stop: int,
-              ends: bool) -> Iterator[_Element]:
+              ends: bool, previous: int = 0) -> Iterator[_Element]:
     """The ``name`` elements in ``xml[start:stop]``, none nested in another.
 
     ``index`` comes from the ``r`` attribute (a row number or a cell reference) or, where a
-    producer left ``r`` out, is one more than the previous element's. ``end`` is only searched
-    for when ``ends`` is true: indexing 50,000 rows needs the start tags only.
+    producer left ``r`` out, is one more than the previous element's (``previous`` before the
+    first). ``end`` is only searched for when ``ends`` is true: indexing 50,000 rows needs the
+    start tags only.
     """
     close = b"</" + prefix + name + b">"
-    previous = 0
     for found in _tag(prefix, name).finditer(xml, start, stop):
         r = _R_ATTR.search(found.group(0))
         previous = _index(r.group(1)) if r else previous + 1
@@ -261,12 +323,15 @@ def _index(ref: bytes) -> int:
 
 
 def _apply(xml: bytes, edits: list[tuple[int, int, bytes]]) -> bytes:
-    """Replace each ``xml[start:end]``; edits at one place keep their given order."""
-    pieces, pos = [], 0
+    """Replace each ``xml[start:end]``; edits at one place keep their given order. The kept
+    parts are views, not copies: a big sheet is held twice at most, not three times."""
+    view = memoryview(xml)
+    pieces: list[bytes | memoryview] = []
+    pos = 0
     for start, end, text in sorted(edits, key=lambda e: e[0]):
-        pieces += [xml[pos:start], text]
+        pieces += [view[pos:start], text]
         pos = end
-    pieces.append(xml[pos:])
+    pieces.append(view[pos:])
     return b"".join(pieces)
 
 
@@ -290,9 +355,40 @@ def patch_sheet_xml(xml: bytes, answers: Mapping[tuple[int, int], CellValue],
         rows = (_tag_open(data.group(0)) + body + b"</" + prefix + b"sheetData>")
         edits = [(data.start(), data.end(), rows)]
     else:
-        edits = _row_edits(xml, prefix, data.end(), by_row, sheet)
+        stop = xml.index(b"</" + prefix + b"sheetData>", data.end())
+        found = list(_elements(xml, prefix, b"row", data.end(), stop, ends=False))
+        edits = _row_edits(xml, prefix, found, stop, by_row, sheet)
     edits += _dimension_edit(xml[:data.start()], prefix, answers)
     return _apply(xml, edits)
+
+
+def _patched(pieces: Iterator[bytes], answers: Mapping[tuple[int, int], CellValue],
+             sheet: str) -> Iterator[bytes]:
+    """``patch_sheet_xml`` over the pieces ``row_pieces`` cuts, piece by piece: each piece's
+    answers are the rows up to its last one (the last piece takes the rest, before
+    ``</sheetData>``), so a big sheet is never held whole, in or out."""
+    first = next(pieces)
+    data = _SHEET_DATA.search(first)
+    if data is None or data.group(2) or not answers:  # no rows: the sheet is one piece
+        yield patch_sheet_xml(b"".join([first, *pieces]), answers, sheet)
+        return
+    prefix, end_tag = data.group(1), b"</" + data.group(1) + b"sheetData>"
+    by_row: dict[int, dict[int, CellValue]] = {}
+    for (row, col), value in sorted(answers.items()):
+        by_row.setdefault(row + 1, {})[col + 1] = value
+    numbers, taken, previous = list(by_row), 0, 0
+    start, edits = data.end(), _dimension_edit(first[:data.start()], prefix, answers)
+    for piece in itertools.chain([first], pieces):
+        stop = piece.find(end_tag, start)
+        found = list(_elements(piece, prefix, b"row", start, len(piece) if stop < 0 else stop,
+                               ends=False, previous=previous))
+        previous = found[-1].index if found else previous
+        upto = len(numbers) if stop >= 0 else bisect.bisect(numbers, previous)
+        mine = {n: by_row[n] for n in numbers[taken:upto]}
+        taken = upto
+        yield _apply(piece, edits + _row_edits(piece, prefix, found, len(piece) if stop < 0
+                                               else stop, mine, sheet))
+        start, edits = 0, []
 
 
 def _tag_open(tag: bytes) -> bytes:
@@ -300,10 +396,11 @@ def _tag_open(tag: bytes) -> bytes:
     return re.sub(rb"\s*/>$", b">", tag)
 
 
-def _row_edits(xml: bytes, prefix: bytes, start: int, by_row: dict[int, dict[int, CellValue]],
-               sheet: str) -> list[tuple[int, int, bytes]]:
-    stop = xml.index(b"</" + prefix + b"sheetData>", start)
-    rows = {e.index: e for e in _elements(xml, prefix, b"row", start, stop, ends=False)}
+def _row_edits(xml: bytes, prefix: bytes, found: list[_Element], stop: int,
+               by_row: dict[int, dict[int, CellValue]], sheet: str) -> list[tuple[int, int, bytes]]:
+    """Edits writing ``by_row`` into the rows ``found`` in ``xml``; a row not there is
+    inserted before the next one, or at ``stop``."""
+    rows = {e.index: e for e in found}
     ordered = sorted(rows)
     starts = [rows[n].start for n in ordered]
     edits = []
@@ -516,8 +613,10 @@ def _count(xml: bytes, prefix: bytes, count: int) -> tuple[int, int, bytes]:
 # --- the zip -------------------------------------------------------------------------------------
 
 
-def _copy_zip(zf: zipfile.ZipFile, target: Path, changed: Mapping[str, bytes]) -> None:
-    """Every member in its order, with its name, date, attributes and compression method."""
+def _copy_zip(zf: zipfile.ZipFile, target: Path,
+              changed: Mapping[str, bytes | Iterator[bytes]]) -> None:
+    """Every member in its order, with its name, date, attributes and compression method; a
+    changed one given as pieces is written piece by piece."""
     with zipfile.ZipFile(target, "w", allowZip64=True) as out:
         out.comment = zf.comment
         for info in zf.infolist():
@@ -525,8 +624,14 @@ def _copy_zip(zf: zipfile.ZipFile, target: Path, changed: Mapping[str, bytes]) -
             copy.compress_type = info.compress_type
             copy.external_attr, copy.create_system = info.external_attr, info.create_system
             copy.comment = info.comment
-            if info.filename in changed:
-                out.writestr(copy, changed[info.filename])
+            new = changed.get(info.filename)
+            if isinstance(new, bytes):
+                out.writestr(copy, new)
+                continue
+            if new is not None:
+                with out.open(copy, "w") as dst:
+                    for piece in new:
+                        dst.write(piece)
                 continue
             copy.file_size = info.file_size
             with zf.open(info) as src, out.open(copy, "w") as dst:
