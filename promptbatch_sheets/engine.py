@@ -48,6 +48,8 @@ class Summary:
     kept: int = 0
     unsent: int = 0
     """Rows a budget stopped before they were sent; their cells stay empty."""
+    rate_limited: int = 0
+    """Failed rows the provider kept refusing for its rate limit (HTTP 429)."""
     requests: int = 0
     retries: int = 0
     prompt_tokens: int = 0
@@ -194,6 +196,7 @@ async def run_jobs(
             result: Completion | str = await provider.complete(prompt, step_params)
         except ProviderError as exc:
             result = str(exc)
+            summary.rate_limited += exc.rate_limited
         if isinstance(result, Completion):
             summary.prompt_tokens += result.prompt_tokens
             summary.completion_tokens += result.completion_tokens

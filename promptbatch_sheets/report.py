@@ -5,6 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .batch import Prepared, Preview, summary_cost
@@ -61,8 +62,14 @@ def print_summary(console: Console, prepared: Prepared, summary: Summary,
     if output is not None:
         table.add_row("written to", str(output))
     console.print(table)
-    for error in summary.errors:
-        console.print(f"[red]#ERROR:[/] {error}")
+    for error in summary.errors:  # a server's words: markup in them is text
+        console.print(f"[red]#ERROR:[/] {escape(error)}")
+    if summary.rate_limited:
+        console.print(f"The provider refused {summary.rate_limited:,} rows for its rate limit "
+                      f"(HTTP 429; a row is retried for at most {prepared.settings.timeout:g} s, "
+                      "the timeout setting): it allows less than this run asks. Run the same "
+                      "command again later to retry them; if it keeps happening, lower "
+                      "--concurrency or set --rpm to your account's limit.")
     if summary.unsent:
         console.print(f"Budget ${prepared.settings.budget:,.4f} reached: {summary.unsent:,} rows "
                       "were not sent and stay empty; run again with a larger --budget to "

@@ -50,6 +50,12 @@ class RetryPolicy:
 class ProviderError(Exception):
     """A request that failed for good; its text lands in the row's cell after ``#ERROR:``."""
 
+    def __init__(self, reason: str, rate_limited: bool = False) -> None:
+        super().__init__(reason)
+        self.rate_limited = rate_limited
+        """The provider kept refusing it for its rate limit (HTTP 429): the run summary says
+        so, with the fix."""
+
 
 class Provider(Protocol):
     """Sends one prompt and returns one completion, retrying what is worth retrying."""
