@@ -6,6 +6,7 @@ import time
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from .batch import Prepared
@@ -44,7 +45,9 @@ def print_jobs(console: Console, jobs: list[Job]) -> None:
         state = job.status + ("" if job.open else ", collected")
         console.print(f"[bold]{job.id}[/]  {job.model}  est. {_money(job.estimate_usd)}  "
                       f"sent {age(now - job.created)} ago")
-        console.print(f"  {state}: {progress(job)}" + (f"; {job.error}" if job.error else ""))
+        # the status and the error are the server's words: markup in them is text
+        console.print(escape(f"  {state}: {progress(job)}"
+                             + (f"; {job.error}" if job.error else "")))
 
 
 def print_submitted(console: Console, jobs: list[Job]) -> None:
@@ -74,7 +77,7 @@ def print_collected(console: Console, prepared: Prepared, collected: Collected,
             table.add_row("written to", str(output))
         console.print(table)
     for error in summary.errors:
-        console.print(f"[red]#ERROR:[/] {error}")
+        console.print(f"[red]#ERROR:[/] {escape(error)}")
     running = [j.id for j in collected.jobs if j.open]
     if collected.waiting:
         console.print(f"{collected.waiting:,} rows wait for {', '.join(running)}: their cells "

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
 from . import batch, report, userconfig
@@ -74,7 +75,7 @@ def user_errors(command: F) -> F:
         try:
             return command(*args, **kwargs)
         except PromptBatchError as exc:
-            console.print(f"[bold red]Error:[/] {exc}", soft_wrap=True)
+            console.print(f"[bold red]Error:[/] {escape(str(exc))}", soft_wrap=True)
             raise typer.Exit(2) from None
 
     return wrapper  # type: ignore[return-value]
