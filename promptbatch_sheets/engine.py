@@ -197,6 +197,7 @@ async def run_jobs(
         except ProviderError as exc:
             result = str(exc)
             summary.rate_limited += exc.rate_limited
+            summary.requests -= not exc.sent
         if isinstance(result, Completion):
             summary.prompt_tokens += result.prompt_tokens
             summary.completion_tokens += result.completion_tokens

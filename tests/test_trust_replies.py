@@ -26,7 +26,7 @@ import pytest
 
 from promptbatch_sheets import server
 from promptbatch_sheets.settings import Settings
-from tests.conftest import cli
+from tests.conftest import cli, fake_model
 from tests.fakes.batch_api import FakeBatchConfig, FakeBatchServer
 from tests.fakes.llm_server import FakeLLMServer, reflection
 from tests.test_server import AUTH, TOKEN, running
@@ -56,7 +56,7 @@ SCRUBBED = ("You sent 'Bearer ***'. Key: ***. Incorrect API key provided: ***...
 
 
 def stored(home: Path) -> bytes:
-    """Every byte under PROMPTBATCH_HOME: the cache, its journal and write-ahead files."""
+    """Every byte of the files under ``home``: the cache, its journal and write-ahead files."""
     return b"".join(p.read_bytes() for p in sorted(home.rglob("*")) if p.is_file())
 
 
@@ -103,10 +103,13 @@ def chat_calls(llm: FakeLLMServer, prompt: str) -> int:
                and r["json"]["messages"][-1]["content"] == prompt)
 
 
-def run_process(*args: str) -> tuple[subprocess.CompletedProcess[str], float]:
-    """The promptbatch command as a user runs it, timed (no test fixture speeds it up)."""
+def run_process(llm: FakeLLMServer, book: Path,
+                out: Path) -> tuple[subprocess.CompletedProcess[str], float]:
+    """``promptbatch run`` of ``book`` against the fake, as a user runs it, timed (no test
+    fixture speeds its retries up)."""
     started = time.monotonic()
-    done = subprocess.run([PROMPTBATCH, *args], capture_output=True, text=True,
+    done = subprocess.run([PROMPTBATCH, "run", str(book), "--template", "{{ q }}", "-o",
+                           str(out), *fake_model(llm)], capture_output=True, text=True,
                           env=os.environ.copy(), timeout=SLOW_RUN_S)
     return done, time.monotonic() - started
 
@@ -159,8 +162,7 @@ def test_a_reflected_key_reaches_no_cell_cache_or_terminal(
     assert leaks(result.stdout) == [] and leaks(result.stderr) == []
 
 
-def test_serve_scrubs_a_reflected_key(tmp_path: Path, llm: FakeLLMServer, keyed: None,
-                                      isolated_home: Path) -> None:
+def test_serve_scrubs_a_reflected_key(tmp_path: Path, llm: FakeLLMServer, keyed: None) -> None:
     faulty(llm, REFLECTING)
     settings = Settings(model="openai-compatible:fake", base_url=llm.base_url)
     rows = {"template": "{{ q }}", "headers": ["q"], "rows": [[v] for v in REFLECTING]}
@@ -171,7 +173,7 @@ def test_serve_scrubs_a_reflected_key(tmp_path: Path, llm: FakeLLMServer, keyed:
     assert answers[0] == SCRUBBED
     assert answers[2] == f"#ERROR: HTTP 401 (the server refused the API key): {SCRUBBED}"
     assert leaks(reply.content) == []
-    assert leaks((tmp_path / "a.sqlite3").read_bytes()) == []
+    assert leaks(stored(tmp_path)) == []  # the cache, its -wal file, everything
 
 
 @pytest.mark.parametrize("provider", ["openai", "anthropic"])
@@ -211,9 +213,7 @@ def test_a_dripping_server_is_cut_at_the_timeout(tmp_path: Path, llm: FakeLLMSer
     faulty(llm, {"slow": "drip:s=1,n=600"})
     book = write_csv(tmp_path / "in.csv", ["slow", "fine"])
     out = tmp_path / "out.csv"
-    done, seconds = run_process("run", str(book), "--template", "{{ q }}", "-o", str(out),
-                                "--model", "openai-compatible:fake", "--base-url",
-                                llm.base_url)
+    done, seconds = run_process(llm, book, out)
     assert done.returncode == 1, done.stderr
     assert seconds < 60
     cells = read_csv(out)
@@ -222,13 +222,13 @@ def test_a_dripping_server_is_cut_at_the_timeout(tmp_path: Path, llm: FakeLLMSer
                              "(gave up after 2 attempts)")
 
 
-def test_a_huge_reply_is_refused_without_reading_it_all(tmp_path: Path, llm: FakeLLMServer,
-                                                        isolated_home: Path) -> None:
+def test_a_huge_reply_is_refused_without_reading_it_all(tmp_path: Path,
+                                                        llm: FakeLLMServer) -> None:
     faulty(llm, {"big": "huge:mb=50", "bomb": "gzip:mb=100"})
     book = write_csv(tmp_path / "in.csv", ["big", "bomb", "fine"])
     out = tmp_path / "out.csv"
     result = cli("run", str(book), "--template", "{{ q }}", "-o", str(out),
-                 "--model", "openai-compatible:fake", "--base-url", llm.base_url)
+                 *fake_model(llm))
     assert result.exit_code == 1, result.output
     cells = read_csv(out)
     assert cells["fine"] == "Answer: fine"
@@ -254,15 +254,15 @@ def test_a_server_that_refuses_the_rate_forever_ends_the_run(
     values = [f"row {n}" for n in range(30)]
     book = write_csv(tmp_path / "in.csv", values)
     out = tmp_path / "out.csv"
-    done, seconds = run_process("run", str(book), "--template", "{{ q }}", "-o", str(out),
-                                "--model", "openai-compatible:fake", "--base-url",
-                                llm.base_url)
+    done, seconds = run_process(llm, book, out)
     assert done.returncode == 1, done.stderr
     assert seconds < 120
     cells = read_csv(out)
     assert all(c.startswith("#ERROR: HTTP 429") or c.startswith("#ERROR: not sent")
                for c in cells.values()), cells
     assert len(llm.requests) <= 2 * 8 + 8  # the first wave, once retried
+    made = re.search(r"requests\W+([\d,]+) \(([\d,]+) retries\)", done.stderr)
+    assert made is not None and sum(int(n) for n in made.groups()) == len(llm.requests)
     summary = " ".join(done.stderr.split())
     assert "The provider refused 30 rows for its rate limit" in summary
     assert "Run the same command again later" in summary
@@ -273,7 +273,7 @@ def test_a_quota_429_is_not_retried(tmp_path: Path, llm: FakeLLMServer) -> None:
     book = write_csv(tmp_path / "in.csv", ["broke"])
     out = tmp_path / "out.csv"
     result = cli("run", str(book), "--template", "{{ q }}", "-o", str(out),
-                 "--model", "openai-compatible:fake", "--base-url", llm.base_url)
+                 *fake_model(llm))
     assert result.exit_code == 1
     assert read_csv(out)["broke"] == ("#ERROR: HTTP 429: You exceeded your current quota, "
                                       "please check your plan and billing details.")
@@ -329,8 +329,7 @@ def test_a_hostile_structured_reply_fails_its_row_quickly(tmp_path: Path, llm: F
     out = tmp_path / "out.csv"
     started = time.monotonic()
     result = cli("run", str(book), "--template", "{{ q }}", "-o", str(out), "--fields",
-                 "score (number)", "--model", "openai-compatible:fake", "--base-url",
-                 llm.base_url)
+                 "score (number)", *fake_model(llm))
     assert time.monotonic() - started < 10
     assert result.exit_code == 1, result.output
     reason = ("the reply's JSON object is incomplete or malformed" if reply == "braces"

@@ -115,7 +115,7 @@ class Breaker:
     def check(self) -> None:
         """Raise the reason a row is not sent while the breaker is open."""
         if self._why is not None and time.monotonic() < self._until:
-            raise ProviderError(str(self._why), self._why.rate_limited)
+            raise ProviderError(str(self._why), self._why.rate_limited, sent=False)
 
     def answered(self) -> None:
         self._streak, self._until = 0, 0.0

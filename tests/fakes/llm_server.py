@@ -801,12 +801,20 @@ class FakeLLMServer:
         return StreamingResponse(counted(), status_code=200, headers=headers,
                                  media_type=_JSON)
 
-    def _split_answer(self, anthropic: bool, filler: str) -> tuple[bytes, bytes]:
-        """An answer's JSON body around its text, which the caller sends between them."""
+    def _huge_body(self, anthropic: bool, size: int) -> AsyncIterator[bytes]:
+        """A valid answer whose text is ``size`` bytes of ``x``, in 64 KB chunks."""
         marker = "\u0000MARK\u0000"
         body = json.dumps(self._payload(anthropic, DEFAULT_MODEL, marker, "", 1, 1))
         head, _, tail = body.partition(json.dumps(marker)[1:-1])
-        return (head + filler).encode(), tail.encode()
+
+        async def chunks() -> AsyncIterator[bytes]:
+            yield head.encode()
+            for start in range(0, size, CHUNK):
+                yield b"x" * min(CHUNK, size - start)
+                await asyncio.sleep(0)
+            yield tail.encode()
+
+        return chunks()
 
     async def _drip(self, request: Request, params: dict[str, str],
                     anthropic: bool) -> Response:
@@ -824,32 +832,19 @@ class FakeLLMServer:
     async def _huge(self, request: Request, params: dict[str, str],
                     anthropic: bool) -> Response:
         size = int(float(params.get("mb", "50")) * 1024 * 1024)
-        head, tail = self._split_answer(anthropic, "")
-
-        async def chunks() -> AsyncIterator[bytes]:
-            yield head
-            for start in range(0, size, CHUNK):
-                yield b"x" * min(CHUNK, size - start)
-                await asyncio.sleep(0)
-            yield tail
-
-        return self._streamed(request, chunks())
+        return self._streamed(request, self._huge_body(anthropic, size))
 
     async def _gzip(self, request: Request, params: dict[str, str],
                     anthropic: bool) -> Response:
         size = int(float(params.get("mb", "200")) * 1024 * 1024)
-        head, tail = self._split_answer(anthropic, "")
+        plain = self._huge_body(anthropic, size)
 
         async def chunks() -> AsyncIterator[bytes]:
             packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
-            yield packer.compress(head)
-            block = b"x" * (16 * CHUNK)
-            for _ in range(size // len(block)):
-                out = packer.compress(block)
-                if out:
+            async for chunk in plain:
+                if out := packer.compress(chunk):
                     yield out
-                await asyncio.sleep(0)
-            yield packer.compress(tail) + packer.flush()
+            yield packer.flush()
 
         return self._streamed(request, chunks(), {"content-encoding": "gzip"})
 
