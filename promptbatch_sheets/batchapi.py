@@ -32,6 +32,10 @@ SAVE_EVERY = 500
 """Answers stored per transaction while a results file streams in."""
 TIMEOUT = 120.0
 """Seconds to wait on one Batch API call when no run settings say otherwise."""
+STRAY_LINES = 1000
+"""Lines a results file may hold for requests the job never sent, beyond one per request."""
+STRAYED = ("its results file went on with lines for requests this job never sent; reading "
+           "stopped before this request's line")
 
 
 @dataclass(frozen=True)
@@ -206,13 +210,24 @@ def _download(results: Iterable[tuple[str, Completion | str]], model: str,
               chars: dict[str, int], store: Store,
               schemas: dict[str, Schema]) -> tuple[dict[str, str], set[str]]:
     """Store the answers as they stream in; return why requests failed, and the keys seen.
-    A structured answer that does not fit its schema fails (a realtime rerun repairs it)."""
+    A structured answer that does not fit its schema fails (a realtime rerun repairs it).
+
+    Only lines for this job's requests count, the first for each: reading stops once every
+    request has its line, or once the file has given more lines that answer nothing (stray
+    or repeated) than the job has requests, so a results file that never ends cannot hold
+    a collect (the requests left are failed: a rerun sends them again)."""
     failures: dict[str, str] = {}
     seen: set[str] = set()
     answers: list[tuple[str, Completion, int | None]] = []
+    strays = 0
     for key, outcome in results:
-        if key not in chars:
-            continue  # not a request of this job: never trust a stray line
+        if key not in chars or key in seen:  # never trust a stray line
+            strays += 1
+            if strays > len(chars) + STRAY_LINES:
+                failures.update(dict.fromkeys(set(chars) - seen, STRAYED))
+                seen.update(chars)
+                break
+            continue
         seen.add(key)
         if isinstance(outcome, Completion) and key in schemas:
             outcome = _fitting(schemas[key], outcome)
@@ -223,6 +238,8 @@ def _download(results: Iterable[tuple[str, Completion | str]], model: str,
         if len(answers) >= SAVE_EVERY:
             store.put_many(model, answers)
             answers = []
+        if len(seen) == len(chars):
+            break
     store.put_many(model, answers)
     return failures, seen
 

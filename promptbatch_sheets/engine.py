@@ -53,6 +53,8 @@ class Summary:
     """Rows a budget stopped before they were sent; their cells stay empty."""
     cut: int = 0
     """Answers (new or cached) that stopped at max_tokens: partial, though not failed."""
+    rate_limited: int = 0
+    """Failed rows the provider kept refusing for its rate limit (HTTP 429)."""
     requests: int = 0
     retries: int = 0
     prompt_tokens: int = 0
@@ -201,6 +203,8 @@ async def run_jobs(
             result: Completion | str = await provider.complete(prompt, step_params)
         except ProviderError as exc:
             result = str(exc)
+            summary.rate_limited += exc.rate_limited
+            summary.requests -= not exc.sent
         if isinstance(result, Completion):
             summary.prompt_tokens += result.prompt_tokens
             summary.completion_tokens += result.completion_tokens

@@ -74,6 +74,14 @@ class RowError(Exception):
 class ProviderError(RowError):
     """A request that failed for good; its text lands in the row's cell after ``#ERROR:``."""
 
+    def __init__(self, reason: str, rate_limited: bool = False, sent: bool = True) -> None:
+        super().__init__(reason)
+        self.rate_limited = rate_limited
+        """The provider kept refusing it for its rate limit (HTTP 429): the run summary says
+        so, with the fix."""
+        self.sent = sent
+        """False when no request was made: the run had stopped sending to that server."""
+
 
 class SchemaMismatch(RowError):
     """A reply that is not the JSON the schema asks for; ``reason`` fits in a cell."""

@@ -91,8 +91,14 @@ def print_summary(console: Console, prepared: Prepared, summary: Summary,
     if output is not None:
         table.add_row("written to", str(output))
     console.print(table)
-    for error in summary.errors:
-        console.print(f"[red]#ERROR:[/] {error}")
+    for error in summary.errors:  # a server's words: markup in them is text
+        console.print(f"[red]#ERROR:[/] {escape(error)}")
+    if summary.rate_limited:
+        console.print(f"The provider refused {summary.rate_limited:,} rows for its rate limit "
+                      f"(HTTP 429; a row is retried for at most {prepared.settings.timeout:g} s, "
+                      "the timeout setting): it allows less than this run asks. Run the same "
+                      "command again later to retry them; if it keeps happening, lower "
+                      "--concurrency or set --rpm to your account's limit.")
     _print_cut(console, summary, prepared.settings.max_tokens)
     if summary.unsent:
         console.print(f"Budget ${prepared.settings.budget:,.4f} reached: {summary.unsent:,} rows "
@@ -215,7 +221,9 @@ def print_jobs(console: Console, jobs: list[Job], send: str | None = None) -> No
         state = job.status + ("" if job.open else ", collected")
         console.print(f"[bold]{job.id}[/]  {job.model_name} at {escape(job.base_url)}  "
                       f"est. {_money(job.estimate_usd)}  sent {age(now - job.created)} ago")
-        console.print(f"  {state}: {progress(job)}" + (f"; {job.error}" if job.error else ""))
+        # the status and the error are the server's words: markup in them is text
+        console.print(escape(f"  {state}: {progress(job)}"
+                             + (f"; {job.error}" if job.error else "")))
 
 
 def print_submitted(console: Console, jobs: list[Job]) -> None:
@@ -249,7 +257,7 @@ def print_collected(console: Console, prepared: Prepared, collected: Collected,
             table.add_row("written to", str(output))
         console.print(table)
     for error in summary.errors:
-        console.print(f"[red]#ERROR:[/] {error}")
+        console.print(f"[red]#ERROR:[/] {escape(error)}")
     _print_cut(console, summary, prepared.settings.max_tokens)
     running = [j.id for j in collected.jobs if j.open]
     if collected.waiting:

@@ -9,6 +9,7 @@ with prose, fences, a wrong type or a missing field, and a cell must never prete
 
 from __future__ import annotations
 
+import itertools
 import json
 import re
 from dataclasses import dataclass, field
@@ -205,6 +206,19 @@ def _no_constant(name: str) -> Any:
 def extract_object(reply: str) -> dict[str, Any]:
     """The JSON object in a reply: the whole reply, a fenced block, or the first object
     found in surrounding text (small models like to say "Here is the JSON:")."""
+    try:
+        return _find_object(reply)
+    except RecursionError:  # the server's text: it must not crash the run
+        raise SchemaMismatch("the reply nests JSON too deep to read") from None
+
+
+MAX_STARTS = 64
+"""Braces tried as the start of an object in surrounding text. A failed parse costs a count
+of the lines before it (``JSONDecodeError``), so trying every brace of a reply made of braces
+would be quadratic: 160 KB of ``{ `` took 4 s, 4 MB would take most of an hour."""
+
+
+def _find_object(reply: str) -> dict[str, Any]:
     decoder = json.JSONDecoder(parse_constant=_no_constant)
     candidates = [reply.strip(), *(m.group(1).strip() for m in _FENCE.finditer(reply))]
     for text in candidates:
@@ -215,7 +229,7 @@ def extract_object(reply: str) -> dict[str, Any]:
         if isinstance(value, dict):
             return value
         raise SchemaMismatch(f"the reply is JSON but not an object ({_short(value)})")
-    for match in re.finditer(r"\{", reply):
+    for match in itertools.islice(re.finditer(r"\{", reply), MAX_STARTS):
         try:
             value, _ = decoder.raw_decode(reply, match.start())
         except json.JSONDecodeError:

@@ -7,6 +7,7 @@ from typing import Any
 
 from .base import Completion, Params
 from .http import HTTPProvider
+from .reply import count, label, printable
 from .retry import Retryable
 
 ANTHROPIC_VERSION = "2023-06-01"
@@ -50,7 +51,7 @@ def messages_payload(model: str, prompt: str, params: Params) -> dict[str, Any]:
 
 def parse_message(body: dict[str, Any]) -> Completion:
     """The tool call's input as JSON text if there is one (a structured answer), else the
-    text blocks joined; no content at all is worth a retry."""
+    text blocks joined, within bounds (``reply``); no content at all is worth a retry."""
     blocks = body.get("content")
     if not isinstance(blocks, list) or not blocks:
         raise Retryable("the server answered with no content")
@@ -63,8 +64,8 @@ def parse_message(body: dict[str, Any]) -> Completion:
     usage = body.get("usage")
     usage = usage if isinstance(usage, dict) else {}
     return Completion(
-        text=text,
-        prompt_tokens=int(usage.get("input_tokens") or 0),
-        completion_tokens=int(usage.get("output_tokens") or 0),
-        finish_reason=body.get("stop_reason"),
+        text=printable(text),
+        prompt_tokens=count(usage.get("input_tokens")),
+        completion_tokens=count(usage.get("output_tokens")),
+        finish_reason=label(body.get("stop_reason")),
     )

@@ -9,6 +9,7 @@ from ..errors import ProviderError
 from ..schema import prompt_instructions
 from .base import Completion, Params, SchemaMode
 from .http import HTTPProvider
+from .reply import count, label, one_line, printable
 from .retry import Retryable
 
 SCHEMA_NAME = "answer"
@@ -80,7 +81,8 @@ def strict_allowed(schema: Any, root: bool = True) -> bool:
 
 
 def parse_chat_completion(body: dict[str, Any]) -> Completion:
-    """Text, usage and finish reason; an empty or odd body is worth a retry, not a crash."""
+    """Text, usage and finish reason, each within bounds (``reply``); an empty or odd body
+    is worth a retry, not a crash."""
     choices = body.get("choices")
     if not isinstance(choices, list) or not choices:
         raise Retryable("the server answered with no choices")
@@ -88,14 +90,14 @@ def parse_chat_completion(body: dict[str, Any]) -> Completion:
     content = message.get("content") if isinstance(message, dict) else None
     refusal = message.get("refusal") if isinstance(message, dict) else None
     if refusal and not content:  # structured outputs: asking again gets the same refusal
-        raise ProviderError(f"the model refused: {refusal}")
+        raise ProviderError(f"the model refused: {one_line(str(refusal))}")
     if not isinstance(content, str):
         raise Retryable("the server's answer has no message content")
     usage = body.get("usage")
     usage = usage if isinstance(usage, dict) else {}
     return Completion(
-        text=content,
-        prompt_tokens=int(usage.get("prompt_tokens") or 0),
-        completion_tokens=int(usage.get("completion_tokens") or 0),
-        finish_reason=choices[0].get("finish_reason"),
+        text=printable(content),
+        prompt_tokens=count(usage.get("prompt_tokens")),
+        completion_tokens=count(usage.get("completion_tokens")),
+        finish_reason=label(choices[0].get("finish_reason")),
     )

@@ -1,8 +1,12 @@
-"""Retries with exponential backoff and full jitter that honour ``retry-after(-ms)``."""
+"""Retries with exponential backoff and full jitter that honour ``retry-after(-ms)``, within
+bounds: a row is retried for at most ``patience`` seconds, and a run stops sending into a
+server that refuses everything (``Breaker``)."""
 
 from __future__ import annotations
 
 import asyncio
+import math
+import time
 from collections.abc import Awaitable, Callable
 from datetime import UTC, datetime
 from email.utils import parsedate_to_datetime
@@ -17,55 +21,114 @@ T = TypeVar("T")
 
 RETRY_STATUSES = frozenset({408, 409, 429, 500, 502, 503, 504, 529})
 """Statuses that say "try again later"; every other 4xx is the request's own fault."""
+TRIP_AFTER = 2
+"""Rows given up one after another, with no answer between them, that stop a run sending."""
 
 
 class Retryable(Exception):
     """A failure worth another attempt, with the server's requested wait if it gave one."""
 
-    def __init__(self, reason: str, wait: float | None = None) -> None:
+    def __init__(self, reason: str, wait: float | None = None,
+                 rate_limited: bool = False) -> None:
         super().__init__(reason)
         self.wait = wait
+        self.rate_limited = rate_limited
+
+
+class GaveUp(ProviderError):
+    """A passing fault that outlasted the attempts, or the waiting, a row may spend on it."""
 
 
 def server_wait(headers: httpx.Headers) -> float | None:
     """Seconds the server asked us to wait: ``retry-after-ms``, else ``retry-after``."""
     if (ms := headers.get("retry-after-ms")) is not None:
         try:
-            return max(0.0, float(ms) / 1000)
+            return _seconds(float(ms) / 1000)
         except ValueError:
             pass
     value = headers.get("retry-after")
     if value is None:
         return None
     try:
-        return max(0.0, float(value))
+        return _seconds(float(value))
     except ValueError:
         try:
             when = parsedate_to_datetime(value)
         except (TypeError, ValueError):
             return None
-        return max(0.0, (when - datetime.now(UTC)).total_seconds())
+        return _seconds((when - datetime.now(UTC)).total_seconds())
+
+
+def _seconds(value: float) -> float | None:
+    return max(0.0, value) if math.isfinite(value) else None
+
+
+def _attempts(n: int) -> str:
+    return "1 attempt" if n == 1 else f"{n} attempts"
 
 
 async def with_retries(
     attempt: Callable[[], Awaitable[T]],
     policy: RetryPolicy,
     on_retry: Callable[[str], None] | None = None,
+    patience: float = math.inf,
 ) -> T:
-    """Run ``attempt`` until it succeeds, raises ProviderError, or the attempts run out."""
-    last = "no attempt made"
-    for n in range(policy.attempts):
+    """Run ``attempt`` until it succeeds or raises ProviderError; ``GaveUp`` when the attempts
+    run out, or when the next try would come more than ``patience`` seconds after the row
+    first failed. That time counts the row's queueing behind other rows' pauses too: a server
+    that asks for 20 s again and again cannot hold a row for as long as it likes."""
+    last, wait, rate_limited, first = "no attempt made", None, False, 0.0
+    for n in range(1, policy.attempts + 1):
         try:
             return await attempt()
         except Retryable as exc:
-            last = str(exc)
-            wait = exc.wait
+            last, wait, rate_limited = str(exc), exc.wait, exc.rate_limited
         except httpx.TimeoutException:
-            last, wait = "the server did not answer in time", None
+            last, wait, rate_limited = "the server did not answer in time", None, False
         except httpx.TransportError as exc:
-            last, wait = f"connection failed ({type(exc).__name__})", None
-        if n + 1 < policy.attempts:
-            if on_retry is not None:
-                on_retry(last)
-            await asyncio.sleep(policy.delay(n, wait))
-    raise ProviderError(f"{last} (gave up after {policy.attempts} attempts)")
+            last, wait, rate_limited = f"connection failed ({type(exc).__name__})", None, False
+        if n == policy.attempts:
+            break
+        now = time.monotonic()
+        first = first or now
+        delay = policy.delay(n - 1, wait)
+        if now - first + max(delay, wait or 0.0) > patience:
+            raise GaveUp(f"{last} (gave up after {_attempts(n)}; a row is retried for at most "
+                         f"{patience:g} s)", rate_limited)
+        if on_retry is not None:
+            on_retry(last)
+        await asyncio.sleep(delay)
+    raise GaveUp(f"{last} (gave up after {_attempts(policy.attempts)})", rate_limited)
+
+
+class Breaker:
+    """Stops sending into a server that only refuses. Without it, a server that answers 429
+    (or nothing) forever holds every row for its whole retries in turn: hours for a big run.
+    Once ``TRIP_AFTER`` rows in a row gave up with no answer between them, rows fail at once,
+    with no request, for ``pause`` seconds; then the next row tries again."""
+
+    def __init__(self, pause: float) -> None:
+        self._pause = pause
+        self._streak = 0
+        self._until = 0.0
+        self._why: ProviderError | None = None
+
+    def check(self) -> None:
+        """Raise the reason a row is not sent while the breaker is open."""
+        if self._why is not None and time.monotonic() < self._until:
+            raise ProviderError(str(self._why), self._why.rate_limited, sent=False)
+
+    def answered(self) -> None:
+        self._streak, self._until = 0, 0.0
+
+    def gave_up(self, exc: GaveUp) -> None:
+        self._streak += 1
+        if self._streak < TRIP_AFTER:
+            return
+        self._until = time.monotonic() + self._pause
+        if exc.rate_limited:
+            why = (f"not sent: the provider refused the {self._streak} requests before it for "
+                   "its rate limit, each for as long as a row may wait")
+        else:
+            why = f"not sent: the {self._streak} requests before it failed for good ({exc})"
+        self._why = ProviderError(why, exc.rate_limited)

@@ -35,7 +35,7 @@ import re
 import sys
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from email.parser import BytesParser
@@ -44,7 +44,7 @@ from typing import Any
 
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 
 from tests.fakes.threaded import ThreadedServer
@@ -66,6 +66,11 @@ class FakeBatchConfig:
     max_lines: int = 50_000
     max_requests: int = 100_000
     seed: int = 7
+    error_message: str = ERROR_MESSAGE
+    """What the line of an ``error`` outcome says (a test makes it quote the key)."""
+    tamper: Callable[[bytes], Iterable[bytes]] | None = None
+    """Rewrites every results file as it is served, in chunks: lines for requests never sent,
+    a line too long to keep, a file that never ends."""
 
 
 @dataclass
@@ -240,10 +245,20 @@ class FakeBatchServer(ThreadedServer):
         refused = self._openai_auth(request)
         if refused:
             return refused
-        content = self.files.get(request.path_params["id"])
+        file_id = request.path_params["id"]
+        content = self.files.get(file_id)
         if content is None:
             return _openai_error("No such File object.", 404)
-        return Response(content, media_type="application/octet-stream")
+        results = any(file_id in b.files.values() for b in self.batches.values())
+        return self._results(content) if results else Response(
+            content, media_type="application/octet-stream")
+
+    def _results(self, content: bytes) -> Response:
+        """A results file as served: as it is, or through ``config.tamper``."""
+        if self.config.tamper is None:
+            return Response(content, media_type="application/x-jsonl")
+        return StreamingResponse(iter(self.config.tamper(content)),
+                                 media_type="application/x-jsonl")
 
     def _check_lines(self, content: bytes) -> tuple[list[tuple[str, dict[str, Any]]], str | None]:
         requests: list[tuple[str, dict[str, Any]]] = []
@@ -292,7 +307,8 @@ class FakeBatchServer(ThreadedServer):
                 line["error"] = {"code": "batch_expired", "message": EXPIRED_MESSAGE}
                 errors.append(line)
                 continue
-            status, answer = (400, {"error": {"message": ERROR_MESSAGE, "code": None,
+            status, answer = (400, {"error": {"message": self.config.error_message,
+                                              "code": None,
                                               "type": "invalid_request_error", "param": None}})
             if fate == "ok":
                 text, prompt_tokens, completion_tokens = self._reply(body)
@@ -393,7 +409,7 @@ class FakeBatchServer(ThreadedServer):
         if fate == "expired":
             return {"custom_id": custom_id, "result": {"type": "expired"}}
         if fate != "ok":
-            error = {"type": "invalid_request_error", "message": ERROR_MESSAGE}
+            error = {"type": "invalid_request_error", "message": self.config.error_message}
             return {"custom_id": custom_id, "result": {"type": "errored", "error": {
                 "type": "error", "error": error}}}
         text, prompt_tokens, completion_tokens = self._reply(params)
@@ -443,7 +459,7 @@ class FakeBatchServer(ThreadedServer):
         if batch is None or batch.results is None:
             return _anthropic_error("Message batch results are not ready", 404,
                                     "not_found_error")
-        return Response(batch.results, media_type="application/x-jsonl")
+        return self._results(batch.results)
 
 
 def main() -> None:

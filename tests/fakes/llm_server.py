@@ -38,6 +38,27 @@ Fault entries
 ``"hang:s=5"`` (default 30 s, not scaled; cut short when the server stops), ``"reset"`` and
 ``"badjson"``. An unknown entry is answered with a 500 whose message names the bad entry.
 
+Hostile replies, for the client's bounds (``record["sent"]`` counts the body bytes the server
+managed to send for the streamed ones):
+
+* ``"429:s=20"`` -- a 429 with only ``retry-after: 20`` (whole seconds, no ``-ms``);
+  ``"quota"`` -- OpenAI's 429 ``insufficient_quota`` (billing, not a rate: retrying is futile).
+* ``"reflect"`` -- a 200 whose answer quotes the request's key (``authorization`` or
+  ``x-api-key``): whole, as the header, and as prefix...suffix and middle fragments, the way a
+  reflecting proxy or a careless error page would; ``"reflect:status=401"`` sends that text as
+  the error message of a 401 instead, ``"reflect:in=refusal"`` as an OpenAI ``refusal``.
+* ``"drip:s=1,n=100"`` -- headers at once, then ``n`` bytes of whitespace one every ``s``
+  seconds, then the answer: each read is quick, the whole reply slow.
+* ``"huge:mb=50"`` -- a 200 answer of ``mb`` MB, streamed in 64 KB chunks;
+  ``"gzip:mb=200"`` -- the same, gzip-compressed (``content-encoding: gzip``): a small body
+  that inflates to ``mb`` MB.
+* ``"deep:n=100000"`` -- a 200 JSON body nested ``n`` arrays deep.
+* ``"hostile"`` -- a 200 answer with an invalid UTF-8 byte, a lone surrogate escape, NUL,
+  terminal escape sequences and rich markup; ``"hostile:status=400"`` as an error message.
+* ``"usage:prompt=-5,completion=1e30"`` -- a normal answer whose usage counts are those JSON
+  literals (any JSON: ``"abc"``, ``[1]``, ``true``).
+* ``"headers:kb=200"`` -- a normal answer with one response header of ``kb`` KB.
+
 ``badjson`` is not an HTTP failure: the request is rate limited, delayed and answered with 200
 like any other, but its reply is prose that holds no JSON object (as a text block, not a tool
 call, on the Anthropic route), so a client's schema validation and repair retry can be tested.
@@ -76,25 +97,32 @@ import struct
 import sys
 import threading
 import time
-from collections.abc import Callable, Sequence
+import zlib
+from collections.abc import AsyncIterator, Awaitable, Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import uvicorn
 from starlette.applications import Starlette
 from starlette.requests import Request
-from starlette.responses import Response
+from starlette.responses import Response, StreamingResponse
 from starlette.routing import Route
 from starlette.types import Receive, Scope, Send
 
 from tests.fakes.structured import value_for
 
-__all__ = ["FakeLLMConfig", "FakeLLMServer", "main"]
+__all__ = ["FakeLLMConfig", "FakeLLMServer", "main", "reflection"]
 
 DEFAULT_MODEL = "fake-model"
 DEFAULT_HANG_S = 30.0
 BAD_JSON_REPLY = "Sure! The sentiment is positive and I would score it highly."
+HOSTILE_TEXT = ("nul\x00 esc\x1b[2J\x1b]8;;http://127.0.0.1/x\x07link\x1b]8;;\x07 "
+                "markup [/] [/bold] [link=http://127.0.0.1/]x[/link] lone \ud800 end")
+"""What the ``hostile`` fault says, besides an invalid UTF-8 byte: NUL, ANSI and OSC 8
+escapes, rich markup with unmatched closing tags, a lone surrogate."""
+CHUNK = 64 * 1024
 _CYCLE_KEY = "fake_llm.cycle"
+_RECORD_KEY = "fake_llm.record"
 _JSON = "application/json"
 
 
@@ -196,6 +224,13 @@ def _forced_tool(body: dict[str, Any]) -> dict[str, Any]:
     tool = next((t for t in tools if t.get("name") == wanted), tools[0])
     schema = tool.get("input_schema")
     return {"schema": schema if isinstance(schema, dict) else {}, "tool": str(tool.get("name"))}
+
+
+def reflection(header: str) -> str:
+    """What the ``reflect`` fault says about a request's key header."""
+    key = header.removeprefix("Bearer ")
+    return (f"You sent {header!r}. Key: {key}. Incorrect API key provided: "
+            f"{key[:10]}...{key[-9:]}; the middle reads {key[5:14]}.")
 
 
 def _parse_fault(entry: str) -> tuple[str, dict[str, str]]:
@@ -473,6 +508,7 @@ class FakeLLMServer:
             "fault": None,
         }
         self.requests.append(record)
+        request.scope[_RECORD_KEY] = record
         return record
 
     def _next_fault(self, prompt: str) -> str | None:
@@ -601,47 +637,54 @@ class FakeLLMServer:
                and max_tokens is not None and len(reply) > 4 * max_tokens)
         if cut:
             reply = reply[:4 * max_tokens]
-        completion_tokens = self._completion_tokens(reply)
+        payload = self._payload(anthropic, model, reply, tool, prompt_tokens,
+                                self._completion_tokens(reply), "length" if cut else "stop")
+        with self._lock:
+            self.count_ok += 1
+            self.prompts.append(prompt)
+        return _json_response(payload, 200, headers)
+
+    def _payload(self, anthropic: bool, model: str, reply: Any, tool: str,
+                 prompt_tokens: Any, completion_tokens: Any, finish: str = "stop") -> Any:
+        """A 200 answer body: a Messages API message or a chat completion."""
         n = next(self._ids)
         if anthropic:
             block: dict[str, Any] = {"type": "text", "text": reply}
             if not isinstance(reply, str):
                 block = {"type": "tool_use", "id": f"toolu_fake{n:012d}", "name": tool,
                          "input": reply}
-            payload: Any = {
+            return {
                 "id": f"msg_fake{n:012d}",
                 "type": "message",
                 "role": "assistant",
                 "model": model,
                 "content": [block],
-                "stop_reason": "max_tokens" if cut else "end_turn" if isinstance(reply, str)
+                "stop_reason": "max_tokens" if finish == "length" else "end_turn"
+                if isinstance(reply, str)
                 else "tool_use",
                 "stop_sequence": None,
                 "usage": {"input_tokens": prompt_tokens, "output_tokens": completion_tokens},
             }
-        else:
-            payload = {
-                "id": f"chatcmpl-fake{n:012d}",
-                "object": "chat.completion",
-                "created": int(time.time()),
-                "model": model,
-                "choices": [
-                    {
-                        "index": 0,
-                        "message": {"role": "assistant", "content": _reply_text(reply)},
-                        "finish_reason": "length" if cut else "stop",
-                    }
-                ],
-                "usage": {
-                    "prompt_tokens": prompt_tokens,
-                    "completion_tokens": completion_tokens,
-                    "total_tokens": prompt_tokens + completion_tokens,
-                },
-            }
-        with self._lock:
-            self.count_ok += 1
-            self.prompts.append(prompt)
-        return _json_response(payload, 200, headers)
+        return {
+            "id": f"chatcmpl-fake{n:012d}",
+            "object": "chat.completion",
+            "created": int(time.time()),
+            "model": model,
+            "choices": [
+                {
+                    "index": 0,
+                    "message": {"role": "assistant", "content": _reply_text(reply)},
+                    "finish_reason": finish,
+                }
+            ],
+            "usage": {
+                "prompt_tokens": prompt_tokens,
+                "completion_tokens": completion_tokens,
+                "total_tokens": (prompt_tokens + completion_tokens
+                                 if isinstance(prompt_tokens, int)
+                                 and isinstance(completion_tokens, int) else None),
+            },
+        }
 
     def _rate_limited(
         self, adm: _Admission, headers: dict[str, str], model: str, anthropic: bool
@@ -672,6 +715,8 @@ class FakeLLMServer:
             ms = int(params["ms"]) if "ms" in params else 50
             retry_after = str(math.ceil(ms / 1000)) if "ms" in params else "0"
             headers = {"retry-after": retry_after, "retry-after-ms": str(ms)}
+            if "s" in params:
+                headers = {"retry-after": params["s"]}
             message = (
                 "Rate limit reached for requests in organization org-fake on requests per min "
                 "(RPM): Limit 3, Used 3, Requested 1. Please try again in 20s."
@@ -716,6 +761,8 @@ class FakeLLMServer:
                     "usage": {"prompt_tokens": 1, "completion_tokens": 0, "total_tokens": 1},
                 }
             )
+        if name in _HOSTILE:
+            return await _HOSTILE[name](self, request, params, anthropic)
         if name == "reset":
             if await self._reset_connection(request):
                 return _NoResponse()
@@ -723,6 +770,123 @@ class FakeLLMServer:
             return _json_response(body, 500, {"connection": "close"})
         message = f"fake LLM server: unknown fault entry {entry!r}"
         return _json_response(_openai_error(message, "server_error", None), 500)
+
+    # ------------------------------------------------------------------ hostile replies
+
+    async def _quota(self, request: Request, params: dict[str, str],
+                     anthropic: bool) -> Response:
+        message = ("You exceeded your current quota, please check your plan and billing "
+                   "details.")
+        return _json_response(_openai_error(message, "insufficient_quota",
+                                            "insufficient_quota"), 429)
+
+    async def _reflect(self, request: Request, params: dict[str, str],
+                       anthropic: bool) -> Response:
+        text = reflection(request.headers.get("authorization")
+                          or request.headers.get("x-api-key", ""))
+        status = int(params.get("status", "200"))
+        if status != 200:
+            body = (_anthropic_error("authentication_error", text) if anthropic
+                    else _openai_error(text, "invalid_request_error", "invalid_api_key"))
+            return _json_response(body, status)
+        payload = self._payload(anthropic, DEFAULT_MODEL, text, "", 1, 1)
+        if params.get("in") == "refusal" and not anthropic:
+            payload["choices"][0]["message"] = {"role": "assistant", "content": None,
+                                                "refusal": text}
+        return _json_response(payload)
+
+    def _streamed(self, request: Request, chunks: AsyncIterator[bytes],
+                  headers: dict[str, str] | None = None) -> Response:
+        """A 200 whose body is sent as ``chunks`` come, counted in the request's record."""
+        record = request.scope[_RECORD_KEY]
+        record["sent"] = 0
+
+        async def counted() -> AsyncIterator[bytes]:
+            async for chunk in chunks:
+                if self._stopping:
+                    return
+                record["sent"] += len(chunk)
+                yield chunk
+
+        return StreamingResponse(counted(), status_code=200, headers=headers,
+                                 media_type=_JSON)
+
+    def _huge_body(self, anthropic: bool, size: int) -> AsyncIterator[bytes]:
+        """A valid answer whose text is ``size`` bytes of ``x``, in 64 KB chunks."""
+        marker = "\u0000MARK\u0000"
+        body = json.dumps(self._payload(anthropic, DEFAULT_MODEL, marker, "", 1, 1))
+        head, _, tail = body.partition(json.dumps(marker)[1:-1])
+
+        async def chunks() -> AsyncIterator[bytes]:
+            yield head.encode()
+            for start in range(0, size, CHUNK):
+                yield b"x" * min(CHUNK, size - start)
+                await asyncio.sleep(0)
+            yield tail.encode()
+
+        return chunks()
+
+    async def _drip(self, request: Request, params: dict[str, str],
+                    anthropic: bool) -> Response:
+        seconds, count = float(params.get("s", "1")), int(params.get("n", "100"))
+        answer = json.dumps(self._payload(anthropic, DEFAULT_MODEL, "dripped", "", 1, 1))
+
+        async def chunks() -> AsyncIterator[bytes]:
+            for _ in range(count):
+                yield b" "
+                await self._hang(seconds)
+            yield answer.encode()
+
+        return self._streamed(request, chunks())
+
+    async def _huge(self, request: Request, params: dict[str, str],
+                    anthropic: bool) -> Response:
+        size = int(float(params.get("mb", "50")) * 1024 * 1024)
+        return self._streamed(request, self._huge_body(anthropic, size))
+
+    async def _gzip(self, request: Request, params: dict[str, str],
+                    anthropic: bool) -> Response:
+        size = int(float(params.get("mb", "200")) * 1024 * 1024)
+        plain = self._huge_body(anthropic, size)
+
+        async def chunks() -> AsyncIterator[bytes]:
+            packer = zlib.compressobj(9, zlib.DEFLATED, 16 + zlib.MAX_WBITS)
+            async for chunk in plain:
+                if out := packer.compress(chunk):
+                    yield out
+            yield packer.flush()
+
+        return self._streamed(request, chunks(), {"content-encoding": "gzip"})
+
+    async def _deep(self, request: Request, params: dict[str, str],
+                    anthropic: bool) -> Response:
+        depth = int(params.get("n", "100000"))
+        name = "content" if anthropic else "choices"
+        raw = f'{{"{name}":' + "[" * depth + "]" * depth + "}"
+        return Response(raw.encode(), status_code=200, media_type=_JSON)
+
+    async def _hostile(self, request: Request, params: dict[str, str],
+                       anthropic: bool) -> Response:
+        status = int(params.get("status", "200"))
+        if status != 200:
+            body = (_anthropic_error("invalid_request_error", HOSTILE_TEXT) if anthropic
+                    else _openai_error(HOSTILE_TEXT, "invalid_request_error", None))
+        else:
+            body = self._payload(anthropic, DEFAULT_MODEL, HOSTILE_TEXT, "", 1, 1)
+        raw = json.dumps(body).encode()  # ASCII, with \ud800 and \u0000 escapes
+        raw = raw.replace(b" end", b" \xff end", 1)
+        return Response(raw, status_code=status, media_type=_JSON)
+
+    async def _usage(self, request: Request, params: dict[str, str],
+                     anthropic: bool) -> Response:
+        counts = [json.loads(params.get(k, "1")) for k in ("prompt", "completion")]
+        return _json_response(self._payload(anthropic, DEFAULT_MODEL, "Counted.", "", *counts))
+
+    async def _headers(self, request: Request, params: dict[str, str],
+                       anthropic: bool) -> Response:
+        size = int(float(params.get("kb", "200")) * 1024)
+        payload = self._payload(anthropic, DEFAULT_MODEL, "Padded.", "", 1, 1)
+        return _json_response(payload, 200, {"x-fake-padding": "p" * size})
 
     # ------------------------------------------------------------------ endpoints
 
@@ -818,6 +982,21 @@ class FakeLLMServer:
             "data": [{"id": DEFAULT_MODEL, "object": "model", "created": 0, "owned_by": "fake"}],
         }
         return self._finish(record, _json_response(payload))
+
+
+_HOSTILE: dict[str, Callable[[FakeLLMServer, Request, dict[str, str], bool],
+                              Awaitable[Response]]] = {
+    "quota": FakeLLMServer._quota,
+    "reflect": FakeLLMServer._reflect,
+    "drip": FakeLLMServer._drip,
+    "huge": FakeLLMServer._huge,
+    "gzip": FakeLLMServer._gzip,
+    "deep": FakeLLMServer._deep,
+    "hostile": FakeLLMServer._hostile,
+    "usage": FakeLLMServer._usage,
+    "headers": FakeLLMServer._headers,
+}
+"""The hostile-reply faults by name: each answers one request as a hostile server would."""
 
 
 # --------------------------------------------------------------------------- CLI

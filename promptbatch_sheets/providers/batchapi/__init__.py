@@ -8,8 +8,10 @@ and big, so this is a plain synchronous client; the realtime engine's pools are 
 from __future__ import annotations
 
 import json
+import re
 import ssl
-from collections.abc import Iterator, Sequence
+import time
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 from urllib.parse import urlparse
@@ -17,9 +19,20 @@ from urllib.parse import urlparse
 import certifi
 import httpx
 
-from ...errors import BatchError
+from ...errors import BatchError, ProviderError
 from ..base import Completion, Params
-from ..http import error_message, redact
+from ..redact import Redactor
+from ..reply import (
+    ACCEPTED_ENCODINGS,
+    MAX_REPLY_BYTES,
+    TOO_DEEP,
+    Body,
+    Inflater,
+    count,
+    error_message,
+    one_line,
+    parse_json,
+)
 
 Outcome = Completion | str
 """One request's result: the answer, or why there is none (for its row's #ERROR cell)."""
@@ -91,14 +104,17 @@ def dumps(value: Any) -> bytes:
 
 class BatchClient:
     """One HTTP client carrying the provider's auth headers. Every failure becomes a
-    BatchError that says which call failed and why, scrubbed of the key."""
+    BatchError that says which call failed and why, scrubbed of the key; every reply is read
+    within the timeout and the size cap, as a realtime reply is (``reply``)."""
 
     def __init__(self, base_url: str, model: str, api_key: str | None, timeout: float) -> None:
         self.base_url = base_url.rstrip("/")
         self.model = model
-        self._key = api_key
+        self._redact = Redactor(api_key)
+        self._timeout = timeout
         tls = ssl.create_default_context(cafile=certifi.where())
-        self._http = httpx.Client(headers=self.auth_headers(api_key), verify=tls,
+        headers = {**self.auth_headers(api_key), "accept-encoding": ACCEPTED_ENCODINGS}
+        self._http = httpx.Client(headers=headers, verify=tls,
                                   timeout=httpx.Timeout(timeout, connect=min(timeout, 10.0)))
 
     def auth_headers(self, api_key: str | None) -> dict[str, str]:
@@ -113,58 +129,142 @@ class BatchClient:
             raise BatchError(f"The batch's results are at {urlparse(url).netloc}, not at "
                              f"{urlparse(self.base_url).netloc}; the key is not sent there.")
 
-    def _failed(self, what: str, response: httpx.Response) -> BatchError:
-        status = response.status_code
+    def _failed(self, what: str, status: int, content: bytes) -> BatchError:
         refused = " (the server refused the API key)" if status in (401, 403) else ""
-        reason = redact(error_message(response), self._key)
+        reason = self.scrub(error_message(content, httpx.codes.get_reason_phrase(status)))
         return BatchError(f"{what} failed: HTTP {status}{refused}: {reason}", status)
 
     def _unreachable(self, what: str, exc: httpx.HTTPError) -> BatchError:
-        reason = redact(str(exc) or type(exc).__name__, self._key)
+        reason = self.scrub(str(exc) or type(exc).__name__)
         return BatchError(f"{what} failed: cannot reach {urlparse(self.base_url).netloc} "
                           f"({reason}). Run the same command again later.")
 
+    def _late(self, what: str, started: float) -> None:
+        if time.monotonic() - started > self._timeout:
+            raise BatchError(f"{what} failed: the server did not send its reply within "
+                             f"{self._timeout:g} s. Run the same command again later.")
+
     def call(self, what: str, method: str, url: str, **kwargs: Any) -> dict[str, Any]:
-        """One request whose answer is a JSON object."""
+        """One request whose answer is a JSON object, read within the deadline and size cap."""
+        started = time.monotonic()
         try:
-            response = self._http.request(method, url, **kwargs)
+            with self._http.stream(method, url, **kwargs) as response:
+                body = Body(response.headers)
+                for chunk in response.iter_raw():
+                    body.add(chunk)
+                    self._late(what, started)
+                status = response.status_code
+        except ProviderError as exc:
+            raise BatchError(f"{what} failed: {exc}.") from None
         except httpx.HTTPError as exc:
             raise self._unreachable(what, exc) from None
-        if response.status_code >= 400:
-            raise self._failed(what, response)
+        if status >= 400:
+            raise self._failed(what, status, body.content())
         try:
-            body = response.json()
-        except ValueError:
-            body = None
-        if not isinstance(body, dict):
+            value = parse_json(body.content())
+        except (ValueError, ProviderError):
+            value = None
+        if not isinstance(value, dict):
             raise BatchError(f"{what} failed: the server's answer is not a JSON object.")
-        return body
+        return value
 
-    def lines(self, what: str, url: str) -> Iterator[dict[str, Any]]:
-        """The JSON lines of a results file, read as they stream in."""
+    def read_results(self, what: str, url: str,
+                     outcome: Callable[[dict[str, Any]], Outcome]) -> Iterator[tuple[str, Outcome]]:
+        """(custom_id, outcome) of each line of a results file, as it streams in, scrubbed
+        of the key. A line over the size cap, or one that is not a JSON object, is the
+        failure of the request it names, if its opening names one; else it is skipped."""
+        for raw, cut in self._lines(what, url):
+            line = None if cut else _object(raw)
+            if line is None:
+                custom_id = _named(raw)
+                if custom_id is not None:
+                    yield custom_id, LINE_TOO_LARGE if cut else LINE_UNREADABLE
+                continue
+            try:
+                result = outcome(line)
+            except RecursionError:
+                result = TOO_DEEP
+            answer = (self._redact.completion(result) if isinstance(result, Completion)
+                      else self.scrub(result))
+            yield str(line.get("custom_id")), answer
+
+    def _lines(self, what: str, url: str) -> Iterator[tuple[bytes, bool]]:
+        """The lines of a results file, each with whether it was cut: a line longer than the
+        size cap keeps only its opening, the rest is read past. Each line must arrive within
+        the timeout, a whole reply's deadline."""
         try:
             with self._http.stream("GET", url) as response:
                 if response.status_code >= 400:
-                    response.read()
-                    raise self._failed(what, response)
-                for line in response.iter_lines():
-                    if line.strip():
-                        yield _object(what, line)
+                    body = Body(response.headers)
+                    for chunk in response.iter_raw():
+                        body.add(chunk)
+                    raise self._failed(what, response.status_code, body.content())
+                inflater = Inflater(response.headers)
+                line, cut, started = bytearray(), False, time.monotonic()
+                for chunk in response.iter_raw():
+                    for piece in inflater.feed(chunk):
+                        *ends, rest = piece.split(b"\n")
+                        for end in ends:
+                            if not cut:
+                                line += end
+                            yield bytes(line), cut or len(line) > MAX_REPLY_BYTES
+                            line, cut, started = bytearray(), False, time.monotonic()
+                        if not cut:
+                            line += rest
+                            if len(line) > MAX_REPLY_BYTES:
+                                del line[OPENING:]
+                                cut = True
+                    self._late(what, started)
+                if line.strip() or cut:
+                    yield bytes(line), cut
+        except ProviderError as exc:
+            raise BatchError(f"{what} failed: {exc}.") from None
         except httpx.HTTPError as exc:
             raise self._unreachable(what, exc) from None
 
     def scrub(self, reason: str) -> str:
-        return redact(reason, self._key)
+        """Server text for a cell or a terminal: one printable line, without the key."""
+        return self._redact(one_line(reason))
 
 
-def _object(what: str, line: str) -> dict[str, Any]:
+OPENING = 4096
+"""Bytes of a cut results line kept to find the request it answers."""
+LINE_TOO_LARGE = "its result is over 4 MB, far longer than any answer"
+LINE_UNREADABLE = "its result line is not a JSON object"
+_CUSTOM_ID = re.compile(rb'"custom_id"\s*:\s*"([A-Za-z0-9_-]{1,64})"')
+_ID = re.compile(r"[A-Za-z0-9_.:-]{1,200}")
+
+
+def _object(raw: bytes) -> dict[str, Any] | None:
+    if not raw.strip():
+        return None
     try:
-        value = json.loads(line)
-    except ValueError:
-        value = None
+        value = parse_json(raw)
+    except (ValueError, ProviderError):
+        return None
+    return value if isinstance(value, dict) else None
+
+
+def _named(raw: bytes) -> str | None:
+    """The custom_id a results line names in its opening, if it does."""
+    found = _CUSTOM_ID.search(raw[:OPENING])
+    return found.group(1).decode() if found else None
+
+
+def ident(value: Any, what: str) -> str:
+    """An id the server gave (a batch, a file): it goes into URLs and the journal, so it must
+    be an id, not a path or a paragraph."""
+    if isinstance(value, str) and _ID.fullmatch(value):
+        return value
+    raise BatchError(f"{what} failed: the server's answer holds no valid id "
+                     f"({one_line(str(value))[:40]!r}).")
+
+
+def counts(value: Any) -> dict[str, int]:
+    """A batch's request counts, as whole numbers (the server's; a few names at most)."""
     if not isinstance(value, dict):
-        raise BatchError(f"{what} failed: a results line is not a JSON object: {line[:80]!r}")
-    return value
+        return {}
+    return {one_line(str(k))[:40]: count(v) for k, v in list(value.items())[:10]}
 
 
 def error_reason(error: Any, fallback: str) -> str:

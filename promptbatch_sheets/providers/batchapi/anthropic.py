@@ -12,8 +12,9 @@ from typing import Any
 from ...errors import ProviderError
 from ..anthropic import ANTHROPIC_VERSION, messages_payload, parse_message
 from ..base import Params
+from ..reply import label
 from ..retry import Retryable
-from . import BatchClient, Outcome, Remote, dumps, error_reason
+from . import BatchClient, Outcome, Remote, counts, dumps, error_reason, ident
 
 MAX_REQUESTS = 100_000
 """Requests per batch (Anthropic's limit)."""
@@ -45,33 +46,33 @@ class AnthropicBatch(BatchClient):
 
     def create(self, requests: Sequence[bytes]) -> str:
         body = _OPEN + b",".join(requests) + _CLOSE
-        batch = self.call("Creating the message batch", "POST",
-                          f"{self.base_url}/v1/messages/batches", content=body,
+        what = "Creating the message batch"
+        batch = self.call(what, "POST", f"{self.base_url}/v1/messages/batches", content=body,
                           headers={"content-type": "application/json"})
-        return str(batch["id"])
+        return ident(batch.get("id"), what)
 
     def poll(self, batch_id: str) -> Remote:
         body = self.call(f"Checking batch {batch_id}", "GET",
                          f"{self.base_url}/v1/messages/batches/{batch_id}")
-        status = str(body.get("processing_status"))
-        counts = body.get("request_counts") or {}
+        status = label(body.get("processing_status")) or "unknown"
         url = body.get("results_url")
-        return Remote(status, status == "ended", {k: int(v) for k, v in counts.items()},
-                      None, (str(url),) if url else ())
+        return Remote(status, status == "ended", counts(body.get("request_counts")), None,
+                      (str(url),) if url else ())
 
     def results(self, remote: Remote) -> Iterator[tuple[str, Outcome]]:
         for url in remote.results:
             self.check_same_server(url)
-            for line in self.lines("Downloading the batch results", url):
-                yield str(line.get("custom_id")), self._outcome(line.get("result"))
+            yield from self.read_results("Downloading the batch results", url, _outcome)
 
-    def _outcome(self, result: Any) -> Outcome:
-        kind = result.get("type") if isinstance(result, dict) else None
-        if kind == "succeeded" and isinstance(result, dict):
-            try:
-                return parse_message(result.get("message") or {})
-            except (Retryable, ProviderError) as exc:
-                return self.scrub(str(exc))
-        if kind == "errored" and isinstance(result, dict):
-            return self.scrub(error_reason(result.get("error"), "the request errored"))
-        return UNANSWERED.get(str(kind), f"no answer ({kind})")
+
+def _outcome(line: dict[str, Any]) -> Outcome:
+    result = line.get("result")
+    kind = result.get("type") if isinstance(result, dict) else None
+    if kind == "succeeded" and isinstance(result, dict):
+        try:
+            return parse_message(result.get("message") or {})
+        except (Retryable, ProviderError) as exc:
+            return str(exc)
+    if kind == "errored" and isinstance(result, dict):
+        return error_reason(result.get("error"), "the request errored")
+    return UNANSWERED.get(str(kind), f"no answer ({label(kind)})")

@@ -12,8 +12,9 @@ from typing import Any
 from ...errors import ProviderError
 from ..base import Params
 from ..openai import chat_payload, parse_chat_completion
+from ..reply import label
 from ..retry import Retryable
-from . import BatchClient, Outcome, Remote, dumps, error_reason
+from . import BatchClient, Outcome, Remote, counts, dumps, error_reason, ident
 
 MAX_LINES = 50_000
 """Requests per input file (OpenAI's limit); tests lower it to see a run split."""
@@ -43,36 +44,40 @@ class OpenAIBatch(BatchClient):
         upload = self.call("Uploading the batch file", "POST", f"{self.base_url}/files",
                            data={"purpose": "batch"},
                            files={"file": ("promptbatch.jsonl", content, "application/jsonl")})
-        batch = self.call("Creating the batch", "POST", f"{self.base_url}/batches",
-                          json={"input_file_id": upload.get("id"), "endpoint": ENDPOINT,
-                                "completion_window": "24h"})
-        return str(batch["id"])
+        what = "Creating the batch"
+        batch = self.call(what, "POST", f"{self.base_url}/batches",
+                          json={"input_file_id": ident(upload.get("id"), what),
+                                "endpoint": ENDPOINT, "completion_window": "24h"})
+        return ident(batch.get("id"), what)
 
     def poll(self, batch_id: str) -> Remote:
-        body = self.call(f"Checking batch {batch_id}", "GET", f"{self.base_url}/batches/{batch_id}")
-        status = str(body.get("status"))
-        counts = body.get("request_counts") or {}
-        files = tuple(str(body[f]) for f in ("output_file_id", "error_file_id") if body.get(f))
-        errors = (body.get("errors") or {}).get("data") or []
-        error = self.scrub(error_reason(errors[0], status)) if errors else None
-        return Remote(status, status in ENDED, {k: int(v) for k, v in counts.items()}, error,
-                      files)
+        what = f"Checking batch {batch_id}"
+        body = self.call(what, "GET", f"{self.base_url}/batches/{batch_id}")
+        status = label(body.get("status")) or "unknown"
+        files = tuple(ident(body[f], what) for f in ("output_file_id", "error_file_id")
+                      if body.get(f))
+        errors = body.get("errors")
+        errors = errors.get("data") if isinstance(errors, dict) else None
+        error = (self.scrub(error_reason(errors[0], status))
+                 if isinstance(errors, list) and errors else None)
+        return Remote(status, status in ENDED, counts(body.get("request_counts")), error, files)
 
     def results(self, remote: Remote) -> Iterator[tuple[str, Outcome]]:
         for file_id in remote.results:
             url = f"{self.base_url}/files/{file_id}/content"
-            for line in self.lines(f"Downloading results file {file_id}", url):
-                yield str(line.get("custom_id")), self._outcome(line)
+            yield from self.read_results(f"Downloading results file {file_id}", url,
+                                         _outcome)
 
-    def _outcome(self, line: dict[str, Any]) -> Outcome:
-        response = line.get("response") or {}
-        if line.get("error") or not isinstance(response, dict):
-            return self.scrub(error_reason(line.get("error"), "the request failed"))
-        body = response.get("body")
-        status = response.get("status_code")
-        if status != 200 or not isinstance(body, dict):
-            return self.scrub(f"HTTP {status}: {error_reason(body, 'no answer')}")
-        try:
-            return parse_chat_completion(body)
-        except (Retryable, ProviderError) as exc:
-            return self.scrub(str(exc))
+
+def _outcome(line: dict[str, Any]) -> Outcome:
+    response = line.get("response") or {}
+    if line.get("error") or not isinstance(response, dict):
+        return error_reason(line.get("error"), "the request failed")
+    body = response.get("body")
+    status = response.get("status_code")
+    if status != 200 or not isinstance(body, dict):
+        return f"HTTP {status}: {error_reason(body, 'no answer')}"
+    try:
+        return parse_chat_completion(body)
+    except (Retryable, ProviderError) as exc:
+        return str(exc)
