@@ -343,7 +343,7 @@ def test_serve_answers_others_while_a_hostile_template_renders_and_still_stops(
                                                        timeout=60))
             slow_s, reply = slow.result()
         assert health.json()["ok"] is True and health_s < slow_s
-        where = "The template in the template was stopped on this row: it"
+        where = "The template in the request's template field was stopped on this row: it"
         assert reply.json()["answers"] == [
             f"#ERROR: {where} ran longer than 0.5 s. A template only formats a row's values; "
             "simplify it.",
@@ -447,10 +447,10 @@ def test_an_empty_table_says_it_has_no_rows(tmp_path: Path, llm: FakeLLMServer) 
     wb.active.add_table(openpyxl.worksheet.table.Table(displayName="T", ref="A1:B1"))
     wb.save(book)
     result = cli("run", str(book), "--template", "{{ q }}", *fake_model(llm))
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 2, result.output
     assert " ".join(result.output.split()) == (
-        "The table on sheet 'S' has no data rows under its header row (row 1); nothing to "
-        "send. Add rows to it.")
+        "Error: Sheet 'S' has a header row ('S'!A1) but no data rows below it: there is "
+        "nothing to send. Add rows under the headers.")
     assert chat_requests(llm) == []
 
 
