@@ -51,6 +51,10 @@ class RowJob:
     row: int
     prompt: str
     step: int = 0
+    system: str | None = None
+    """The row's own system prompt, from the template's ``<system>`` block."""
+    seed: int | None = None
+    """The variation of the row's answer this prompt asks for (``variations``)."""
 
 
 @dataclass(frozen=True)
@@ -108,14 +112,18 @@ class Plan:
         """Prompts this run settles: ready now, waiting for answers, and refused."""
         return len(self.jobs) + sum(map(len, self.waiting.values())) + len(self.refused)
 
-    def render(self, grid: Grid, row: int, step: int, answers: Answers) -> str:
-        """The prompt of ``step`` for ``row``, given the answers of the steps it uses."""
+    def job(self, grid: Grid, row: int, step: int, answers: Answers) -> RowJob:
+        """The prompt of ``step`` for ``row`` (and its system prompt, from a ``<system>``
+        block), given the answers of the steps it uses."""
         record = self.table.record(grid, row)
         for index, values in answers.items():
             for output, value in zip(self.steps[index].outputs, values, strict=True):
                 record[output.header] = value
         cell = cell_name(self.table.sheet, row, self.steps[step].cols[0])
-        return self.steps[step].template.render(record, f"row {row + 1} ({cell})")
+        where = f"row {row + 1} ({cell})"
+        template = self.steps[step].template
+        return RowJob(row, template.render(record, where), step,
+                      template.render_system(record, where))
 
 
 def make_plan(table: Table, grid: Grid, rerun: Rerun = Rerun.MISSING,
@@ -150,7 +158,7 @@ def make_plan(table: Table, grid: Grid, rerun: Rerun = Rerun.MISSING,
                 lost.add(index)
                 plan.refused.append((row, index, reason))
             elif all(n in known for n in step.needs):
-                plan.jobs.append(RowJob(row, plan.render(grid, row, index, known), index))
+                plan.jobs.append(plan.job(grid, row, index, known))
             else:
                 plan.waiting.setdefault(row, []).append(index)
         if known and row in plan.waiting:

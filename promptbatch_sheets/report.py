@@ -174,9 +174,14 @@ def print_preview(console: Console, preview: Preview) -> None:
             variables.add_row(out.header, f"{{{{ {name} }}}}",
                               f"answers of {step.name!r}" if name in used else "-")
     console.print(variables)
-    for row, prompt in preview.first_prompts:
-        console.rule(f"prompt for row {row + 1}")
-        console.print(prompt, markup=False)
+    system = preview.prepared.params.system
+    for job in preview.first_prompts:
+        if job.system is not None or system is not None:
+            console.rule(f"system prompt for row {job.row + 1}, from "
+                         f"{escape(preview.system_origin or '')}")
+            console.print(job.system or system, markup=False)
+        console.rule(f"prompt for row {job.row + 1}")
+        console.print(job.prompt, markup=False)
     console.rule("estimate")
     for line in _estimate_lines(est, preview.prepared.settings.max_tokens):
         console.print(line)
