@@ -101,7 +101,7 @@ def _prepare(book: str, opts: Options, output: str | None = None) -> tuple[Any, 
 @app.command()
 @user_errors
 @takes(*SHEET_OPTIONS, "output", "concurrency", "rpm", "tpm", "budget", "no_cache", "via",
-       "no_csv_escape")
+       "no_csv_escape", "export_dir", "export_name")
 def run(book: Book, *, opts: Options) -> None:
     """Answer every row that needs it and write the answers next to the table."""
     surface, prepared = _prepare(book, opts, opts.output)
@@ -167,7 +167,7 @@ def _collected(book: str, opts: Options, surface: Any, prepared: runner.Prepared
 
 @app.command()
 @user_errors
-@takes(*SHEET_OPTIONS, "output", "no_csv_escape")
+@takes(*SHEET_OPTIONS, "output", "no_csv_escape", "export_dir", "export_name")
 def collect(book: Book, *, opts: Options) -> None:
     """Fetch finished Batch API results and write them next to the table (same options as
     the run that sent them); rows of running jobs stay empty."""

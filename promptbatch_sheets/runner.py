@@ -22,6 +22,7 @@ from .chain import Chain
 from .engine import RowResult, Summary, error_text, run_jobs
 from .errors import ConfigError, Interrupted, SetupError
 from .estimate import Estimate, calibrate, cost, estimate
+from .export import Export, refuse_from_sheet
 from .plan import Plan, RowJob, make_plan
 from .providers import ModelSpec, Params, Provider, RetryPolicy, open_provider, require_model
 from .request import Requests
@@ -114,6 +115,7 @@ def prepare(surface: Surface, flags: dict[str, Any] | None = None,
     """
     flags = flags or {}
     data = surface.read()
+    refuse_from_sheet(data.settings, data.setting_cells, CONF_SHEET)
     settings = resolve(flags, data.settings)
     require_model(model_spec(settings))
     if template_cell:
@@ -198,7 +200,8 @@ def read_sheet(data: SheetData, settings: Settings, template: TemplateText | Non
                    fields={name: [f.name for f in s.fields] for name, s in schemas.items()},
                    bounds=data.bounds, output_header=settings.output_column,
                    skip_rows=data.hidden_rows if settings.skip_hidden else frozenset(),
-                   merged=data.merged, status="status" in settings.metadata.split(","))
+                   merged=data.merged, status="status" in settings.metadata.split(","),
+                   variations=settings.variations)
     names = {p.name.lower(): p.name for p in table.prompts}
     unknown = next((n for n in schemas if n not in names), None)
     if unknown is not None:
@@ -389,7 +392,11 @@ def run(prepared: Prepared, surface: Surface, store: Store,
     """Run what was prepared; answers reach the surface in blocks, and all of them on exit."""
     plan = prepared.plan
     settings = prepared.settings
+    export = (Export.of(plan, prepared.data.grid, settings.export_dir, settings.export_name)
+              if settings.export_dir else None)
     surface.ready()
+    if export is not None:
+        export.ready()
     writer = BlockWriter(surface, plan, escape=surface.plain_text and settings.csv_escape)
     writer.pending += carried(plan, prepared.data.grid, surface.previous())
     writer.pending += [(plan.table.header_row, o.col, o.header)
@@ -412,6 +419,8 @@ def run(prepared: Prepared, surface: Surface, store: Store,
         nonlocal received
         received += result.ok
         writer.add(result)
+        if export is not None:
+            export.add(result)
         if on_result is not None:
             on_result(result)
 
