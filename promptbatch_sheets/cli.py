@@ -215,6 +215,20 @@ def serve(host: Annotated[str, typer.Option("--host", help="Address to listen on
     server.serve(host, port, opts.settings())
 
 
+@app.command("app")
+@user_errors
+@takes("model", "base_url", "max_tokens", "temperature", "concurrency", "rpm", "tpm", "budget")
+def web_app(port: Annotated[int, typer.Option("--port", help="Port; 0 picks a free one.")
+                            ] = 0,
+            no_browser: Annotated[bool, typer.Option(
+                "--no-browser", help="Print the address only; do not open a browser.")
+                                  ] = False, *, opts: Options) -> None:
+    """Open the local page: drop a workbook or paste a table, preview, run, download."""
+    from .server.web import serve_app  # imported here: only this command needs uvicorn
+
+    serve_app(port, opts.settings(), open_browser=not no_browser)
+
+
 @app.command()
 @user_errors
 def setup() -> None:

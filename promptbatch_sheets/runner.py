@@ -388,8 +388,10 @@ def carried(plan: Plan, grid: Grid, previous: Grid | None) -> list[Cell]:
 
 def run(prepared: Prepared, surface: Surface, store: Store,
         on_result: Callable[[RowResult], None] | None = None,
-        on_retry: Callable[[str], None] | None = None) -> Summary:
-    """Run what was prepared; answers reach the surface in blocks, and all of them on exit."""
+        on_retry: Callable[[str], None] | None = None,
+        cancelled: Callable[[], bool] | None = None) -> Summary:
+    """Run what was prepared; answers reach the surface in blocks, and all of them on exit.
+    Once ``cancelled()`` says True no request starts; the prompts not sent count as unsent."""
     plan = prepared.plan
     settings = prepared.settings
     export = (Export.of(plan, prepared.data.grid, settings.export_dir, settings.export_name)
@@ -437,7 +439,8 @@ def run(prepared: Prepared, surface: Surface, store: Store,
                               store, concurrency=settings.concurrency, on_result=deliver,
                               use_cache=settings.use_cache, budget=budget,
                               on_plan=forecast_sent, schemas=prepared.schemas,
-                              follow=Chain(plan, prepared.data.grid) if plan.waiting else None)
+                              follow=Chain(plan, prepared.data.grid) if plan.waiting else None,
+                              cancelled=cancelled)
 
     try:
         summary = asyncio.run(go())
