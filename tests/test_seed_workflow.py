@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -315,14 +314,27 @@ def test_seed_samples_send_their_system_block_as_the_system_message(
                for c in range(len(headers) - 2, len(headers) + 1))
 
 
-@pytest.mark.skipif(os.environ.get("PROMPTBATCH_SKIP_LOCAL") == "1", reason="no local model")
-def test_seed_sample_runs_on_the_embedded_model(tmp_path: Path) -> None:
-    source = tmp_path / "ai_model_integration.xlsx"
-    shutil.copy(SAMPLES / "ai_model_integration.xlsx", source)
-    done = cli("run", str(source), "--max-tokens", "40", "-o", str(tmp_path / "o.xlsx"),
-               "--export-dir", str(tmp_path / "docs"), "--export-name", "New AI Model Name")
+def test_readme_runs_of_the_seed_samples_on_the_embedded_model(tmp_path: Path,
+                                                              monkeypatch: pytest.MonkeyPatch
+                                                              ) -> None:
+    """The two runs README.md shows, as it shows them (from the clone, with out/ here)."""
+    monkeypatch.chdir(tmp_path)
+    shutil.copytree(SAMPLES, tmp_path / "sample_workbooks")
+    done = cli("run", "sample_workbooks/ai_model_integration.xlsx", "--max-tokens", "150",
+               "-o", "out/ai_model_integration.answers.xlsx", "--export-dir",
+               "out/integration-docs", "--export-name", "New AI Model Name")
     assert done.exit_code == 0, done.output
-    assert sorted(p.name for p in (tmp_path / "docs").iterdir())[:2] == [
-        "ChurnScore.md", "CodeReviewBot.md"]
-    sheet = openpyxl.load_workbook(tmp_path / "o.xlsx").active
+    docs = sorted(p.name for p in (tmp_path / "out" / "integration-docs").iterdir())
+    assert len(docs) == 12 and docs[:2] == ["ChurnScore.md", "CodeReviewBot.md"]
+    sheet = openpyxl.load_workbook(tmp_path / "out" / "ai_model_integration.answers.xlsx").active
     assert all(sheet.cell(r, 7).value for r in range(4, 16))
+
+    done = cli("run", "sample_workbooks/ai_orchestration_strategy.xlsx", "--variations", "3",
+               "--max-tokens", "60", "-o", "out/ai_orchestration_strategy.answers.xlsx")
+    assert done.exit_code == 0, done.output
+    sheet = openpyxl.load_workbook(tmp_path / "out" /
+                                   "ai_orchestration_strategy.answers.xlsx").active
+    assert [c.value for c in sheet[3]][5:] == ["response 1", "response 2", "response 3"]
+    variations = [[sheet.cell(r, c).value for c in (6, 7, 8)] for r in range(4, 16)]
+    assert all(all(v) for v in variations)
+    assert sum(len(set(v)) == 3 for v in variations) >= 6  # the seeds give other answers
