@@ -4,7 +4,6 @@ OpenAI-compatible server on 127.0.0.1 (and its Anthropic route), and the embedde
 
 from __future__ import annotations
 
-import csv
 import json
 import shutil
 from pathlib import Path
@@ -19,6 +18,7 @@ from promptbatch_sheets.store import answer_key
 from promptbatch_sheets.template import Template
 from tests.conftest import SAMPLES, cli, fake_model
 from tests.fakes.llm_server import FakeLLMServer
+from tests.test_run_cli import read_csv, write_csv
 
 SYSTEM_TEMPLATE = ("  <system>\nYou review products for {{ shop }}.\n</system>\n\n"
                    "Describe {{ name }} in five words.")
@@ -29,15 +29,7 @@ def chats(server: FakeLLMServer) -> list[dict[str, Any]]:
 
 
 def book(tmp_path: Path, rows: list[list[str]], name: str = "b.csv") -> Path:
-    path = tmp_path / name
-    with path.open("w", newline="", encoding="utf-8") as handle:
-        csv.writer(handle).writerows(rows)
-    return path
-
-
-def read(path: Path) -> list[list[str]]:
-    with path.open(newline="", encoding="utf-8") as handle:
-        return list(csv.reader(handle))
+    return write_csv(tmp_path / name, rows)
 
 
 PRODUCTS = [["name", "shop"], ["mug", "Acme"], ["cap", "Zeta"]]
@@ -60,7 +52,7 @@ def test_system_block_is_the_system_message_rendered_per_row(tmp_path: Path,
         [{"role": "system", "content": "You review products for Zeta."},
          {"role": "user", "content": "Describe cap in five words."}],
     ]
-    assert [r[2] for r in read(out)[1:]] == ["Answer: Describe mug in five words.",
+    assert [r[2] for r in read_csv(out)[1:]] == ["Answer: Describe mug in five words.",
                                              "Answer: Describe cap in five words."]
     again = cli("run", str(source), "--template", SYSTEM_TEMPLATE, "-o", str(out),
                 *fake_model(llm))
@@ -155,7 +147,7 @@ def test_variations_answer_each_row_n_times_with_seeds(tmp_path: Path,
     done = cli("run", str(source), "--template", "Name {{ name }}.", "--variations", "3",
                "-o", str(out), *fake_model(llm))
     assert done.exit_code == 0, done.output
-    rows = read(out)
+    rows = read_csv(out)
     assert rows[0] == ["name", "shop", "response 1", "response 2", "response 3"]
     assert len({*rows[1][2:], *rows[2][2:]}) == 6  # six requests, six answers
     seeds = sorted((c["messages"][0]["content"], c["seed"]) for c in chats(llm))
@@ -164,14 +156,13 @@ def test_variations_answer_each_row_n_times_with_seeds(tmp_path: Path,
     # a failed variation reruns alone; the others come from the sheet as they are
     answered = rows[1][3]
     rows[1][3] = "#ERROR: HTTP 500"
-    with out.open("w", newline="", encoding="utf-8") as handle:
-        csv.writer(handle).writerows(rows)
+    write_csv(out, rows)
     again = cli("run", str(out), "--template", "Name {{ name }}.", "--variations", "3",
                 "-o", str(out), *fake_model(llm))
     assert again.exit_code == 0, again.output
     assert "from cache       │ 1" in again.output  # variation 2 of row 2: its own entry
     assert len(chats(llm)) == 6
-    assert read(out)[1] == [*rows[1][:3], answered, rows[1][4]]
+    assert read_csv(out)[1] == [*rows[1][:3], answered, rows[1][4]]
 
 
 def test_variations_with_fields_number_each_field_column(tmp_path: Path,
@@ -181,8 +172,8 @@ def test_variations_with_fields_number_each_field_column(tmp_path: Path,
                "--fields", "score (number), reason", "--variations", "2", "-o", str(out),
                *fake_model(llm))
     assert done.exit_code == 0, done.output
-    assert read(out)[0] == ["name", "shop", "score 1", "reason 1", "score 2", "reason 2"]
-    assert all(cell != "" for row in read(out)[1:] for cell in row)
+    assert read_csv(out)[0] == ["name", "shop", "score 1", "reason 1", "score 2", "reason 2"]
+    assert all(cell != "" for row in read_csv(out)[1:] for cell in row)
 
 
 def test_variations_of_chained_columns_follow_their_own_variation(tmp_path: Path,

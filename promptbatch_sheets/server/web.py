@@ -48,7 +48,7 @@ from ..surfaces import open_surface
 from ..surfaces.files import SPREADSHEETS
 from ..table import TemplateText
 from ..template import display, variable_name
-from .checks import body_fields, number_field, text_field
+from .checks import body_fields, bounded_body, number_field, text_field
 
 MAX_UPLOAD = 50 * 2**20
 """Bytes of an uploaded workbook; the zip inside is checked again by the xlsx reader."""
@@ -281,15 +281,7 @@ def table_from_paste(text: str) -> str:
 
 
 async def _body(request: Request, limit: int) -> bytes:
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
-        raise BadRequest(f"The file is larger than {limit // 2**20} MB.", 413)
-    data = bytearray()
-    async for part in request.stream():
-        data += part
-        if len(data) > limit:
-            raise BadRequest(f"The file is larger than {limit // 2**20} MB.", 413)
-    return bytes(data)
+    return await bounded_body(request, limit, f"The file is larger than {limit // 2**20} MB.")
 
 
 async def _json(request: Request) -> Any:
