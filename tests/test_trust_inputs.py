@@ -343,7 +343,7 @@ def test_serve_answers_others_while_a_hostile_template_renders_and_still_stops(
                                                        timeout=60))
             slow_s, reply = slow.result()
         assert health.json()["ok"] is True and health_s < slow_s
-        where = "The template in the template was stopped on this row: it"
+        where = "The template in the request's template field was stopped on this row: it"
         assert reply.json()["answers"] == [
             f"#ERROR: {where} ran longer than 0.5 s. A template only formats a row's values; "
             "simplify it.",
