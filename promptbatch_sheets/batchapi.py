@@ -64,10 +64,10 @@ def submit(prepared: Prepared, store: Store) -> list[Job]:
     if not todo:
         return []
     _check_budget(prepared, store, list(todo.values()))
-    spec, system = prepared.spec, prepared.params.system
+    spec = prepared.spec
     jobs: list[Job] = []
     with closing(_open(spec, prepared.settings.timeout)) as api:
-        requests = [(key, api.encode(key, j.prompt, prepared.params_for(j.step)))
+        requests = [(key, api.encode(key, j.prompt, prepared.request_params(j)))
                     for key, j in todo.items()]
         for chunk in split(requests, api.max_requests, api.max_bytes):
             keys = [key for key, _ in chunk]
@@ -75,7 +75,9 @@ def submit(prepared: Prepared, store: Store) -> list[Job]:
             cost = runner.forecast(prepared, store, [todo[k] for k in keys]).batch_cost_usd
             job = Job(batch_id, spec.provider, spec.label, spec.base_url or "", time.time(),
                       "submitted", len(keys), {}, cost)
-            journal.add(job, {k: request_chars(todo[k].prompt, system) for k in keys})
+            journal.add(job, {k: request_chars(todo[k].prompt,
+                                               prepared.request_params(todo[k]).system)
+                              for k in keys})
             jobs.append(job)
     return jobs
 

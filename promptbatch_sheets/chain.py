@@ -44,12 +44,10 @@ class Chain:
             reason = needs_failed(self.plan.table, row, gone) if gone is not None else None
             if reason is None:
                 try:
-                    prompt = self.plan.render(self.grid, row, index, answers)
+                    settled.append(self.plan.job(self.grid, row, index, answers))
+                    continue
                 except TemplateError as exc:
                     reason = str(exc)
-                else:
-                    settled.append(RowJob(row, prompt, index))
-                    continue
             lost.add(index)
             settled.append(RowResult(row, error_text(reason), False, False, step=index))
         if not steps:

@@ -101,7 +101,7 @@ def _prepare(book: str, opts: Options, output: str | None = None) -> tuple[Any, 
 @app.command()
 @user_errors
 @takes(*SHEET_OPTIONS, "output", "concurrency", "rpm", "tpm", "budget", "no_cache", "via",
-       "no_csv_escape")
+       "no_csv_escape", "export_dir", "export_name")
 def run(book: Book, *, opts: Options) -> None:
     """Answer every row that needs it and write the answers next to the table."""
     surface, prepared = _prepare(book, opts, opts.output)
@@ -167,7 +167,7 @@ def _collected(book: str, opts: Options, surface: Any, prepared: runner.Prepared
 
 @app.command()
 @user_errors
-@takes(*SHEET_OPTIONS, "output", "no_csv_escape")
+@takes(*SHEET_OPTIONS, "output", "no_csv_escape", "export_dir", "export_name")
 def collect(book: Book, *, opts: Options) -> None:
     """Fetch finished Batch API results and write them next to the table (same options as
     the run that sent them); rows of running jobs stay empty."""
@@ -213,6 +213,20 @@ def serve(host: Annotated[str, typer.Option("--host", help="Address to listen on
     from . import server  # imported here: only this command needs uvicorn
 
     server.serve(host, port, opts.settings())
+
+
+@app.command("app")
+@user_errors
+@takes("model", "base_url", "max_tokens", "temperature", "concurrency", "rpm", "tpm", "budget")
+def web_app(port: Annotated[int, typer.Option("--port", help="Port; 0 picks a free one.")
+                            ] = 0,
+            no_browser: Annotated[bool, typer.Option(
+                "--no-browser", help="Print the address only; do not open a browser.")
+                                  ] = False, *, opts: Options) -> None:
+    """Open the local page: drop a workbook or paste a table, preview, run, download."""
+    from .server.web import serve_app  # imported here: only this command needs uvicorn
+
+    serve_app(port, opts.settings(), open_browser=not no_browser)
 
 
 @app.command()

@@ -13,7 +13,7 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, field
 
 from .budget import Budget
 from .errors import ProviderError, SchemaMismatch
@@ -21,8 +21,9 @@ from .estimate import Estimate, request_chars, tokens
 from .inflight import InFlight, Outcome, sharing
 from .plan import ERROR_PREFIX, RowJob
 from .providers import Completion, Params, Provider
+from .request import Requests
 from .schema import Schema, repair_prompt
-from .store import Store, key_function
+from .store import Store
 
 
 @dataclass(frozen=True)
@@ -66,11 +67,6 @@ class Summary:
     (a budget may then hold some back): printed beside the usage so users can judge it."""
 
 
-def structured(params: Params, schema: Schema) -> Params:
-    """The request parameters of a step whose answers must fit ``schema``."""
-    return replace(params, schema=schema.text())
-
-
 def fits(schema: Schema, text: str) -> bool:
     try:
         schema.check(text)
@@ -99,6 +95,7 @@ async def run_jobs(
     follow: Follow | None = None,
     schemas: Mapping[int, Schema] | None = None,
     shared: InFlight | None = None,
+    cancelled: Callable[[], bool] | None = None,
 ) -> Summary:
     """Answer every job, and every job ``follow`` adds; ``on_result`` is called once per job,
     in completion order.
@@ -116,23 +113,19 @@ async def run_jobs(
     ``shared`` are the prompts in flight that this run shares with others (a server's
     requests); without it the run shares only with other processes, through the store. A
     prompt someone else is getting is waited for, never sent twice.
+
+    ``cancelled`` is asked before each request: once it says True no request starts, the
+    ones in flight finish (their answers are paid for, so kept), and the rest count as
+    unsent, as a budget's do.
     """
     started = time.perf_counter()
     summary = Summary()
     step_schemas = schemas or {}
-    step_params = {step: structured(params, schema) for step, schema in step_schemas.items()}
-    step_of: dict[str, int] = {}
-    key_functions: dict[int, Callable[[str], str]] = {}
-
-    def key_of(step: int) -> Callable[[str], str]:
-        """Each step's key function, made once: a big rerun spends much of its time hashing."""
-        if step not in key_functions:
-            key_functions[step] = key_function(label, step_params.get(step, params))
-        return key_functions[step]
-
+    requests = Requests(label, params, step_schemas)
     waiting: dict[str, list[RowJob]] = {}
     """Jobs by the key of their prompt, from the moment it is queued until it is answered."""
-    prompt_by_key: dict[str, str] = {}
+    sent: dict[str, RowJob] = {}
+    """The job whose prompt and parameters go out for each key."""
     done: dict[str, Completion | str] = {}
     """This run's answers, for a later step that renders a prompt already answered."""
     queue: deque[str] = deque()
@@ -164,18 +157,17 @@ async def run_jobs(
         """Answer jobs from this run or the cache at once; queue the others' prompts."""
         fresh: dict[str, list[RowJob]] = {}
         for job in arrivals:
-            key = key_of(job.step)(job.prompt)
+            key = requests.key(job)
             if key in done:
                 settle(job, done[key], isinstance(done[key], Completion))
             elif key in waiting:
                 waiting[key].append(job)
             else:
                 fresh.setdefault(key, []).append(job)
-                prompt_by_key.setdefault(key, job.prompt)
-                step_of.setdefault(key, job.step)
+                sent.setdefault(key, job)
         hits = store.get_many(fresh) if use_cache else {}
-        for key in [k for k in hits if step_of[k] in step_schemas]:
-            if not fits(step_schemas[step_of[key]], hits[key].text):
+        for key in [k for k in hits if sent[k].step in step_schemas]:
+            if not fits(step_schemas[sent[key].step], hits[key].text):
                 del hits[key]  # stored by another tool or version: ask again
         queued = []
         for key, same in fresh.items():
@@ -268,13 +260,15 @@ async def run_jobs(
                 changed.clear()
                 await changed.wait()
                 continue
+            if cancelled is not None and cancelled():
+                return
             key = queue[0]
             other = flight.join(key, use_cache, itertools.islice(queue, 1, None))
             if other is not None:
                 queue.popleft()
                 wait_for_other(key, other)
                 continue
-            reservation = budget.reserve(tokens(prompt_by_key[key])) if budget else 0.0
+            reservation = budget.reserve(tokens(sent[key].prompt)) if budget else 0.0
             if reservation is None:
                 flight.finish(key, None)
                 return
@@ -292,20 +286,19 @@ async def run_jobs(
         to whoever waits for it, in one step: an answer stored is an answer written. It runs
         on if the run is cancelled (a server request out of time), so an answer paid for is
         kept; a cancelled request lets the waiters ask."""
-        step = step_of[key]
+        job = sent[key]
+        job_params = requests.params(job)
+        schema = step_schemas.get(job.step)
         try:
-            result = await ask(provider, prompt_by_key[key], step_params.get(step, params),
-                               reservation)
-            if isinstance(result, Completion) and step in step_params:
-                result = await repaired(provider, prompt_by_key[key], step_params[step],
-                                        step_schemas[step], result)
+            result = await ask(provider, job.prompt, job_params, reservation)
+            if isinstance(result, Completion) and schema is not None:
+                result = await repaired(provider, job.prompt, job_params, schema, result)
         except BaseException:
             flight.finish(key, None)
             raise
         if isinstance(result, Completion):
-            schema = step_schemas.get(step)
-            sent = prompt_by_key[key] + (schema.instructions() if schema else "")
-            store.put(key, label, result, request_chars(sent, params.system), flight.owner)
+            text = job.prompt + (schema.instructions() if schema else "")
+            store.put(key, label, result, request_chars(text, job_params.system), flight.owner)
         elif len(summary.errors) < 5:
             summary.errors.append(result)
         deliver(key, result)

@@ -163,13 +163,13 @@ def calibrate(model: str, history: History, system: bool = False) -> Calibration
 
 
 def estimate(model: str, prompts: list[str], max_tokens: int | None, concurrency: int, *,
-             system: str | None = None, history: History = ()) -> Estimate:
+             system: bool = False, history: History = ()) -> Estimate:
     """Tokens from calibrated text length, cost from the price table, time from rounds of
-    requests."""
+    requests. ``prompts`` are the texts requests send, system prompts included; ``system``
+    says whether they carry one (the message framing differs)."""
     provider = model.partition(":")[0]
-    calibration = calibrate(model, history, system is not None)
-    prompt_tokens = round(sum(calibration.prompt_tokens(request_chars(p, system))
-                              for p in prompts))
+    calibration = calibrate(model, history, system)
+    prompt_tokens = round(sum(calibration.prompt_tokens(len(p)) for p in prompts))
     completion_tokens = round(calibration.answer(max_tokens) * len(prompts))
     completion_max = (max_tokens or ASSUMED_MAX_ANSWER_TOKENS) * len(prompts)
     if provider == "local":

@@ -80,6 +80,15 @@ class Options:
     metadata: Annotated[str | None, typer.Option(
         "--metadata", help="Extra columns beside the answers: status (ok, cut at "
         "--max-tokens, error).")] = None
+    variations: Annotated[int | None, typer.Option(
+        "--variations", help="Answers per row (default 1), in columns NAME 1 ... NAME N; "
+        "each is its own request (seed N where the API takes one) and cache entry.")] = None
+    export_dir: Annotated[str | None, typer.Option(
+        "--export-dir", help="Also write each answer as a Markdown file into this folder.")
+        ] = None
+    export_name: Annotated[str | None, typer.Option(
+        "--export-name", help="Column whose value names each exported file (default: the "
+        "row number).")] = None
     budget: Annotated[float | None, typer.Option(
         "--budget", help="Stop sending before the cost in USD could pass this; unsent rows "
         "stay empty.")] = None
@@ -119,7 +128,7 @@ class Options:
 
 SHEET_OPTIONS = ("sheet", "model", "template", "template_file", "template_cell",
                  "output_column", "base_url", "rerun", "max_tokens", "temperature", "system",
-                 "credentials", "skip_hidden", "fields", "schema", "metadata")
+                 "credentials", "skip_hidden", "fields", "schema", "metadata", "variations")
 """What finds a sheet's prompts: every sheet command takes these, so a hint can hand them
 on from one command to another."""
 TAKEN: dict[str, tuple[str, ...]] = {}

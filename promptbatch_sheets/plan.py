@@ -51,6 +51,10 @@ class RowJob:
     row: int
     prompt: str
     step: int = 0
+    system: str | None = None
+    """The row's own system prompt, from the template's ``<system>`` block."""
+    seed: int | None = None
+    """The variation of the row's answer this prompt asks for (``variations``)."""
 
 
 @dataclass(frozen=True)
@@ -67,6 +71,8 @@ class Step:
     """The JSON the answer must be, one field per output column; None for free text."""
     status: Output | None = None
     """The column saying how each answer came, when ``metadata`` asks for it."""
+    variation: int | None = None
+    """Which of the row's N answers this step gives (``variations``), sent as the seed."""
 
     @property
     def cols(self) -> list[int]:
@@ -108,14 +114,18 @@ class Plan:
         """Prompts this run settles: ready now, waiting for answers, and refused."""
         return len(self.jobs) + sum(map(len, self.waiting.values())) + len(self.refused)
 
-    def render(self, grid: Grid, row: int, step: int, answers: Answers) -> str:
-        """The prompt of ``step`` for ``row``, given the answers of the steps it uses."""
+    def job(self, grid: Grid, row: int, step: int, answers: Answers) -> RowJob:
+        """The prompt of ``step`` for ``row`` (and its system prompt, from a ``<system>``
+        block), given the answers of the steps it uses."""
         record = self.table.record(grid, row)
         for index, values in answers.items():
             for output, value in zip(self.steps[index].outputs, values, strict=True):
-                record[output.header] = value
+                record[output.name] = value
         cell = cell_name(self.table.sheet, row, self.steps[step].cols[0])
-        return self.steps[step].template.render(record, f"row {row + 1} ({cell})")
+        where = f"row {row + 1} ({cell})"
+        template = self.steps[step].template
+        return RowJob(row, template.render(record, where), step,
+                      template.render_system(record, where), self.steps[step].variation)
 
 
 def make_plan(table: Table, grid: Grid, rerun: Rerun = Rerun.MISSING,
@@ -150,7 +160,7 @@ def make_plan(table: Table, grid: Grid, rerun: Rerun = Rerun.MISSING,
                 lost.add(index)
                 plan.refused.append((row, index, reason))
             elif all(n in known for n in step.needs):
-                plan.jobs.append(RowJob(row, plan.render(grid, row, index, known), index))
+                plan.jobs.append(plan.job(grid, row, index, known))
             else:
                 plan.waiting.setdefault(row, []).append(index)
         if known and row in plan.waiting:
@@ -160,18 +170,24 @@ def make_plan(table: Table, grid: Grid, rerun: Rerun = Rerun.MISSING,
 
 def _steps(table: Table, schemas: Mapping[str, Schema]) -> list[Step]:
     """Parse each template and find the other steps' answers it uses."""
-    templates = [Template.parse(p.template.text, p.template.origin) for p in table.prompts]
-    owner = {variable_name(o.header): i for i, p in enumerate(table.prompts) for o in p.outputs}
+    parsed: dict[str, Template] = {}
+    for p in table.prompts:  # variations of a prompt share its template
+        if p.name not in parsed:
+            parsed[p.name] = Template.parse(p.template.text, p.template.origin)
     inputs = list(table.columns.values())
     steps = []
-    for index, (prompt, template) in enumerate(zip(table.prompts, templates, strict=True)):
+    for index, prompt in enumerate(table.prompts):
+        template = parsed[prompt.name]
         _check_not_reading_own_answers(table, index, template)
-        others = [o.header for i, p in enumerate(table.prompts) if i != index for o in p.outputs]
-        template.check_columns(inputs + others)
+        # a variation's template reads the answers of the same variation of other columns
+        peers = {i: p for i, p in enumerate(table.prompts)
+                 if i != index and p.variation == prompt.variation}
+        owner = {variable_name(o.name): i for i, p in peers.items() for o in p.outputs}
+        template.check_columns(inputs + [o.name for p in peers.values() for o in p.outputs])
         needs = tuple(sorted({owner[v] for v in template.variables
                               if v in owner and v not in {variable_name(h) for h in inputs}}))
         steps.append(Step(index, prompt.name, template, prompt.outputs, needs,
-                          schemas.get(prompt.name), prompt.status))
+                          schemas.get(prompt.name), prompt.status, prompt.variation))
     return steps
 
 
@@ -217,7 +233,7 @@ def _check_not_reading_own_answers(table: Table, index: int, template: Template)
     """``{{ response }}`` would read the column the answers overwrite: refuse, say which."""
     inputs = {variable_name(h) for h in table.columns.values()}
     for output in table.prompts[index].outputs:
-        name = variable_name(output.header)
+        name = variable_name(output.name)
         if name and name in template.variables and name not in inputs:
             raise TemplateError(
                 f"The template in {template.origin} uses {{{{ {name} }}}}, but "

@@ -86,6 +86,8 @@ def print_summary(console: Console, prepared: Prepared, summary: Summary,
     table.add_row("wall time", f"{summary.seconds:.1f} s")
     if output is not None:
         table.add_row("written to", str(output))
+    if prepared.settings.export_dir:
+        table.add_row("answers as files", escape(f"{prepared.settings.export_dir} (.md)"))
     console.print(table)
     for error in summary.errors:  # a server's words: markup in them is text
         console.print(f"[red]#ERROR:[/] {escape(error)}")
@@ -144,13 +146,17 @@ def print_preview(console: Console, preview: Preview) -> None:
     used = {v for step in plan.steps for v in step.template.variables}
     columns = list(table.columns.values())
     est = preview.estimate
-    chained = len(plan.steps) > 1
+    chained = len({s.name for s in plan.steps}) > 1
     origin = "" if chained else f"[bold]template[/] {table.template.origin}   "
     console.print(f"[bold]Sheet[/] {table.sheet}   {origin}"
                   f"[bold]model[/] {preview.prepared.price_label}")
     console.print(f"[bold]Server[/] {_server(preview.prepared)}")
+    variations = preview.prepared.settings.variations
+    if variations > 1:
+        console.print(f"[bold]{variations} variations[/] of each answer, each its own request "
+                      "(the variation's number is its seed)")
     for step in plan.steps:
-        if chained:
+        if chained and (step.variation or 1) == 1:
             uses = ", ".join(repr(plan.steps[n].name) for n in step.needs)
             console.print(f"[bold]{step.name}[/]: template {step.template.origin}"
                           + (f", uses the answers of {uses}" if uses else ""))
@@ -171,14 +177,19 @@ def print_preview(console: Console, preview: Preview) -> None:
         name = variable_name(header)
         variables.add_row(header, f"{{{{ {name} }}}}", "yes" if name in used else "-")
     for step in plan.steps:
-        for out in step.outputs if chained else ():
-            name = variable_name(out.header)
-            variables.add_row(out.header, f"{{{{ {name} }}}}",
+        for out in step.outputs if chained and (step.variation or 1) == 1 else ():
+            name = variable_name(out.name)
+            variables.add_row(out.name, f"{{{{ {name} }}}}",
                               f"answers of {step.name!r}" if name in used else "-")
     console.print(variables)
-    for row, prompt in preview.first_prompts:
-        console.rule(f"prompt for row {row + 1}")
-        console.print(prompt, markup=False)
+    system = preview.prepared.params.system
+    for job in preview.first_prompts:
+        if job.system is not None or system is not None:
+            console.rule(f"system prompt for row {job.row + 1}, from "
+                         f"{escape(preview.system_origin or '')}")
+            console.print(job.system or system, markup=False)
+        console.rule(f"prompt for row {job.row + 1}")
+        console.print(job.prompt, markup=False)
     console.rule("estimate")
     for line in _estimate_lines(est, preview.prepared.settings.max_tokens):
         console.print(line)

@@ -19,17 +19,19 @@ from . import userconfig
 from .budget import Budget
 from .cells import escape_formula
 from .chain import Chain
-from .engine import RowResult, Summary, error_text, run_jobs, structured
+from .engine import RowResult, Summary, error_text, run_jobs
 from .errors import ConfigError, Interrupted, SetupError
 from .estimate import Estimate, calibrate, cost, estimate
+from .export import Export, refuse_from_sheet
 from .plan import Plan, RowJob, make_plan
 from .providers import ModelSpec, Params, Provider, RetryPolicy, open_provider, require_model
+from .request import Requests
 from .schema import Schema, load_schema
 from .settings import Settings, is_set, resolve, setting_name
-from .store import Store, key_function
+from .store import Store
 from .surfaces.base import CONF_SHEET, Cell, SheetData, Surface
 from .table import Grid, Table, TemplateText, locate, quote_sheet
-from .template import display
+from .template import Template, display
 from .trust import check_server
 
 FLUSH_SECONDS = 2.0
@@ -61,25 +63,30 @@ class Prepared:
         return {s.index: s.schema for s in self.plan.steps if s.schema is not None}
 
     def as_sent(self, job: RowJob) -> str:
-        """The text a request carries for ``job``, as far as its size goes: a structured
-        step's schema is sent too (in the prompt, or as response_format or a tool), which
-        the engine counts the same way when it records what a request sent."""
+        """The text a request carries for ``job``, as far as its size goes: its system
+        prompt, and a structured step's schema (in the prompt, or as response_format or a
+        tool), which the engine counts the same way when it records what a request sent."""
         schema = self.plan.steps[job.step].schema
-        return job.prompt if schema is None else job.prompt + schema.instructions()
+        text = (self.request_params(job).system or "") + job.prompt
+        return text if schema is None else text + schema.instructions()
 
     def key(self, job: RowJob) -> str:
-        """The answer key of ``job``: its step's parameters and its prompt."""
-        return self._key_functions[job.step](job.prompt)
+        """The answer key of ``job``: what it is sent with, and its prompt."""
+        return self._requests.key(job)
+
+    def request_params(self, job: RowJob) -> Params:
+        """What ``job`` is sent with (and so part of its cache key)."""
+        return self._requests.params(job)
 
     @cached_property
-    def _key_functions(self) -> list[Callable[[str], str]]:
-        return [key_function(self.spec.label, self.params_for(s.index))
-                for s in self.plan.steps]
+    def _requests(self) -> Requests:
+        return Requests(self.spec.label, self.params, self.schemas)
 
-    def params_for(self, step: int) -> Params:
-        """What a prompt of ``step`` is sent with (and so part of its cache key)."""
-        schema = self.plan.steps[step].schema
-        return self.params if schema is None else structured(self.params, schema)
+    @property
+    def has_system(self) -> bool:
+        """Whether requests carry a system prompt: the setting, or a ``<system>`` block."""
+        return self.params.system is not None or any(
+            s.template.system is not None for s in self.plan.steps)
 
 
 @dataclass
@@ -93,7 +100,10 @@ class Preview:
     waiting: int
     """Prompts rendered during the run, once the answers they use are back."""
     estimate: Estimate
-    first_prompts: list[tuple[int, str]] = field(default_factory=list)
+    first_prompts: list[RowJob] = field(default_factory=list)
+    """The first prompts to send, one per row and prompt column (variations are alike)."""
+    system_origin: str | None = None
+    """Where their system prompt comes from, if they have one."""
 
 
 def prepare(surface: Surface, flags: dict[str, Any] | None = None,
@@ -105,6 +115,7 @@ def prepare(surface: Surface, flags: dict[str, Any] | None = None,
     """
     flags = flags or {}
     data = surface.read()
+    refuse_from_sheet(data.settings, data.setting_cells, CONF_SHEET)
     settings = resolve(flags, data.settings)
     require_model(model_spec(settings))
     if template_cell:
@@ -132,9 +143,43 @@ def plan_sheet(data: SheetData, settings: Settings, template: TemplateText | Non
     merged: the HTTP server gets both from a request, not from a surface."""
     table, schemas = read_sheet(data, settings, template, base_dir)
     plan = make_plan(table, data.grid, settings.rerun, data.uncalculated, schemas)
+    _check_one_system(plan, settings, data)
     spec = model_spec(settings)
     params = Params(settings.temperature, settings.max_tokens, settings.system)
     return Prepared(data, plan, settings, spec, params, model_defaulted=not settings.model)
+
+
+def _system_block(plan: Plan) -> Template | None:
+    return next((s.template for s in plan.steps if s.template.system is not None), None)
+
+
+def _system_setting(settings: Settings, data: SheetData) -> str:
+    """Where the ``system`` setting comes from: the conf sheet's cell, or the user's layers."""
+    key = next((k for k in data.settings if setting_name(k) == "system"), None)
+    if key is not None and data.settings[key] == settings.system:
+        return data.setting_cells.get(key, f"the {quote_sheet(CONF_SHEET)} sheet")
+    return "the system setting (--system, PROMPTBATCH_SYSTEM or your config file)"
+
+
+def system_origin(prepared: Prepared) -> str | None:
+    """Where the run's system prompt comes from, for preview; None without one."""
+    block = _system_block(prepared.plan)
+    if block is not None:
+        return f"the <system> block of {block.origin}"
+    if prepared.settings.system is None:
+        return None
+    return _system_setting(prepared.settings, prepared.data)
+
+
+def _check_one_system(plan: Plan, settings: Settings, data: SheetData) -> None:
+    """A ``<system>`` block and the ``system`` setting would each be the system prompt:
+    refuse, naming both, rather than silently drop one."""
+    block = _system_block(plan)
+    if block is not None and settings.system is not None:
+        raise ConfigError(
+            f"The template in {block.origin} starts with a <system> block, and "
+            f"{_system_setting(settings, data)} sets a system prompt too. Keep one: remove "
+            "the system setting there, or the <system> block from the template.")
 
 
 def model_spec(settings: Settings) -> ModelSpec:
@@ -155,7 +200,8 @@ def read_sheet(data: SheetData, settings: Settings, template: TemplateText | Non
                    fields={name: [f.name for f in s.fields] for name, s in schemas.items()},
                    bounds=data.bounds, output_header=settings.output_column,
                    skip_rows=data.hidden_rows if settings.skip_hidden else frozenset(),
-                   merged=data.merged, status="status" in settings.metadata.split(","))
+                   merged=data.merged, status="status" in settings.metadata.split(","),
+                   variations=settings.variations)
     names = {p.name.lower(): p.name for p in table.prompts}
     unknown = next((n for n in schemas if n not in names), None)
     if unknown is not None:
@@ -201,7 +247,7 @@ def forecast(prepared: Prepared, store: Store, jobs: list[RowJob]) -> Estimate:
     settings = prepared.settings
     prompts = [prepared.as_sent(job) for job in jobs]
     return estimate(prepared.price_label, prompts, settings.max_tokens, settings.concurrency,
-                    system=settings.system, history=store.history(prepared.spec.label))
+                    system=prepared.has_system, history=store.history(prepared.spec.label))
 
 
 def later_prompts(prepared: Prepared, store: Store) -> list[RowJob]:
@@ -212,14 +258,13 @@ def later_prompts(prepared: Prepared, store: Store) -> list[RowJob]:
         return []
     settings = prepared.settings
     calibration = calibrate(prepared.price_label, store.history(prepared.spec.label),
-                            settings.system is not None)
+                            prepared.has_system)
     stand_in = "x" * round(calibration.answer(settings.max_tokens) * calibration.chars_per_token)
     jobs = []
     for row, steps in plan.waiting.items():
         answers = {s.index: [stand_in] * len(s.outputs) for s in plan.steps}
         answers.update(plan.known.get(row, {}))
-        jobs += [RowJob(row, plan.render(prepared.data.grid, row, step, answers), step)
-                 for step in steps]
+        jobs += [plan.job(prepared.data.grid, row, step, answers) for step in steps]
     return jobs
 
 
@@ -236,7 +281,8 @@ def preview(prepared: Prepared, store: Store, first: int = 3) -> Preview:
         unique_prompts=len(fresh),
         waiting=len(later),
         estimate=forecast(prepared, store, fresh + later),
-        first_prompts=[(j.row, j.prompt) for j in jobs[:first]],
+        first_prompts=[j for j in jobs if (j.seed or 1) == 1][:first],
+        system_origin=system_origin(prepared),
     )
 
 
@@ -342,11 +388,17 @@ def carried(plan: Plan, grid: Grid, previous: Grid | None) -> list[Cell]:
 
 def run(prepared: Prepared, surface: Surface, store: Store,
         on_result: Callable[[RowResult], None] | None = None,
-        on_retry: Callable[[str], None] | None = None) -> Summary:
-    """Run what was prepared; answers reach the surface in blocks, and all of them on exit."""
+        on_retry: Callable[[str], None] | None = None,
+        cancelled: Callable[[], bool] | None = None) -> Summary:
+    """Run what was prepared; answers reach the surface in blocks, and all of them on exit.
+    Once ``cancelled()`` says True no request starts; the prompts not sent count as unsent."""
     plan = prepared.plan
     settings = prepared.settings
+    export = (Export.of(plan, prepared.data.grid, settings.export_dir, settings.export_name)
+              if settings.export_dir else None)
     surface.ready()
+    if export is not None:
+        export.ready()
     writer = BlockWriter(surface, plan, escape=surface.plain_text and settings.csv_escape)
     writer.pending += carried(plan, prepared.data.grid, surface.previous())
     writer.pending += [(plan.table.header_row, o.col, o.header)
@@ -369,6 +421,8 @@ def run(prepared: Prepared, surface: Surface, store: Store,
         nonlocal received
         received += result.ok
         writer.add(result)
+        if export is not None:
+            export.add(result)
         if on_result is not None:
             on_result(result)
 
@@ -385,7 +439,8 @@ def run(prepared: Prepared, surface: Surface, store: Store,
                               store, concurrency=settings.concurrency, on_result=deliver,
                               use_cache=settings.use_cache, budget=budget,
                               on_plan=forecast_sent, schemas=prepared.schemas,
-                              follow=Chain(plan, prepared.data.grid) if plan.waiting else None)
+                              follow=Chain(plan, prepared.data.grid) if plan.waiting else None,
+                              cancelled=cancelled)
 
     try:
         summary = asyncio.run(go())

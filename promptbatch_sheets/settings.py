@@ -50,15 +50,23 @@ class Settings:
     via: Via = Via.REALTIME
     metadata: str = ""
     """Columns beside each prompt's answers, comma-separated from ``METADATA``."""
+    variations: int = 1
+    """Answers per row and prompt column, each in its own numbered column and cache entry."""
+    export_dir: str | None = None
+    """A folder that gets each answer as a Markdown file too; never from a workbook."""
+    export_name: str | None = None
+    """The column naming those files (default: the row number)."""
 
 
+MAX_VARIATIONS = 100
+"""More answers per row than anyone reads; a typo's 1000 would multiply the bill."""
 NUMBERS: dict[str, type] = {"temperature": float, "max_tokens": int, "concurrency": int,
                             "timeout": float, "retries": int, "rpm": float, "tpm": float,
-                            "budget": float}
+                            "budget": float, "variations": int}
 RANGES: dict[str, tuple[float, float | None]] = {
     "temperature": (0, 2), "max_tokens": (1, None), "concurrency": (1, None),
     "timeout": (0, None), "retries": (1, None), "rpm": (1, None), "tpm": (1, None),
-    "budget": (0, None)}
+    "budget": (0, None), "variations": (1, MAX_VARIATIONS)}
 """The lowest and highest value of each number (None: no ceiling)."""
 METADATA = ("status",)
 """The columns ``metadata`` may ask for beside each prompt's answers."""

@@ -44,6 +44,14 @@ class Output:
     header: str
     col: int
     exists: bool
+    base: str | None = None
+    """With variations, the header without its number (``response`` for ``response 2``):
+    the name a later template uses for this variation's answer."""
+
+    @property
+    def name(self) -> str:
+        """The header a template reads this answer by."""
+        return self.base or self.header
 
 
 @dataclass(frozen=True)
@@ -55,6 +63,8 @@ class TablePrompt:
     outputs: tuple[Output, ...]
     status: Output | None = None
     """The column saying how each answer came (``metadata = status``), if asked for."""
+    variation: int | None = None
+    """Which of the row's answers this is (1..N) when ``variations`` asks for N."""
 
 
 @dataclass(frozen=True)
@@ -182,6 +192,7 @@ def locate(
     skip_rows: Collection[int] = frozenset(),
     merged: Sequence[Bounds] = (),
     status: bool = False,
+    variations: int = 1,
 ) -> Table:
     """Read a sheet by the conventions in DESIGN.md.
 
@@ -193,6 +204,8 @@ def locate(
     name, lower case -> headers). ``bounds`` is an Excel Table's extent; ``skip_rows`` are
     data rows to leave out (hidden rows); ``merged`` are merged ranges, which answers columns
     must not cross. ``status`` adds a column ``NAME status`` after each prompt's answers.
+    ``variations`` above 1 gives each prompt that many sets of answers columns, numbered:
+    ``response 1``, ``response 2``, ... (each field column too), one prompt per set.
     """
     label = find_template_label(grid, sheet)
     header_row, last_row, left, right = _extent(grid, sheet, bounds, label.row + 1 if label
@@ -200,14 +213,22 @@ def locate(
     header_cells = grid[header_row] if header_row < len(grid) else ()
     templates = _templates(explicit or (label.single if label else None) or fallback,
                            output_header, label, named or {}, header_cells, sheet, header_row)
-    wanted = [(name, list((fields or {}).get(name.lower()) or [name])) for name in templates]
+    wanted = [(name, v, list((fields or {}).get(name.lower()) or [name]))
+              for name in templates
+              for v in (range(1, variations + 1) if variations > 1 else [None])]
     copies = _merged_copies(merged, header_row)
     headers = {c: _text(header_cells[c]) if c < len(header_cells) and c not in copies else ""
                for c in range(left, right + 1)}
-    placed, new = _place_outputs([h for name, hs in wanted
-                                  for h in hs + ([status_header(name)] if status else [])],
-                                 headers, header_cells, right, sheet, header_row)
-    columns = {c: h for c, h in headers.items() if h and c not in placed.values()}
+    answers = [[numbered(h, v) for h in hs] + ([status_header(numbered(name, v))] * status)
+               for name, v, hs in wanted]
+    placed, new = _place_outputs([h for hs in answers for h in hs], headers, header_cells,
+                                 right, sheet, header_row)
+    # with variations, a column headed like a prompt's answers column (from a run without
+    # them) is that prompt's, not an input: it is left as it is
+    unnumbered = {h.lower() for name, v, hs in wanted if v is not None
+                  for h in hs + ([status_header(name)] if status else [])}
+    columns = {c: h for c, h in headers.items()
+               if h and c not in placed.values() and h.lower() not in unnumbered}
     if not columns:
         raise TableError(f"The header row of sheet {quote_sheet(sheet)} (row {header_row + 1}) "
                          "names no input column.")
@@ -219,15 +240,22 @@ def locate(
             and not _is_blank([grid[r][c] for c in input_cols if c < len(grid[r])])]
     for col in placed.values():
         _check_unmerged(merged, col, header_row, last_row, sheet)
-    def output(header: str) -> Output:
-        col = placed[header.strip().lower()]
-        return Output(header if col in new else _text(header_cells[col]), col, col not in new)
+    def output(header: str, variation: int | None) -> Output:
+        col = placed[numbered(header, variation).strip().lower()]
+        return Output(numbered(header, variation) if col in new else _text(header_cells[col]),
+                      col, col not in new, None if variation is None else header)
 
-    prompts = tuple(TablePrompt(name, templates[name], tuple(output(h) for h in hs),
-                                output(status_header(name)) if status else None)
-                    for name, hs in wanted)
+    prompts = tuple(TablePrompt(name, templates[name], tuple(output(h, v) for h in hs),
+                                output(status_header(numbered(name, v)), None) if status
+                                else None, v)
+                    for name, v, hs in wanted)
     return Table(sheet=sheet, header_row=header_row, columns=columns, rows=rows,
                  last_row=last_row, prompts=prompts)
+
+
+def numbered(header: str, variation: int | None) -> str:
+    """The header of one variation's answers column: ``response 2``."""
+    return header if variation is None else f"{header} {variation}"
 
 
 def status_header(name: str) -> str:

@@ -10,7 +10,7 @@ import datetime as dt
 import functools
 import re
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import jinja2
@@ -56,6 +56,25 @@ def display(value: Any) -> str:
 
 
 _PRINTED = re.compile(r"{{-?\s*(.*?)\s*-?}}", re.S)
+_SYSTEM_OPEN = re.compile(r"\A\s*<system>", re.I)
+_SYSTEM_CLOSE = re.compile(r"</system>[ \t]*", re.I)
+
+
+def split_system(source: str, origin: str) -> tuple[str | None, str]:
+    """A template that starts with ``<system>...</system>`` (published prompt templates do):
+    the block's text, sent as the system message, and the rest, the user message."""
+    opened = _SYSTEM_OPEN.match(source)
+    if opened is None:
+        return None, source
+    closed = _SYSTEM_CLOSE.search(source, opened.end())
+    if closed is None:
+        raise TemplateError(f"The template in {origin} opens a <system> block but never closes "
+                            "it: end the system prompt with </system>.")
+    rest = source[closed.end():].lstrip("\r\n")
+    if not rest.strip():
+        raise TemplateError(f"The template in {origin} holds only a <system> block: write the "
+                            "prompt itself after </system>.")
+    return source[opened.end():closed.start()].strip(), rest
 
 
 def _header_as_typed(source: str) -> str | None:
@@ -102,13 +121,24 @@ class Template:
     context of every row, most of the cost of rendering a short prompt."""
     _run: RunBudget = field(default_factory=RunBudget, compare=False, repr=False)
     """The render time left to this template in the run it serves."""
+    system: Template | None = None
+    """The template's leading ``<system>`` block, rendered with the same row as the system
+    message; ``variables`` and ``uses_row`` cover it too."""
 
     @classmethod
     def parse(cls, source: str, origin: str = "the template") -> Template:
-        """Compile ``source``; a syntax error names ``origin`` (a cell or file) and the line."""
+        """Compile ``source``; a syntax error names ``origin`` (a cell or file) and the line.
+        A leading ``<system>`` block becomes ``system``, the rest is the prompt."""
         if not source or not source.strip():
             raise TemplateError(f"The template in {origin} is empty. Write a prompt there, "
                                 "for example: Describe {{ product_name }} in one sentence.")
+        block, user = split_system(source, origin)
+        if block is not None:
+            system = cls.parse(block, f"the <system> block of {origin}")
+            main = cls.parse(user, origin)
+            return replace(main, source=source, system=system,
+                           variables=main.variables | system.variables,
+                           uses_row=main.uses_row or system.uses_row)
         try:
             ast = ENV.parse(source)
             names = frozenset(meta.find_undeclared_variables(ast))
@@ -136,8 +166,13 @@ class Template:
                 "Rename a header or fix the template."
             )
 
+    def render_system(self, row: Mapping[str, Any], where: str = "") -> str | None:
+        """The system message for one row, from the ``<system>`` block; None without one."""
+        return None if self.system is None else self.system.render(row, where)
+
     def render(self, row: Mapping[str, Any], where: str = "") -> str:
-        """Render one row (header -> cell value); errors name ``where`` (the row) and the cause."""
+        """Render one row (header -> cell value); errors name ``where`` (the row) and the cause.
+        A ``<system>`` block is not part of it (see ``render_system``)."""
         values = {h: template_value(v) for h, v in row.items() if h}
         context = self._globals.copy()
         context.update({variable_name(h): v for h, v in values.items()})

@@ -211,6 +211,9 @@ def run_formula(template: Any, table: list[list[Any]], headers: list[Any] | None
     """One row of cells per data row: the answer, or one cell per field; a row that cannot
     be rendered or answered says why in its first cell."""
     parsed = _template(display(template))
+    if parsed.system is not None:
+        raise TemplateError("=PROMPTBATCH does not read a <system> block yet: give the system "
+                            "prompt as its seventh argument, system.")
     names, rows = _records(parsed, table, headers)
     parsed.check_columns(names)
     schema = _schema(_fields_spec(fields)) if fields is not None else None

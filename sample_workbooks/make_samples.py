@@ -401,6 +401,172 @@ def build_feedback(path: Path) -> None:
     save_deterministic(wb, path)
 
 
+# --------------------------------------------------------------------------- 6, 7. seed templates
+
+# The templates of the "Batch Prompt Processor" this project comes from, as issue 16 quotes
+# them. Its quote elides sections 3-7 of the first and gives the second only in outline;
+# those parts are reconstructed from what the issue says (see README.md here).
+ORCHESTRATION_TEMPLATE = """<system>
+You are an expert AI Strategist tasked with developing a comprehensive AI orchestration plan for a
+given business challenge. Your plan should cover technical integration, data governance, ethical
+considerations, team enablement, and measurable outcomes.
+</system>
+
+<context>
+Business Challenge: {{business_challenge}}
+Current AI Capabilities (if any): {{current_ai_capabilities}}
+Key Stakeholders: {{key_stakeholders}}
+Desired Business Outcome: {{desired_business_outcome}}
+Available Resources (budget, team size, data access): {{available_resources}}
+</context>
+
+<output_format>
+Provide a structured AI orchestration strategy document with the following sections:
+1.  **Executive Summary:** Briefly outline the proposed strategy and its expected impact.
+2.  **Challenge Analysis:** Detail the business challenge and how AI can address it.
+3.  **Technical Integration Plan:** Describe the AI models and tools, and how they connect.
+4.  **Data Governance Framework:** Define data sources, quality, access and compliance.
+5.  **Ethical Considerations:** Identify risks (bias, privacy, transparency) and mitigations.
+6.  **Team Enablement:** Outline the roles, skills, training and change management the team needs.
+7.  **Measurable Outcomes:** Specify the KPIs and success metrics, with targets.
+8.  **Phased Implementation Roadmap:** Suggest a timeline and key milestones.
+</output_format>"""
+
+ORCHESTRATION_HEADERS = ["Business Challenge", "Current AI Capabilities", "Key Stakeholders",
+                         "Desired Business Outcome", "Available Resources"]
+ORCHESTRATION_ROWS = [
+    ("Customer support tickets take 3 days to resolve on average",
+     "A rules-based chatbot on the help page", "Head of Support, CTO, CFO",
+     "Cut resolution time to under 24 hours", "$250k, 4 engineers, 5 years of ticket history"),
+    ("Inventory write-offs from perishable goods in 40 grocery stores",
+     "None", "COO, store managers, supply chain lead",
+     "Reduce spoilage by 30% within a year", "$400k, 2 data scientists, POS and delivery data"),
+    ("Manual invoice processing in accounts payable", "OCR for scanned invoices",
+     "CFO, AP team lead, IT security", "Process 80% of invoices without human touch",
+     "$150k, 1 ML engineer, 200k archived invoices"),
+    ("High churn among first-year subscribers of a meal-kit service",
+     "A monthly churn report in the BI tool", "CMO, product manager, data team",
+     "Lower first-year churn from 45% to 30%", "$300k, 3 analysts, CRM and order history"),
+    ("Slow first review of loan applications at a regional bank",
+     "Credit scoring model from a vendor", "Chief Risk Officer, compliance, branch network",
+     "Decide 70% of small loans within one hour", "$600k, 5 engineers, 10 years of loan files"),
+    ("Unplanned downtime of packaging lines in a beverage plant",
+     "Sensors on motors, no analytics", "Plant manager, maintenance lead, VP operations",
+     "Halve unplanned downtime", "$350k, 2 engineers, 18 months of sensor data"),
+    ("Nurses spend two hours a shift on documentation", "Speech-to-text pilot in one ward",
+     "Chief Nursing Officer, CMIO, privacy officer",
+     "Give nurses back one hour per shift", "$500k, EHR vendor support, clinical notes"),
+    ("Long lead times answering public tenders at an engineering firm",
+     "Staff use ChatGPT informally", "Bid managers, legal, managing director",
+     "Submit 50% more tenders with the same team", "$120k, 1 developer, past bids library"),
+    ("Fraudulent returns at an online fashion retailer", "Manual review of flagged orders",
+     "Head of e-commerce, fraud team, customer service",
+     "Cut return fraud losses by 40%", "$200k, 2 data scientists, order and return logs"),
+    ("Students drop out of online courses in the first month",
+     "Learning platform analytics dashboard", "Dean of online learning, instructors, IT",
+     "Raise first-month completion from 55% to 75%", "$180k, 2 developers, clickstream data"),
+    ("Field technicians lack answers on site for 300 equipment models",
+     "PDF manuals on a shared drive", "Service director, technicians, product engineering",
+     "Fix 85% of faults on the first visit", "$220k, 3 engineers, 12,000 manual pages"),
+    ("Marketing content is slow to localize into 9 languages",
+     "Machine translation for internal documents", "CMO, regional marketing leads, legal",
+     "Launch campaigns in all markets the same week", "$160k, agency budget, brand guidelines"),
+]
+
+INTEGRATION_TEMPLATE = """<system>
+You are an experienced AI Solutions Architect tasked with designing the integration of a new AI
+model into an existing software system. Your design should be secure, reliable, observable and
+ready for production.
+</system>
+
+<context>
+New AI Model Name: {{new_ai_model_name}}
+Model Purpose: {{model_purpose}}
+Existing System Components: {{existing_components}}
+Data Input Format: {{data_input_format}}
+Model Output Format: {{model_output_format}}
+Security Standards: {{security_standards}}
+</context>
+
+<output_format>
+Provide a technical integration design with the following sections:
+1.  **Model Overview:** Summarize what the model does and where it fits in the system.
+2.  **Integration Points:** Identify the components that call the model or consume its output.
+3.  **Data Flow:** Describe how data moves from input to model to output, step by step.
+4.  **API Specifications:** Define the endpoints, request and response formats, and authentication.
+5.  **Monitoring and Logging:** Specify the metrics, logs and alerts that keep the model healthy.
+6.  **Error Handling and Resilience:** Explain timeouts, retries, fallbacks and degradation.
+7.  **Scalability:** Describe how the integration scales with load, and its cost drivers.
+</output_format>"""
+
+INTEGRATION_HEADERS = ["New AI Model Name", "Model Purpose", "Existing Components",
+                       "Data Input Format", "Model Output Format", "Security Standards"]
+INTEGRATION_ROWS = [
+    ("TicketTriage-v2", "Route support tickets to the right team",
+     "Zendesk, Kafka, Python microservices", "JSON ticket with subject and body",
+     "Team label and confidence", "SOC 2, PII redaction"),
+    ("InvoiceReader", "Extract fields from supplier invoices", "SAP S/4HANA, SharePoint",
+     "PDF and scanned TIFF", "JSON with vendor, amounts, dates", "ISO 27001"),
+    ("ChurnScore", "Predict which subscribers will cancel next month",
+     "Snowflake, dbt, Salesforce", "Daily customer feature table", "Probability per customer",
+     "GDPR, role-based access"),
+    ("FraudSense", "Flag suspicious card transactions in real time",
+     "Java payment gateway, Redis, PostgreSQL", "Transaction event stream",
+     "Risk score and reason codes", "PCI DSS"),
+    ("DocSummarizer", "Summarize clinical notes for handover", "Epic EHR, FHIR API",
+     "HL7 FHIR DocumentReference", "Plain-text summary under 200 words", "HIPAA"),
+    ("DefectVision", "Detect defects on a bottling line camera feed",
+     "PLC, edge gateway, MES", "1080p video frames at 30 fps", "Bounding boxes and defect class",
+     "IEC 62443"),
+    ("ContractQA", "Answer questions about supplier contracts", "SharePoint, Teams, Azure AD",
+     "Word and PDF contracts", "Answer with cited clauses", "Data stays in EU region"),
+    ("DemandCast", "Forecast weekly demand per store and product",
+     "Oracle Retail, Airflow, BigQuery", "Sales history and promotions CSV",
+     "Forecast with 80% interval", "Internal data classification policy"),
+    ("VoiceNotes", "Transcribe and tag sales call recordings", "Gong, HubSpot, AWS S3",
+     "MP3 audio up to 60 minutes", "Transcript, topics and next steps", "SOC 2, call consent"),
+    ("CodeReviewBot", "Comment on pull requests with likely bugs",
+     "GitHub Enterprise, Jenkins", "Unified diff of a pull request",
+     "Review comments per file and line", "No code leaves the VPC"),
+    ("RouteOptimizer", "Plan delivery routes for 200 vans each morning",
+     "Fleet telematics, .NET dispatch system", "Orders and vehicle positions as JSON",
+     "Ordered stop list per van", "ISO 27001, driver privacy"),
+    ("ResumeMatch", "Rank applicants against a job description", "Workday, internal HR portal",
+     "Resume PDF and job posting text", "Match score and skill gaps", "EEOC, bias audit yearly"),
+]
+
+
+def _seed_sample(path: Path, sheet: str, template: str, headers: list[str],
+                 rows: Sequence[Sequence[str]]) -> None:
+    """A user's own layout: a Template label, the template beside it, the table below."""
+    wb = new_workbook()
+    ws = wb.active
+    ws.title = sheet
+    ws["A1"] = "Template"
+    ws["A1"].font = BOLD
+    ws["A1"].alignment = TOP
+    ws["B1"] = template
+    ws["B1"].alignment = WRAP_TOP
+    ws.row_dimensions[1].height = 300
+    write_header(ws, 3, headers)
+    for offset, values in enumerate(rows):
+        for col, value in enumerate(values, start=1):
+            ws.cell(row=4 + offset, column=col, value=value).alignment = WRAP_TOP
+    set_widths(ws, {letter: 30 for letter in "ABCDEF"} | {"G": 90})
+    ws.freeze_panes = "A4"
+    save_deterministic(wb, path)
+
+
+def build_orchestration(path: Path) -> None:
+    _seed_sample(path, "Strategy", ORCHESTRATION_TEMPLATE, ORCHESTRATION_HEADERS,
+                 ORCHESTRATION_ROWS)
+
+
+def build_integration(path: Path) -> None:
+    _seed_sample(path, "Integration", INTEGRATION_TEMPLATE, INTEGRATION_HEADERS,
+                 INTEGRATION_ROWS)
+
+
 # --------------------------------------------------------------------------- main
 
 
@@ -410,6 +576,8 @@ def main() -> None:
     build_translation(HERE / "translation.xlsx")
     build_reviews(HERE / "reviews.csv", HERE / "reviews.prompt.txt")
     build_feedback(HERE / "customer_feedback.xlsx")
+    build_orchestration(HERE / "ai_orchestration_strategy.xlsx")
+    build_integration(HERE / "ai_model_integration.xlsx")
     for name in (
         "product_descriptions.xlsx",
         "support_tickets.xlsx",
@@ -417,6 +585,8 @@ def main() -> None:
         "reviews.csv",
         "reviews.prompt.txt",
         "customer_feedback.xlsx",
+        "ai_orchestration_strategy.xlsx",
+        "ai_model_integration.xlsx",
     ):
         print(f"wrote {HERE / name}")
 

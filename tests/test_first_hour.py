@@ -162,6 +162,8 @@ def test_pip_install_of_the_wheel_then_setup_then_a_run(tmp_path: Path) -> None:
                              check=True).stdout
     assert "promptbatch_sheets-0.1.0.dist-info/licenses/LICENSE" in listing
     assert "promptbatch_sheets/prices.json" in listing
+    for asset in ("index.html", "panel.js", "api.js", "host-browser.js", "panel.css"):
+        assert f"promptbatch_sheets/web/{asset}" in listing  # promptbatch app's page
     with zipfile.ZipFile(wheel) as zf:
         meta = zf.read("promptbatch_sheets-0.1.0.dist-info/METADATA").decode()
     assert "License-Expression: BSD-3-Clause" in meta and "Requires-Python: >=3.11" in meta

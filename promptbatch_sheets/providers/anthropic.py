@@ -32,7 +32,8 @@ class AnthropicMessages(HTTPProvider):
 def messages_payload(model: str, prompt: str, params: Params) -> dict[str, Any]:
     """The Messages API body for one prompt (also the ``params`` of a Message Batches
     request). With ``params.schema``, one tool whose input schema is the answer's schema,
-    forced with ``tool_choice``: Anthropic's way to get JSON that follows a schema."""
+    forced with ``tool_choice``: Anthropic's way to get JSON that follows a schema. The
+    Messages API takes no seed: a variation differs only by its cache key (and sampling)."""
     payload: dict[str, Any] = {
         "model": model,
         "max_tokens": params.max_tokens or DEFAULT_MAX_TOKENS,

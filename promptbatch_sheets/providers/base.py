@@ -21,6 +21,9 @@ class Params:
     system: str | None = None
     schema: str | None = None
     """A JSON schema (canonical JSON text) the answer must follow, or None for free text."""
+    seed: int | None = None
+    """The variation of a row's answer (``variations``): sent as ``seed`` where the API takes
+    one (OpenAI, Ollama, llama.cpp), and part of the cache key everywhere."""
 
 
 @dataclass(frozen=True)

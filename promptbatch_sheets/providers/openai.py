@@ -51,6 +51,8 @@ def chat_payload(model: str, prompt: str, params: Params,
         payload["temperature"] = params.temperature
     if params.max_tokens is not None:
         payload["max_tokens"] = params.max_tokens
+    if params.seed is not None:
+        payload["seed"] = params.seed
     if schema is not None and schema_mode != "prompt":
         payload["response_format"] = {"type": "json_schema", "json_schema": {
             "name": SCHEMA_NAME, "schema": schema, "strict": strict_allowed(schema)}}

@@ -25,6 +25,7 @@ from ..settings import Settings, resolve
 from ..store import Store
 from . import batchapi, rows
 from .backend import Backend, load_token, token_path
+from .checks import bounded_body
 from .sheet import layout, sheet_request
 
 DEFAULT_HOST = "127.0.0.1"
@@ -69,17 +70,9 @@ def _authorized(request: Request, token: bytes) -> bool:
 
 async def _read_json(request: Request) -> Any:
     """The body as JSON, refused past MAX_BODY bytes whatever Content-Length claims."""
-    declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > MAX_BODY:
-        raise BadRequest(f"The request is larger than {MAX_BODY // 2**20} MB; send fewer "
-                         "rows per chunk.", 413)
-    raw = bytearray()
-    async for part in request.stream():
-        raw += part
-        if len(raw) > MAX_BODY:
-            raise BadRequest(f"The request is larger than {MAX_BODY // 2**20} MB; send fewer "
-                             "rows per chunk.", 413)
-    depth = json_depth(bytes(raw))
+    raw = await bounded_body(request, MAX_BODY, f"The request is larger than "
+                             f"{MAX_BODY // 2**20} MB; send fewer rows per chunk.")
+    depth = json_depth(raw)
     if depth > MAX_DEPTH:
         raise BadRequest(f"The request nests JSON {depth} levels deep; at most {MAX_DEPTH} "
                          "are allowed (rows are a list of lists of cells).")

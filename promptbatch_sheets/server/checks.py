@@ -8,6 +8,8 @@ from __future__ import annotations
 
 from typing import Any
 
+from starlette.requests import Request
+
 from ..errors import BadRequest
 
 MAX_ROWS = 5000
@@ -80,3 +82,17 @@ def sampling_options(value: Any) -> dict[str, Any]:
     if options.get("system") is not None:
         out["system"] = text_field(options["system"], "options.system")
     return out
+
+
+async def bounded_body(request: Request, limit: int, too_large: str) -> bytes:
+    """The body, refused with ``too_large`` (413) past ``limit`` bytes, whatever its
+    Content-Length claims: it is read in pieces and never held beyond the limit."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise BadRequest(too_large, 413)
+    data = bytearray()
+    async for part in request.stream():
+        data += part
+        if len(data) > limit:
+            raise BadRequest(too_large, 413)
+    return bytes(data)

@@ -9,13 +9,13 @@ from dataclasses import dataclass
 from typing import Any
 
 from ..cells import CellValue, answer_text, fit_cell
-from ..engine import RowResult, error_text, run_jobs, structured
+from ..engine import RowResult, error_text, run_jobs
 from ..errors import BadRequest, PromptBatchError
 from ..estimate import estimate
 from ..plan import ERROR_PREFIX, RowJob
 from ..providers import Params
+from ..request import Requests
 from ..schema import Schema, load_schema
-from ..store import answer_key
 from ..template import Template, display
 from .backend import Backend
 from .checks import (
@@ -50,10 +50,6 @@ class Rows:
     uses: tuple[str, ...] = ()
     """Headers holding other prompt columns' answers this template depends on."""
 
-    @property
-    def asked(self) -> Params:
-        """What each prompt is sent with, and so part of its cache key."""
-        return self.params if self.schema is None else structured(self.params, self.schema)
 
 
 def _schema(body: dict[str, Any]) -> Schema | None:
@@ -97,7 +93,8 @@ def _render(rows: Rows) -> tuple[list[RowJob], dict[int, str]]:
                                     "rerun retries both")
             continue
         try:
-            jobs.append(RowJob(i, rows.template.render(record, "this row")))
+            jobs.append(RowJob(i, rows.template.render(record, "this row"),
+                               system=rows.template.render_system(record, "this row")))
         except PromptBatchError as exc:
             settled[i] = error_text(str(exc))
     return jobs, settled
@@ -158,7 +155,9 @@ async def preview(backend: Backend, body: Any) -> dict[str, Any]:
     body = body_fields(body, ROW_FIELDS, ROW_OPTIONAL | {"total", "first"})
     first = int(number_field(body.get("first", 3), "first", 0, PREVIEW_FIRST_MAX))
     rows, jobs, settled = await _rendered(backend, body)
-    keys = {job.row: answer_key(backend.spec.label, rows.asked, job.prompt) for job in jobs}
+    requests = Requests(backend.spec.label, rows.params, {} if rows.schema is None
+                        else {0: rows.schema})
+    keys = {job.row: requests.key(job) for job in jobs}
     hits = backend.store.get_many(keys.values())
     fresh = list({keys[j.row]: j.prompt for j in jobs if keys[j.row] not in hits}.values())
     errors = [t for t in settled.values() if t]

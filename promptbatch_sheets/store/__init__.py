@@ -51,7 +51,8 @@ def key_function(label: str, params: Params) -> Callable[[str], str]:
     material = json.dumps(
         {"model": label, "temperature": params.temperature, "max_tokens": params.max_tokens,
          "system": params.system, "prompt": "",
-         **({"schema": params.schema} if params.schema else {})},
+         **({"schema": params.schema} if params.schema else {}),
+         **({"seed": params.seed} if params.seed is not None else {})},
         sort_keys=True, ensure_ascii=False,
     )
     # Quotes inside JSON strings are escaped, so this is the "prompt" key and nothing else.
