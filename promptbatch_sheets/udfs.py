@@ -26,7 +26,7 @@ from typing import Any
 
 import xlwings as xw
 
-from .cells import CellValue, fit_cell
+from .cells import EXCEL_CELL_LIMIT, CellValue, fit_cell
 from .engine import RowResult, error_text, run_jobs
 from .errors import PromptBatchError, SchemaMismatch, TemplateError
 from .plan import ERROR_PREFIX, RowJob
@@ -35,7 +35,6 @@ from .runner import LOCAL, connector
 from .schema import Schema, load_schema
 from .settings import Settings, is_set, resolve
 from .store import Store, answer_key, default_path
-from .surfaces.xlsx import EXCEL_CELL_LIMIT
 from .template import Template, display, variable_name
 from .trust import check_server
 

@@ -23,9 +23,8 @@ import pytest
 from click.testing import Result
 
 from promptbatch_sheets import sandbox
-from promptbatch_sheets.cells import CUT_MARKER, fit_cell
+from promptbatch_sheets.cells import CUT_MARKER, EXCEL_CELL_LIMIT, fit_cell
 from promptbatch_sheets.surfaces import CsvSurface, csvfile, xlsx_patch
-from promptbatch_sheets.surfaces.xlsx import EXCEL_CELL_LIMIT
 from tests.conftest import cli, fake_model, serve_process
 from tests.fakes.llm_server import FakeLLMServer
 from tests.test_bad_input import CORPUS

@@ -16,15 +16,14 @@ from typing import Any
 import xlwings as xw
 
 from .. import batchapi, runner
-from ..cells import CellValue, fit_cell
+from ..cells import EXCEL_CELL_LIMIT, CellValue, fit_cell
 from ..engine import RowResult, Summary
 from ..errors import PromptBatchError, WorkbookError
 from ..settings import Via
 from ..store import Store
-from ..table import Bounds, Grid, TemplateText, quote_sheet
+from ..table import Bounds, TemplateText, quote_sheet
 from ..template import display
-from .base import CONF_SHEET, TEMPLATE_NAME, Cell, Conf, SheetData, conf_settings
-from .xlsx import EXCEL_CELL_LIMIT
+from .base import CONF_SHEET, TEMPLATE_NAME, Cell, Conf, SheetData, Surface, conf_settings
 
 TEXT_PREFIX = "'"
 """Excel keeps what follows an apostrophe as text (=, +, -, @, numbers, dates) and hides it.
@@ -47,12 +46,16 @@ def blocks(cells: Sequence[Cell]) -> list[tuple[int, int, list[CellValue]]]:
     return runs
 
 
+CELL_LIMIT = EXCEL_CELL_LIMIT - len(TEXT_PREFIX)
+"""The longest text an entry holds: Excel counts the prefix."""
+
+
 def entry(value: CellValue) -> CellValue:
     """What to put in a cell so that Excel stores ``value`` as what it is: a string as text,
     whatever it looks like; a number or a boolean as Excel's own."""
     if not isinstance(value, str):
         return value
-    text = fit_cell(value, EXCEL_CELL_LIMIT - len(TEXT_PREFIX))  # the entry counts the prefix
+    text = fit_cell(value, CELL_LIMIT)
     return TEXT_PREFIX + text if text else ""
 
 
@@ -73,14 +76,15 @@ def _read_setting(app: xw.App, name: str) -> Any:
         return None
 
 
-class ExcelSurface:
+class ExcelSurface(Surface):
     """One sheet of an open workbook."""
 
-    plain_text = False
+    cell_limit = CELL_LIMIT
 
     def __init__(self, book: xw.Book, sheet: str | None = None) -> None:
         self.book = book
         self.sheet = self._pick_sheet(sheet)
+        self.output = f"{self.sheet.name!r} in {self.book.name}"
         self._table: Any = None
         self._bounds: Bounds | None = None
 
@@ -151,13 +155,6 @@ class ExcelSurface:
             raise WorkbookError(f"{ref} is not a cell reference; write it like 'Sheet 1'!B2.")
         return display(self.book.sheets[sheet].range(coord.replace("$", "")).value)
 
-    def ready(self) -> None:
-        """Nothing to prove in advance: Excel itself refuses a protected cell, and says so."""
-
-    def previous(self) -> Grid | None:
-        """None: the answers go into the sheet itself, which already holds the earlier ones."""
-        return None
-
     def write(self, cells: Sequence[Cell]) -> None:
         """One range assignment per block, drawn while screen updating is off."""
         with _no_screen_updating(self.book.app):
@@ -182,8 +179,6 @@ class ExcelSurface:
                                             (b.bottom + 1, b.right + 1 + grow)))
         self._bounds = Bounds(b.top, b.left, b.bottom, b.right + grow)
 
-    def close(self) -> None:
-        """Nothing to flush: every block is in the workbook once written."""
 
 
 @contextmanager

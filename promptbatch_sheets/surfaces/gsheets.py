@@ -24,13 +24,12 @@ from openpyxl.utils import get_column_letter
 from requests import Response
 from requests.exceptions import RequestException
 
-from ..cells import CellValue, fit_cell
+from ..cells import GOOGLE_CELL_LIMIT, CellValue
 from ..errors import WorkbookError
-from ..table import Grid, TemplateText, quote_sheet
-from .base import CONF_SHEET, TEMPLATE_NAME, Cell, Conf, SheetData, conf_settings
+from ..table import TemplateText, quote_sheet
+from .base import CONF_SHEET, TEMPLATE_NAME, Cell, Conf, SheetData, Surface, conf_settings
 from .gsheets_auth import Login, login
 
-GOOGLE_CELL_LIMIT = 50_000
 PACE_SECONDS = 2.0
 """Least time from a write request's answer to the next one: under 30 a minute (Google: 60)."""
 API_URL_ENV = "PROMPTBATCH_SHEETS_API_URL"
@@ -103,10 +102,10 @@ def _backoff(attempt: int, retry_after: str | None) -> float:
     return wait
 
 
-class GSheetSurface:
+class GSheetSurface(Surface):
     """One sheet of a Google spreadsheet; credentials as ``gsheets_auth.login`` finds them."""
 
-    plain_text = False
+    cell_limit = GOOGLE_CELL_LIMIT
 
     def __init__(self, ref: str, sheet: str | None = None,
                  credentials: str | None = None) -> None:
@@ -114,7 +113,6 @@ class GSheetSurface:
         self.sheet_name = sheet or ref_sheet
         self._login: Login = login(credentials)
         self._http = Client(self._login.credentials, http_client=SheetsHTTPClient).http_client
-        self.output: str | None = None
         self._title = ""
         self._sheet_id = 0
         self._columns = 0
@@ -193,14 +191,6 @@ class GSheetSurface:
 
     # ---------------------------------------------------------------- writing
 
-    def ready(self) -> None:
-        """Nothing to prove in advance: a sheet shared read-only fails on the first write,
-        with a message that says whom to share it with."""
-
-    def previous(self) -> Grid | None:
-        """None: the answers go into the sheet itself, which already holds the earlier ones."""
-        return None
-
     def write(self, cells: Sequence[Cell]) -> None:
         """Queue a block; the sender thread takes everything queued when its turn comes."""
         with self._wake:
@@ -261,9 +251,7 @@ class GSheetSurface:
             if run and (col != run[-1][1] or row != run[-1][0] + 1):
                 data.append(self._value_range(run))
                 run = []
-            value = latest[row, col]
-            run.append((row, col, fit_cell(value, GOOGLE_CELL_LIMIT)
-                        if isinstance(value, str) else value))
+            run.append((row, col, self.fit(latest[row, col])))
         data.append(self._value_range(run))
         body = {"valueInputOption": "RAW", "data": data, "includeValuesInResponse": False}
         self._call(lambda: self._http.values_batch_update(self.key, body))

@@ -19,9 +19,10 @@ from openpyxl.utils.cell import column_index_from_string, range_boundaries
 from openpyxl.workbook.workbook import Workbook
 from openpyxl.worksheet.worksheet import Worksheet
 
+from ..cells import EXCEL_CELL_LIMIT
 from ..errors import PromptBatchError, WorkbookError
 from ..table import Bounds, Grid, TemplateText, quote_sheet
-from .base import CONF_SHEET, TEMPLATE_NAME, Cell, Conf, SheetData, conf_settings
+from .base import CONF_SHEET, TEMPLATE_NAME, Cell, Conf, SheetData, Surface, conf_settings
 from .files import (
     OutputLock,
     SaveSchedule,
@@ -29,7 +30,6 @@ from .files import (
     check_readable,
     default_output,
 )
-from .xlsx_patch import EXCEL_CELL_LIMIT as EXCEL_CELL_LIMIT  # other surfaces import it here
 from .xlsx_patch import check_package, check_writable, locate_parts, patch_workbook, row_pieces
 
 _FORMULA = re.compile(rb"<(?:[\w.-]+:)?f[\s>/]")
@@ -136,8 +136,9 @@ def _uncalculated(path: Path, sheet: str) -> frozenset[tuple[int, int]]:
     return frozenset(found)
 
 
-class XlsxSurface:
-    plain_text = False
+class XlsxSurface(Surface):
+    cell_limit = EXCEL_CELL_LIMIT
+    output: Path
 
     def __init__(self, path: Path, sheet: str | None = None, output: Path | None = None) -> None:
         check_readable(path)
