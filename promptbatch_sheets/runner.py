@@ -106,6 +106,8 @@ def prepare(surface: Surface, flags: dict[str, Any] | None = None,
     flags = flags or {}
     data = surface.read()
     settings = resolve(flags, data.settings)
+    if settings.skip_hidden:
+        data = replace(data, hidden_rows=surface.hidden_rows(data))
     require_model(model_spec(settings))
     if template_cell:
         template = TemplateText(surface.cell_text(template_cell), template_cell)

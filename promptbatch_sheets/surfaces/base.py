@@ -65,6 +65,21 @@ def conf_settings(rows: Iterable[Sequence[Any]], sheet: str = CONF_SHEET) -> Con
     return conf
 
 
+def fill_merged(grid: list[Sequence[Any]], merged: Sequence[Bounds]) -> None:
+    """Give every cell of a merged range its value, so each row of a merged category reads
+    it (spreadsheets keep the value only in the top-left cell)."""
+    for area in merged:
+        first = grid[area.top] if area.top < len(grid) else ()
+        value = first[area.left] if area.left < len(first) else None
+        if value is None or display(value) == "":
+            continue
+        for row in range(area.top, min(area.bottom + 1, len(grid))):
+            cells = list(grid[row])
+            cells.extend([None] * (area.right + 1 - len(cells)))
+            cells[area.left:area.right + 1] = [value] * (area.right + 1 - area.left)
+            grid[row] = cells
+
+
 Cell = tuple[int, int, CellValue]
 """(row, column, value), 0-based, in the sheet that was read."""
 
@@ -101,6 +116,11 @@ class Surface(ABC):
         cell names refuses."""
         raise WorkbookError(f"--template-cell {ref} needs a workbook; a CSV file has no cell "
                             "names. Use --template or --template-file.")
+
+    def hidden_rows(self, data: SheetData) -> frozenset[int]:
+        """Grid rows hidden in the sheet ``data`` came from (filtered rows are hidden rows);
+        asked only when a run skips them, since a live sheet may need a call per row."""
+        return data.hidden_rows
 
     def ready(self) -> None:  # noqa: B027 (a default: most surfaces have nothing to check)
         """Fail before the first paid answer if answers could not be written."""

@@ -26,8 +26,17 @@ from requests.exceptions import RequestException
 
 from ..cells import GOOGLE_CELL_LIMIT, CellValue
 from ..errors import WorkbookError
-from ..table import TemplateText, quote_sheet
-from .base import CONF_SHEET, TEMPLATE_NAME, Cell, Conf, SheetData, Surface, conf_settings
+from ..table import Bounds, TemplateText, quote_sheet
+from .base import (
+    CONF_SHEET,
+    TEMPLATE_NAME,
+    Cell,
+    Conf,
+    SheetData,
+    Surface,
+    conf_settings,
+    fill_merged,
+)
 from .gsheets_auth import Login, login
 
 PACE_SECONDS = 2.0
@@ -40,7 +49,10 @@ BACKOFF_BASE_S = 1.0
 BACKOFF_CAP_S = 64.0
 TIMEOUT_S = 120.0
 META_FIELDS = ("properties.title,namedRanges(name,range),"
-               "sheets.properties(sheetId,title,index,gridProperties(rowCount,columnCount))")
+               "sheets(properties(sheetId,title,index,gridProperties(rowCount,columnCount)),"
+               "merges)")
+HIDDEN_FIELDS = "sheets.data.rowMetadata(hiddenByUser,hiddenByFilter)"
+"""A row is hidden by a person (right-click, Hide row) or by a filter (filter views aside)."""
 # Numbers stay numbers (as the xlsx surface reads them, so both render the same prompt and share
 # the cache); dates come as the user sees them rather than as serial numbers.
 READ_PARAMS: dict[str, str] = {"valueRenderOption": "UNFORMATTED_VALUE",
@@ -130,6 +142,7 @@ class GSheetSurface(Surface):
             self.key, params={"includeGridData": "false", "fields": META_FIELDS}))
         sheets = [s["properties"] for s in meta.get("sheets", [])]
         props = self._pick_sheet(sheets)
+        merges = next(s.get("merges", []) for s in meta["sheets"] if s["properties"] is props)
         self._title, self._sheet_id = props["title"], props.get("sheetId", 0)
         self._columns = props.get("gridProperties", {}).get("columnCount", 0)
         self.output = (f"https://docs.google.com/spreadsheets/d/{self.key}/edit"
@@ -148,8 +161,24 @@ class GSheetSurface(Surface):
             template = TemplateText(_first(values[-1]), f"{template_ref} (the name "
                                     f"{TEMPLATE_NAME})")
         found = conf_settings(values[1], conf) if conf is not None else Conf({}, {})
-        return SheetData(name=self._title, grid=values[0], template=template,
-                         settings=found.settings, setting_cells=found.cells)
+        grid: list[Sequence[Any]] = values[0]
+        merged = tuple(_bounds(m) for m in merges)
+        fill_merged(grid, merged)
+        return SheetData(name=self._title, grid=grid, template=template,
+                         settings=found.settings, setting_cells=found.cells, merged=merged)
+
+    def hidden_rows(self, data: SheetData) -> frozenset[int]:
+        """One metadata request for the rows read: hidden by a person or by a filter."""
+        rows = f"{quote_sheet(self._title)}!A1:A{max(1, len(data.grid))}"
+        meta = self._call(lambda: self._http.fetch_sheet_metadata(
+            self.key, params={"ranges": rows, "fields": HIDDEN_FIELDS}))
+        hidden: set[int] = set()
+        for sheet in meta.get("sheets", []):
+            for part in sheet.get("data", []):
+                start = part.get("startRow", 0)  # proto3 JSON leaves out zeros
+                hidden.update(start + i for i, row in enumerate(part.get("rowMetadata", []))
+                              if row.get("hiddenByUser") or row.get("hiddenByFilter"))
+        return frozenset(hidden)
 
     def _pick_sheet(self, sheets: list[dict[str, Any]]) -> dict[str, Any]:
         if self.sheet_name is not None:
@@ -297,6 +326,12 @@ class GSheetSurface(Surface):
         if status == 429:
             return f"{where}: Google's quota is still exhausted after {RETRIES} retries."
         return f"{where}: Google answered {status}: {message}"
+
+
+def _bounds(grid_range: dict[str, Any]) -> Bounds:
+    """A GridRange (end indexes exclusive, zeros left out) as inclusive 0-based bounds."""
+    return Bounds(grid_range.get("startRowIndex", 0), grid_range.get("startColumnIndex", 0),
+                  grid_range.get("endRowIndex", 1) - 1, grid_range.get("endColumnIndex", 1) - 1)
 
 
 def _first(values: list[list[Any]]) -> str:
