@@ -41,9 +41,8 @@ def test_locate_lists_prompt_columns_in_running_order(api: httpx.Client) -> None
     assert first == {"index": 1, "name": "summary", "template": "Summarize {{ feedback }}",
                      "origin": "'Feedback'!D1",
                      "outputs": [{"col": 3, "header": "summary", "exists": True}],
-                     "needs": [], "reads": [], "uses": [], "fields": None, "schema": None}
+                     "needs": [], "uses": [], "fields": None, "schema": None}
     assert (second["name"], second["needs"], second["uses"]) == ("reply", [1], ["summary"])
-    assert second["reads"] == [[3, "summary"]]
 
 
 def test_the_conf_sheet_adds_prompt_columns_fields_and_options(api: httpx.Client) -> None:

@@ -3,9 +3,11 @@ spreadsheet, with the same outcome.
 
 Surfaces: an .xlsx file and a CSV file (the CLI), a live Excel workbook (xlwings' object
 model on its remote engine, the tests' stand-in for Excel), a Google Sheet (the gspread
-surface against the fake Sheets API). Each driver lays the sheet out as that spreadsheet
-keeps it, runs it the way a user would, and reads back what a person would see: text, typed
-values, or ``Formula`` where a cell would calculate.
+surface against the fake Sheets API), and the routes of ``promptbatch serve`` that the Sheets
+menu's Apps Script calls, over real HTTP, sent what the script sends (its display values,
+merged ranges, hidden rows). Each driver lays the sheet out as that spreadsheet keeps it,
+runs it the way a user would, and reads back what a person would see: text, typed values, or
+``Formula`` where a cell would calculate.
 """
 
 from __future__ import annotations
@@ -18,23 +20,27 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
 
+import httpx
 import openpyxl
 import pytest
 from openpyxl.utils import get_column_letter
 
-from promptbatch_sheets import runner
+from promptbatch_sheets import runner, server
 from promptbatch_sheets.errors import PromptBatchError
 from promptbatch_sheets.estimate import Estimate
+from promptbatch_sheets.settings import Settings
 from promptbatch_sheets.store import Store
 from promptbatch_sheets.surfaces import open_surface
 from promptbatch_sheets.surfaces.base import Surface
 from promptbatch_sheets.table import Bounds
+from promptbatch_sheets.template import display
 from tests.conftest import cli, fake_model
 from tests.fakes.llm_server import FakeLLMServer
 from tests.fakes.sheets_api import FakeSheetsAPI
 from tests.fakes.sheets_api import Formula as GoogleFormula
 from tests.test_excel_surface import payload, remote_book, written
 from tests.test_gsheets import ID, api, fast, key  # noqa: F401 (fixtures)
+from tests.test_server import AUTH, TOKEN, running
 
 SHEET = "Items"
 TEMPLATE = "Describe {{ product }} for the {{ room }}."
@@ -87,11 +93,28 @@ class Outcome:
 class Driver(Protocol):
     name: str
 
-    def surface(self, sheet: Sheet) -> Surface:
-        """The surface over ``sheet``, laid out as this spreadsheet keeps it."""
-
     def run(self, sheet: Sheet) -> Outcome:
         """Run ``sheet`` as a user of this surface does."""
+
+    def preview(self, sheet: Sheet) -> Estimate:
+        """What this surface's preview estimates for ``sheet``."""
+
+
+class SurfaceDriver:
+    """A driver whose preview is ``runner.preview`` over its surface, as the CLI's is."""
+
+    name = ""
+    llm: FakeLLMServer
+
+    def surface(self, sheet: Sheet) -> Surface:
+        """The surface over ``sheet``, laid out as this spreadsheet keeps it."""
+        raise NotImplementedError
+
+    def flags(self, sheet: Sheet) -> dict[str, str]:
+        return {}
+
+    def preview(self, sheet: Sheet) -> Estimate:
+        return preview_of(self.surface(sheet), self.llm, self.flags(sheet))
 
 
 def _written_value(value: Any) -> Any:
@@ -152,7 +175,7 @@ def _cli_error(output: str) -> str | None:
     return found.group(1) if found else None
 
 
-class XlsxDriver:
+class XlsxDriver(SurfaceDriver):
     name = "xlsx"
 
     def __init__(self, tmp: Path, llm: FakeLLMServer) -> None:
@@ -194,13 +217,13 @@ class CsvDriver(XlsxDriver):
     def surface(self, sheet: Sheet) -> Surface:
         return open_surface(str(self._write(sheet)))
 
-    def flags(self, sheet: Sheet) -> list[str]:
-        return [arg for k, v in sheet.conf.items() for arg in (self.FLAGS[k], v)]
+    def flags(self, sheet: Sheet) -> dict[str, str]:
+        return dict(sheet.conf)
 
     def run(self, sheet: Sheet) -> Outcome:
         path, out = self._write(sheet), self.output(".csv")
         result = cli("run", str(path), "-o", str(out), *fake_model(self.llm),
-                     *self.flags(sheet))
+                     *[arg for k, v in sheet.conf.items() for arg in (self.FLAGS[k], v)])
         if not out.exists():
             return Outcome({}, _cli_error(result.output))
         with out.open(newline="", encoding="utf-8") as handle:
@@ -234,7 +257,7 @@ def _excel_value(value: Any) -> Any:
     return value
 
 
-class XlwingsDriver:
+class XlwingsDriver(SurfaceDriver):
     """Desktop Excel through xlwings. Its remote engine reads no row visibility and no
     merged areas; ``desktop`` stands in for what desktop Excel answers (``rows.hidden``,
     ``merge_cells``, ``merge_area``), from the sheet's own layout."""
@@ -307,7 +330,7 @@ class XlwingsDriver:
         return Outcome(cells)
 
 
-class GoogleDriver:
+class GoogleDriver(SurfaceDriver):
     """A Google Sheet through gspread and the fake Sheets API; Google calculates formulas,
     so a formula cell holds its value."""
 
@@ -347,8 +370,65 @@ class GoogleDriver:
         return Outcome(cells, _cli_error(result.output))
 
 
-ALL = ["xlsx", "csv", "xlwings", "gsheet"]
-LAID_OUT = ["xlsx", "xlwings", "gsheet"]
+class AppsScriptDriver:
+    """The Sheets menu: what Code.gs sends to ``promptbatch serve`` over HTTP, and the cells
+    it writes back. The script reads display values (text) and a formula's calculated value;
+    it sends the rows down to the header row and a window of numbered rows, the merged ranges
+    with their values, and the hidden rows among those it sends when the backend says the
+    run skips them (``addin/gsheets/Code.gs``; its own tests run it against the same
+    routes)."""
+
+    name = "apps-script"
+
+    def __init__(self, client: httpx.Client) -> None:
+        self.client = client
+
+    def _post(self, route: str, body: dict[str, Any]) -> httpx.Response:
+        return self.client.post(route, json=body, headers=AUTH)
+
+    def _sent(self, sheet: Sheet) -> tuple[list[list[str]], dict[str, Any]]:
+        grid = [[display(_excel_value(v)) for v in row] for row in sheet.grid]
+        for area in sheet.merged:  # Sheets shows a merged range's value in its corner only
+            for r in range(area.top, area.bottom + 1):
+                for c in range(area.left, area.right + 1):
+                    if (r, c) != (area.top, area.left):
+                        grid[r][c] = ""
+        base = {"sheet": SHEET, "conf": [["key", "value"], *map(list, sheet.conf.items())],
+                "merged": [[a.top, a.left, a.bottom, a.right, grid[a.top][a.left]]
+                           for a in sheet.merged]}
+        return grid, base
+
+    def run(self, sheet: Sheet) -> Outcome:
+        grid, base = self._sent(sheet)
+        located = self._post("/v1/locate", {**base, "grid": grid[:50]})
+        if located.status_code != 200:
+            return Outcome({}, located.json()["error"])
+        layout = located.json()
+        header = layout["header_row"]
+        numbers = list(range(header + 1, len(grid)))
+        window = {**base, "grid": grid[:header + 1], "row_numbers": numbers,
+                  "rows": grid[header + 1:], "wait_seconds": 30}
+        if layout["skip_hidden"]:
+            window["hidden"] = sorted(sheet.hidden)
+        reply = self._post("/v1/run", window)
+        if reply.status_code != 200:
+            return Outcome({}, reply.json()["error"])
+        data = reply.json()
+        assert data["pending"] == []
+        cells: dict[tuple[int, int], Any] = {(r, c): v for r, row in enumerate(grid)
+                                             for c, v in enumerate(row) if v != ""}
+        cells.update({(r, c): v for r, c, v in data["cells"]})
+        return Outcome(cells)
+
+    def preview(self, sheet: Sheet) -> Estimate:
+        grid, base = self._sent(sheet)
+        reply = self._post("/v1/preview", {**base, "grid": grid})
+        assert reply.status_code == 200, reply.text
+        return Estimate(**reply.json()["estimate"])
+
+
+ALL = ["xlsx", "csv", "xlwings", "gsheet", "apps-script"]
+LAID_OUT = ["xlsx", "xlwings", "gsheet", "apps-script"]
 """Surfaces whose sheets have a conf sheet, hidden rows and merged cells (a CSV has none)."""
 
 
@@ -362,6 +442,11 @@ def driver(request: pytest.FixtureRequest, tmp_path: Path, llm: FakeLLMServer,
         yield CsvDriver(tmp_path, llm)
     elif name == "xlwings":
         yield XlwingsDriver(tmp_path, llm, monkeypatch)
+    elif name == "apps-script":
+        app = server.create_app(TOKEN, Settings(model="openai-compatible:fake",
+                                                base_url=llm.base_url), None)
+        with running(app) as url, httpx.Client(base_url=url, timeout=60) as client:
+            yield AppsScriptDriver(client)
     else:
         request.getfixturevalue("fast")
         yield GoogleDriver(request.getfixturevalue("api"), request.getfixturevalue("key"),
@@ -477,22 +562,17 @@ def test_estimates_are_calibrated_the_same_way(driver: Driver, llm: FakeLLMServe
     fresh = Sheet([["lamp", "desk"], ["sofa", "lounge"]], conf={"system": "Be brief."})
     reference = CsvDriver(tmp_path / "reference", llm)
     reference.tmp.mkdir()
-    uncalibrated = preview_of(reference.surface(fresh), llm, fresh.conf)
+    uncalibrated = reference.preview(fresh)
     driver.run(Sheet([[f"item {i}", "hall"] for i in range(24)], conf={"system": "Be brief."}))
-    expected = preview_of(reference.surface(fresh), llm, fresh.conf)
+    expected = reference.preview(fresh)
     assert expected != uncalibrated, "24 answers in the cache calibrate the estimate"
-    assert estimate(driver, fresh, llm) == expected
+    assert driver.preview(fresh) == expected
 
 
-def preview_of(surface: Surface, llm: FakeLLMServer,
-               conf: dict[str, str] | None = None) -> Estimate:
-    flags = {"model": "openai-compatible:fake", "base_url": llm.base_url, **(conf or {})}
+def preview_of(surface: Surface, llm: FakeLLMServer, flags: dict[str, str]) -> Estimate:
     store = Store()
     try:
-        return runner.preview(runner.prepare(surface, flags), store).estimate
+        return runner.preview(runner.prepare(surface, {
+            "model": "openai-compatible:fake", "base_url": llm.base_url, **flags}), store).estimate
     finally:
         store.close()
-
-
-def estimate(driver: Driver, sheet: Sheet, llm: FakeLLMServer) -> Estimate:
-    return preview_of(driver.surface(sheet), llm, sheet.conf if driver.name == "csv" else None)

@@ -1,5 +1,5 @@
-"""The row routes: answers (``/v1/complete``) and a dry run (``/v1/preview``) for a chunk of
-rows that a script sends with its template."""
+"""The formula route: answers (``/v1/complete``) for a chunk of rows that a script sends with
+its template."""
 
 from __future__ import annotations
 
@@ -8,14 +8,12 @@ import contextlib
 from dataclasses import dataclass
 from typing import Any
 
-from ..cells import CellValue, answer_text, fit_cell
+from ..cells import GOOGLE_CELL_LIMIT, CellValue, answer_text, fit_cell
 from ..engine import RowResult, error_text, run_jobs, structured
 from ..errors import BadRequest, PromptBatchError
-from ..estimate import estimate
 from ..plan import ERROR_PREFIX, RowJob
 from ..providers import Params
 from ..schema import Schema, load_schema
-from ..store import answer_key
 from ..template import Template, display
 from .backend import Backend
 from .checks import (
@@ -31,9 +29,6 @@ from .checks import (
 from .sheet import schema_text
 
 MAX_WAIT_S = 300.0
-CELL_LIMIT = 50_000
-"""Characters a Google Sheets cell holds."""
-PREVIEW_FIRST_MAX = 20
 
 
 
@@ -117,9 +112,9 @@ async def _rendered(backend: Backend, body: dict[str, Any]
 def _answer(rows: Rows, result: RowResult) -> Answer:
     """The cell text, or one typed cell per field of an answer that fits them."""
     if rows.schema is None or not result.ok:
-        return fit_cell(answer_text(result.text), CELL_LIMIT)
+        return fit_cell(answer_text(result.text), GOOGLE_CELL_LIMIT)
     values = rows.schema.cells(rows.schema.check(result.text))
-    return [fit_cell(v, CELL_LIMIT) if isinstance(v, str) else v for v in values]
+    return [fit_cell(v, GOOGLE_CELL_LIMIT) if isinstance(v, str) else v for v in values]
 
 
 # --------------------------------------------------------------------------- routes
@@ -151,37 +146,3 @@ async def complete(backend: Backend, body: Any) -> dict[str, Any]:
         await asyncio.wait_for(run, wait)
     pending = sum(1 for a in answers if a is None)
     return {"answers": answers, "model": backend.model, **counts, "pending": pending}
-
-
-async def preview(backend: Backend, body: Any) -> dict[str, Any]:
-    """Counts, first prompts and an estimate for rows to send; ``total`` scales a sample."""
-    body = body_fields(body, ROW_FIELDS, ROW_OPTIONAL | {"total", "first"})
-    first = int(number_field(body.get("first", 3), "first", 0, PREVIEW_FIRST_MAX))
-    rows, jobs, settled = await _rendered(backend, body)
-    keys = {job.row: answer_key(backend.spec.label, rows.asked, job.prompt) for job in jobs}
-    hits = backend.store.get_many(keys.values())
-    fresh = list({keys[j.row]: j.prompt for j in jobs if keys[j.row] not in hits}.values())
-    errors = [t for t in settled.values() if t]
-    sent = len(jobs) + len(errors)
-    total = int(number_field(body.get("total", sent), "total", sent, 10_000_000))
-    scale = total / sent if sent else 1.0
-    guess = estimate(backend.model, fresh, rows.params.max_tokens,
-                     backend.settings.concurrency)
-    cost = guess.cost_usd
-    return {
-        "model": backend.model,
-        "rows": total,
-        "sample": sent,
-        "cached": sum(1 for k in keys.values() if k in hits),
-        "to_send": sum(1 for k in keys.values() if k not in hits),
-        "unique_prompts": len(fresh),
-        "render_errors": len(errors),
-        "first_error": errors[0] if errors else None,
-        "first_prompts": [j.prompt for j in jobs[:first]],
-        "estimate": {
-            "prompt_tokens": round(guess.prompt_tokens * scale),
-            "completion_tokens": round(guess.completion_tokens * scale),
-            "cost_usd": None if cost is None else cost * scale,
-            "seconds": guess.seconds * scale,
-        },
-    }
