@@ -156,14 +156,27 @@ def test_a_bad_template_is_a_400_with_the_reason(api: httpx.Client) -> None:
 
 def test_row_failures_are_error_cells(api: httpx.Client, llm: FakeLLMServer) -> None:
     llm.config.fault_for = lambda prompt: "500" if "FAIL" in prompt else None
-    body = {"template": "{{ product }}{% if product == 'zero' %}{{ 1 // 0 }}{% endif %}",
-            "headers": ["Product"], "rows": [["FAIL"], ["zero"], ["fine"]]}
+    body = {"template": "{{ product }}", "headers": ["Product"],
+            "rows": [["FAIL"], ["#N/A"], ["fine"]]}
     data = api.post("/v1/complete", json=body, headers=AUTH).json()
     assert data["answers"][0].startswith("#ERROR: ")
-    assert data["answers"][1].startswith("#ERROR: The template in the request's template "
-                                         "field failed on this row: ZeroDivisionError")
+    assert data["answers"][1] == ("#ERROR: 'PROMPTBATCH range'!A3 holds #N/A; fix that cell "
+                                  "and run again")
     assert data["answers"][2] == "Answer: fine"
     assert (data["failed"], data["answered"]) == (2, 1)
+    assert llm.requests and not any("#N/A" in str(r["json"]) for r in llm.requests)
+
+
+def test_a_template_that_fails_on_a_row_is_a_400_before_any_call(api: httpx.Client,
+                                                                 llm: FakeLLMServer) -> None:
+    body = {"template": "{{ product }}{% if product == 'zero' %}{{ 1 // 0 }}{% endif %}",
+            "headers": ["Product"], "rows": [["one"], ["zero"]]}
+    reply = api.post("/v1/complete", json=body, headers=AUTH)
+    assert reply.status_code == 400
+    assert reply.json()["error"] == (
+        "The template in the request's template field failed on row 3 ('PROMPTBATCH "
+        "range'!B3): ZeroDivisionError: integer division or modulo by zero")
+    assert llm.requests == []
 
 
 def test_a_wait_returns_what_is_ready_and_keeps_it(api: httpx.Client,

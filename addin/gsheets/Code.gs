@@ -571,7 +571,7 @@ function PROMPTBATCH(template, table, headers, fields) {
     var rows = withHeaders ? grid : grid.slice(1);
     var spec = pbFieldsSpec_(fields);
     var answers = pbAnswerRows_(pbSettings_(), template, head, rows, spec);
-    if (spec) return answers.length ? answers.map(function (a) { return pbFieldCells_(a, spec); }) : '';
+    if (spec) return answers.length ? answers : '';
     if (withHeaders && answers.length === 1) return answers[0];
     return answers.length ? answers.map(function (a) { return [a]; }) : '';
   } catch (err) {
@@ -584,15 +584,6 @@ function pbFieldsSpec_(fields) {
   if (fields === undefined || fields === null) return '';
   var parts = Array.isArray(fields) ? pbGrid_(fields).reduce(function (all, row) { return all.concat(row); }, []) : [fields];
   return parts.map(function (f) { return String(f).trim(); }).filter(Boolean).join(', ');
-}
-
-/** A row of cells for one structured answer: its values, or the reason in the first cell. */
-function pbFieldCells_(answer, spec) {
-  if (Array.isArray(answer)) return answer;
-  var width = spec.split(/,(?![^(]*\))/).length;
-  var row = [answer];
-  while (row.length < width) row.push('');
-  return row;
 }
 
 function pbGrid_(value) {
@@ -611,8 +602,10 @@ function pbCell_(value) {
 }
 
 /**
- * Answers from the script cache first, then one backend call for the rest (within 30 s). With
- * `fields` an answer is a list of typed values, kept in the cache as JSON.
+ * Answers from the script cache first, then one backend call for the rest (within 30 s): the
+ * backend plans the rows by the command line's rules (blank rows, #N/A cells, fields) and
+ * returns each row's cells. With `fields` an answer is a list of typed values (the reason in
+ * the first when it failed), kept in the cache as JSON; failures are not kept.
  */
 function pbAnswerRows_(settings, template, head, rows, fields) {
   var cache = CacheService.getDocumentCache() || CacheService.getScriptCache();
@@ -628,10 +621,7 @@ function pbAnswerRows_(settings, template, head, rows, fields) {
     var found = cache.getAll(keys.slice(i, i + PB.CACHE_BATCH));
     Object.keys(found).forEach(function (k) { hits[k] = fields ? JSON.parse(found[k]) : found[k]; });
   }
-  var answers = keys.map(function (k, n) {
-    if (cells[n].every(function (v) { return String(v).trim() === ''; })) return '';
-    return Object.prototype.hasOwnProperty.call(hits, k) ? hits[k] : null;
-  });
+  var answers = keys.map(function (k) { return Object.prototype.hasOwnProperty.call(hits, k) ? hits[k] : null; });
   var missing = [];
   answers.forEach(function (a, n) { if (a === null) missing.push(n); });
   if (!missing.length) return answers;
@@ -641,15 +631,17 @@ function pbAnswerRows_(settings, template, head, rows, fields) {
   };
   if (fields) payload.fields = fields;
   var data = pbCall_(settings, '/v1/complete', payload);
+  var late = PB.ERROR + ' no answer within ' + PB.FORMULA_WAIT_S + ' s (answers so far are saved: ' +
+    're-enter the formula to continue, or use PromptBatch > Run batch for a big table).';
   var fresh = {};
   missing.forEach(function (n, j) {
     var answer = data.answers[j];
     if (answer === null) {
-      answer = PB.ERROR + ' no answer within ' + PB.FORMULA_WAIT_S + ' s (answers so far are saved: ' +
-        're-enter the formula to continue, or use PromptBatch > Run batch for a big table).';
+      answer = data.fields ? [late].concat(data.fields.slice(1).map(function () { return ''; })) : late;
     } else {
-      var kept = Array.isArray(answer) ? JSON.stringify(answer) : answer;
-      if (kept && kept.indexOf(PB.ERROR) !== 0 && kept.length <= PB.CACHE_MAX_CHARS) fresh[keys[n]] = kept;
+      var first = String(Array.isArray(answer) ? answer[0] : answer);
+      var kept = fields ? JSON.stringify(answer) : answer;
+      if (first.indexOf(PB.ERROR) !== 0 && kept.length <= PB.CACHE_MAX_CHARS) fresh[keys[n]] = kept;
     }
     answers[n] = answer;
   });

@@ -23,7 +23,7 @@ from starlette.routing import Route
 from ..errors import BadRequest, PromptBatchError
 from ..settings import Settings, resolve
 from ..store import Store
-from . import batchapi, menu, rows
+from . import batchapi, formula, menu
 from .backend import Backend, load_token, token_path
 from .sheet import layout, sheet_request
 
@@ -131,7 +131,7 @@ def create_app(token: str, settings: Settings | None = None,
             await backend.close()
 
     app = Starlette(lifespan=lifespan, routes=[
-        _route("/v1/complete", rows.complete, secret),
+        _route("/v1/complete", formula.complete, secret),
         _route("/v1/locate", find_table, secret),
         _route("/v1/run", menu.run_rows, secret),
         _route("/v1/preview", menu.preview, secret),

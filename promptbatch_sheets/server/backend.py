@@ -7,17 +7,16 @@ import asyncio
 import contextlib
 import os
 import secrets
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from .. import runner, userconfig
 from ..engine import RowResult
 from ..inflight import InFlight
 from ..plan import Plan
-from ..providers import Params, Provider, require_model
+from ..providers import Provider, require_model
 from ..runner import Prepared
 from ..settings import Settings
 from ..store import Store
@@ -127,8 +126,3 @@ class Backend:
         await self._stack.aclose()
         self._provider = None
         self.store.close()
-
-    def params(self, options: Mapping[str, Any]) -> Params:
-        s = self.settings
-        return Params(options.get("temperature", s.temperature),
-                      options.get("max_tokens", s.max_tokens), options.get("system", s.system))
