@@ -253,6 +253,10 @@ async def run_jobs(
         future.add_done_callback(arrived)
         joined.append((future, arrived))
 
+    fetching: set[asyncio.Future[None]] = set()
+    """Requests under way. They run on if the run is cancelled, for a server whose provider
+    outlives the request (``shared``); a run that closes its provider stops them first."""
+
     async def worker(provider: Provider) -> None:
         nonlocal busy
         while queue or busy:
@@ -272,7 +276,10 @@ async def run_jobs(
                 return
             queue.popleft()
             busy += 1
-            await asyncio.shield(asyncio.ensure_future(fetch(provider, key, reservation)))
+            task = asyncio.ensure_future(fetch(provider, key, reservation))
+            fetching.add(task)
+            task.add_done_callback(fetching.discard)
+            await asyncio.shield(task)
             busy -= 1
             changed.set()
 
@@ -308,7 +315,11 @@ async def run_jobs(
             if queue:
                 async with connect() as provider:
                     workers = concurrency if follow else max(1, min(concurrency, len(queue)))
-                    await asyncio.gather(*(worker(provider) for _ in range(workers)))
+                    try:
+                        await asyncio.gather(*(worker(provider) for _ in range(workers)))
+                    finally:
+                        if shared is None:  # the provider closes with this run: so do they
+                            await _stopped(fetching)
             while busy:  # a budget stopped the workers: hear out what others are getting
                 changed.clear()
                 await changed.wait()
@@ -320,3 +331,11 @@ async def run_jobs(
     summary.rows = summary.answered + summary.cached + summary.failed + summary.unsent
     summary.seconds = time.perf_counter() - started
     return summary
+
+
+async def _stopped(tasks: set[asyncio.Future[None]]) -> None:
+    """Cancel ``tasks`` and wait until each has ended (a Ctrl-C: they cannot outlive the
+    provider they use)."""
+    for task in list(tasks):
+        task.cancel()
+    await asyncio.gather(*tasks, return_exceptions=True)

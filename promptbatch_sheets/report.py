@@ -20,7 +20,7 @@ from .plan import Plan
 from .runner import Prepared, Preview, summary_cost
 from .settings import Via
 from .store import Store
-from .table import cell_name, quote_sheet
+from .table import cell_name
 from .template import variable_name
 
 if TYPE_CHECKING:  # the Batch API modules load only for the commands that use them
@@ -66,11 +66,7 @@ def _server(prepared: Prepared) -> str:
 
 
 def nothing_to_send(plan: Plan) -> str:
-    """Why a run sends nothing: every row is answered, or the table has no rows at all."""
-    table = plan.table
-    if not table.rows:
-        return (f"The table on sheet {quote_sheet(table.sheet)} has no data rows under its "
-                f"header row (row {table.header_row + 1}); nothing to send. Add rows to it.")
+    """Why a run sends nothing (a table with no rows at all is refused before this)."""
     return (f"All {plan.kept} rows already have answers; nothing to send. Use --rerun all to "
             "ask again.")
 

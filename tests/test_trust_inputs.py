@@ -445,10 +445,10 @@ def test_an_empty_table_says_it_has_no_rows(tmp_path: Path, llm: FakeLLMServer) 
     wb.active.add_table(openpyxl.worksheet.table.Table(displayName="T", ref="A1:B1"))
     wb.save(book)
     result = cli("run", str(book), "--template", "{{ q }}", *fake_model(llm))
-    assert result.exit_code == 0, result.output
+    assert result.exit_code == 2, result.output
     assert " ".join(result.output.split()) == (
-        "The table on sheet 'S' has no data rows under its header row (row 1); nothing to "
-        "send. Add rows to it.")
+        "Error: Sheet 'S' has a header row ('S'!A1) but no data rows below it: there is "
+        "nothing to send. Add rows under the headers.")
     assert chat_requests(llm) == []
 
 
