@@ -8,6 +8,11 @@ import re
 CellValue = str | int | float | bool
 """What an answer cell holds: text, or a typed field of a structured answer."""
 
+EXCEL_CELL_LIMIT = 32_767
+"""Characters an Excel cell holds (UTF-16 code units)."""
+GOOGLE_CELL_LIMIT = 50_000
+"""Characters a Google Sheets cell holds."""
+
 CUT_MARKER = " [... cut: {n} more characters]"
 _XML_ILLEGAL = re.compile(r"[\x00-\x08\x0b\x0c\x0e-\x1f\ud800-\udfff\ufffe\uffff]")
 """Characters no XML file can hold; lone surrogates (a JSON reply can carry one) cannot be

@@ -24,6 +24,7 @@ from .providers import local
 from .settings import Via
 from .store import Store
 from .surfaces import GOOGLE_SHEETS, open_surface
+from .surfaces.base import Surface
 from .table import cell_name
 
 if TYPE_CHECKING:  # the Batch API modules load only for the commands that use them
@@ -80,7 +81,8 @@ def _store() -> Store:
     return store
 
 
-def _prepare(book: str, opts: Options, output: str | None = None) -> tuple[Any, runner.Prepared]:
+def _prepare(book: str, opts: Options,
+             output: str | None = None) -> tuple[Surface, runner.Prepared]:
     surface = open_surface(book, opts.sheet, output, opts.credentials)
     folder = None if book.startswith(GOOGLE_SHEETS) else Path(book).parent
     prepared = runner.prepare(surface, opts.settings(), opts.template_text(),
@@ -116,7 +118,7 @@ def run(book: Book, *, opts: Options) -> None:
                         MofNCompleteColumn(), TimeElapsedColumn(), console=console,
                         transient=False, disable=not console.is_terminal)
     plan = prepared.plan
-    output = getattr(surface, "output", None)
+    output = surface.output
     try:
         with progress:
             task = progress.add_task(plan.table.sheet, total=plan.prompts - len(plan.refused))
@@ -145,7 +147,8 @@ def preview(book: Book, first: Annotated[int, typer.Option(
     report.print_preview(Console(highlight=False), result)
 
 
-def _via_batch_api(book: str, opts: Options, surface: Any, prepared: runner.Prepared) -> None:
+def _via_batch_api(book: str, opts: Options, surface: Surface,
+                   prepared: runner.Prepared) -> None:
     from . import batchapi
 
     store = _store()
@@ -157,9 +160,9 @@ def _via_batch_api(book: str, opts: Options, surface: Any, prepared: runner.Prep
     _collected(book, opts, surface, prepared, collected)
 
 
-def _collected(book: str, opts: Options, surface: Any, prepared: runner.Prepared,
+def _collected(book: str, opts: Options, surface: Surface, prepared: runner.Prepared,
                collected: Collected) -> None:
-    report.print_collected(console, prepared, collected, getattr(surface, "output", None),
+    report.print_collected(console, prepared, collected, surface.output,
                            functools.partial(command_line, book=book, opts=opts))
     if collected.summary.failed:
         raise typer.Exit(1)

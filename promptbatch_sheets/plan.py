@@ -154,6 +154,8 @@ def make_plan(table: Table, grid: Grid, rerun: Rerun = Rerun.MISSING,
             if not rerun.wants(_state(current)):
                 kept += 1
                 known[index] = current
+                if _state(current).startswith(ERROR_PREFIX):
+                    lost.add(index)  # a failure kept (--rerun empty) is no answer to build on
                 continue
             reason = _refusal(table, grid, row, broken, step, lost)
             if reason is not None:

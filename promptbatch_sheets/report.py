@@ -72,7 +72,7 @@ def nothing_to_send(plan: Plan) -> str:
 
 
 def print_summary(console: Console, prepared: Prepared, summary: Summary,
-                  output: Path | None, store: Store | None = None) -> None:
+                  output: Path | str | None, store: Store | None = None) -> None:
     table = Table(title="promptbatch run", show_header=False, title_justify="left")
     table.add_row("model", prepared.price_label)
     table.add_row("server", _server(prepared))
@@ -108,7 +108,7 @@ def print_summary(console: Console, prepared: Prepared, summary: Summary,
     _unsaved(console, store)
 
 
-def print_interrupted(console: Console, stop: Interrupted, output: Path | None,
+def print_interrupted(console: Console, stop: Interrupted, output: Path | str | None,
                       store: Store) -> None:
     """Ctrl-C: what is kept and that a rerun goes on from there."""
     where = f"{output} and the cache" if output is not None else "the sheet and the cache"
@@ -247,7 +247,7 @@ def print_submitted(console: Console, jobs: list[Job]) -> None:
 
 
 def print_collected(console: Console, prepared: Prepared, collected: Collected,
-                    output: Path | None, again: Callable[..., str]) -> None:
+                    output: Path | str | None, again: Callable[..., str]) -> None:
     """``again(command, **changes)`` is the user's own command line turned into ``command``,
     so a hint can be typed as it is printed."""
     summary = collected.summary

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field, replace
 from functools import cached_property
@@ -23,6 +23,7 @@ from .engine import RowResult, Summary, error_text, run_jobs
 from .errors import ConfigError, Interrupted, SetupError
 from .estimate import Estimate, calibrate, cost, estimate
 from .export import Export, refuse_from_sheet
+from .inflight import InFlight
 from .plan import Plan, RowJob, make_plan
 from .providers import ModelSpec, Params, Provider, RetryPolicy, open_provider, require_model
 from .request import Requests
@@ -117,6 +118,8 @@ def prepare(surface: Surface, flags: dict[str, Any] | None = None,
     data = surface.read()
     refuse_from_sheet(data.settings, data.setting_cells, CONF_SHEET)
     settings = resolve(flags, data.settings)
+    if settings.skip_hidden:
+        data = replace(data, hidden_rows=surface.hidden_rows(data))
     require_model(model_spec(settings))
     if template_cell:
         template = TemplateText(surface.cell_text(template_cell), template_cell)
@@ -138,11 +141,14 @@ def sheet_choices(flags: dict[str, Any], data: SheetData) -> dict[str, str]:
 
 
 def plan_sheet(data: SheetData, settings: Settings, template: TemplateText | None = None,
-               base_dir: Path | None = None) -> Prepared:
+               base_dir: Path | None = None,
+               schemas: Mapping[str, Schema] | None = None) -> Prepared:
     """Everything ``prepare`` decides, from a sheet already read and settings already
-    merged: the HTTP server gets both from a request, not from a surface."""
-    table, schemas = read_sheet(data, settings, template, base_dir)
-    plan = make_plan(table, data.grid, settings.rerun, data.uncalculated, schemas)
+    merged: the HTTP server gets both from a request, not from a surface. ``schemas``
+    (structured answers by prompt name) replace the settings' ``fields``/``schema``: a
+    formula's fields argument names its own mistakes."""
+    table, found = read_sheet(data, settings, template, base_dir, schemas)
+    plan = make_plan(table, data.grid, settings.rerun, data.uncalculated, found)
     _check_one_system(plan, settings, data)
     spec = model_spec(settings)
     params = Params(settings.temperature, settings.max_tokens, settings.system)
@@ -188,13 +194,17 @@ def model_spec(settings: Settings) -> ModelSpec:
 
 
 def read_sheet(data: SheetData, settings: Settings, template: TemplateText | None = None,
-               base_dir: Path | None = None) -> tuple[Table, dict[str, Schema]]:
+               base_dir: Path | None = None, schemas: Mapping[str, Schema] | None = None,
+               ) -> tuple[Table, dict[str, Schema]]:
     """The sheet's table, every template in it, and the structured answers' schemas by
     prompt name; ``template`` (command line) wins over the sheet's own."""
     conf = {key: TemplateText(text, f"{quote_sheet(CONF_SHEET)} (key {key})")
             for key, text in data.settings.items() if key.partition(".")[0] == "template"}
     named = {key.partition(".")[2]: text for key, text in conf.items() if "." in key}
-    schemas = _schemas(settings, data.settings, base_dir)
+    if schemas is None:
+        schemas = _schemas(settings, data.settings, base_dir)
+    else:
+        schemas = {name.strip().lower(): schema for name, schema in schemas.items()}
     table = locate(data.grid, data.name, explicit=template or data.template,
                    fallback=conf.get("template"), named=named,
                    fields={name: [f.name for f in s.fields] for name, s in schemas.items()},
@@ -386,6 +396,48 @@ def carried(plan: Plan, grid: Grid, previous: Grid | None) -> list[Cell]:
     return cells
 
 
+def writer_for(prepared: Prepared, surface: Surface) -> BlockWriter:
+    """A writer holding what a run writes besides its answers: the answers an earlier run
+    left in the output, the new answers headers and the cells of refused prompts, written
+    with the first answers (a file is not saved for its headers alone)."""
+    plan = prepared.plan
+    writer = BlockWriter(surface, plan,
+                         escape=surface.plain_text and prepared.settings.csv_escape)
+    writer.pending += carried(plan, prepared.data.grid, surface.previous())
+    writer.pending += [(plan.table.header_row, o.col, o.header)
+                       for o in plan.table.outputs if not o.exists]
+    for row, step, reason in plan.refused:
+        writer.pending.append((row, plan.steps[step].cols[0], error_text(reason)))
+        writer.status(row, step, ERROR)
+    return writer
+
+
+async def answer(prepared: Prepared, writer: BlockWriter, store: Store,
+                 connect: Callable[[], AbstractAsyncContextManager[Provider]], *,
+                 on_result: Callable[[RowResult], None] | None = None,
+                 budget: Budget | None = None,
+                 on_plan: Callable[[list[RowJob]], None] | None = None,
+                 shared: InFlight | None = None,
+                 cancelled: Callable[[], bool] | None = None) -> Summary:
+    """Answer the plan's prompts, and a row's later prompts as soon as the answers they use
+    arrive (``chain.Chain``); every result reaches ``writer``, then ``on_result``. The one
+    way from a plan to the engine, for every surface: ``shared`` are a server's prompts in
+    flight, which requests share; once ``cancelled()`` says True no request starts."""
+    plan = prepared.plan
+    settings = prepared.settings
+
+    def deliver(result: RowResult) -> None:
+        writer.add(result)
+        if on_result is not None:
+            on_result(result)
+
+    return await run_jobs(plan.jobs, prepared.spec.label, connect, prepared.params, store,
+                          concurrency=settings.concurrency, on_result=deliver,
+                          use_cache=settings.use_cache, budget=budget, on_plan=on_plan,
+                          schemas=prepared.schemas, shared=shared, cancelled=cancelled,
+                          follow=Chain(plan, prepared.data.grid) if plan.waiting else None)
+
+
 def run(prepared: Prepared, surface: Surface, store: Store,
         on_result: Callable[[RowResult], None] | None = None,
         on_retry: Callable[[str], None] | None = None,
@@ -399,14 +451,7 @@ def run(prepared: Prepared, surface: Surface, store: Store,
     surface.ready()
     if export is not None:
         export.ready()
-    writer = BlockWriter(surface, plan, escape=surface.plain_text and settings.csv_escape)
-    writer.pending += carried(plan, prepared.data.grid, surface.previous())
-    writer.pending += [(plan.table.header_row, o.col, o.header)
-                       for o in plan.table.outputs if not o.exists]
-    for row, step, reason in plan.refused:
-        writer.pending.append((row, plan.steps[step].cols[0], error_text(reason)))
-        writer.status(row, step, ERROR)
-    # written with the first answers: a file is not saved for its headers alone
+    writer = writer_for(prepared, surface)
     retries = 0
 
     def count_retry(reason: str) -> None:
@@ -417,33 +462,25 @@ def run(prepared: Prepared, surface: Surface, store: Store,
 
     received = 0
 
-    def deliver(result: RowResult) -> None:
+    def delivered(result: RowResult) -> None:
         nonlocal received
         received += result.ok
-        writer.add(result)
         if export is not None:
             export.add(result)
         if on_result is not None:
             on_result(result)
 
-    connect = connector(prepared.spec, settings, count_retry)
-    budget = make_budget(prepared)
     guess: Estimate | None = None
 
     def forecast_sent(jobs: list[RowJob]) -> None:
         nonlocal guess  # taken before the new answers join the model's history
         guess = forecast(prepared, store, jobs + later_prompts(prepared, store))
 
-    async def go() -> Summary:
-        return await run_jobs(prepared.plan.jobs, prepared.spec.label, connect, prepared.params,
-                              store, concurrency=settings.concurrency, on_result=deliver,
-                              use_cache=settings.use_cache, budget=budget,
-                              on_plan=forecast_sent, schemas=prepared.schemas,
-                              follow=Chain(plan, prepared.data.grid) if plan.waiting else None,
-                              cancelled=cancelled)
-
     try:
-        summary = asyncio.run(go())
+        summary = asyncio.run(answer(
+            prepared, writer, store, connector(prepared.spec, prepared.settings, count_retry),
+            on_result=delivered, budget=make_budget(prepared), on_plan=forecast_sent,
+            cancelled=cancelled))
     except KeyboardInterrupt:  # the answers flushed below are the ones Interrupted counts
         if not writer.answered:  # stopped before the first answer: leave no file behind
             writer.pending.clear()

@@ -201,13 +201,14 @@ def locate(
     ``output_header``. More templates, one per answers column, come from a row of templates
     and from ``named`` (answers header -> template, the conf sheet's ``template.NAME``).
     ``fields`` turns a prompt's one answers column into one column per JSON field (prompt
-    name, lower case -> headers). ``bounds`` is an Excel Table's extent; ``skip_rows`` are
+    name, lower case -> headers). ``bounds`` is an Excel Table's extent (a label is looked for
+    above it: a header reading ``Template`` is a column); ``skip_rows`` are
     data rows to leave out (hidden rows); ``merged`` are merged ranges, which answers columns
     must not cross. ``status`` adds a column ``NAME status`` after each prompt's answers.
     ``variations`` above 1 gives each prompt that many sets of answers columns, numbered:
     ``response 1``, ``response 2``, ... (each field column too), one prompt per set.
     """
-    label = find_template_label(grid, sheet)
+    label = find_template_label(grid[:bounds.top] if bounds else grid, sheet)
     header_row, last_row, left, right = _extent(grid, sheet, bounds, label.row + 1 if label
                                                 else 0, merged)
     header_cells = grid[header_row] if header_row < len(grid) else ()

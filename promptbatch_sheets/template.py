@@ -140,10 +140,7 @@ class Template:
                            variables=main.variables | system.variables,
                            uses_row=main.uses_row or system.uses_row)
         try:
-            ast = ENV.parse(source)
-            names = frozenset(meta.find_undeclared_variables(ast))
-            with bounded(ROW_SECONDS):
-                compiled = ENV.from_string(ENV.guard(ast))
+            names, compiled = _compile(source)
         except (Refused, RecursionError) as exc:
             raise _stopped(origin, "while it was read", exc) from None
         except jinja2.TemplateSyntaxError as exc:
@@ -216,6 +213,17 @@ class Template:
                 return None
             parts.append(part)
         return "".join(parts)
+
+
+@functools.lru_cache(maxsize=256)
+def _compile(source: str) -> tuple[frozenset[str], jinja2.Template]:
+    """A template's variables and its compiled form, made once per text: Excel recalculates
+    thousands of formulas over a handful of templates. A Template is made fresh each time
+    from them, so each run's render time is its own."""
+    ast = ENV.parse(source)
+    with bounded(ROW_SECONDS):
+        return (frozenset(meta.find_undeclared_variables(ast)),
+                ENV.from_string(ENV.guard(ast)))
 
 
 def _stopped(origin: str, where: str, exc: Exception) -> TemplateError:

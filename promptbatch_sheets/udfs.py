@@ -1,14 +1,17 @@
 """``=PROMPTBATCH()`` for Excel: xlwings worksheet functions (Windows, with xlwings' add-in).
 
-Excel recalculates often and thousands of cells at once, and every answer costs money. So a
-call first asks the answer cache shared with the CLI; a prompt that another cell is already
-waiting for is not sent again; and the rest go to one background event loop that gathers the
-prompts of a recalculation for a moment and sends them through ``engine.run_jobs`` (dedupe,
-cache, bounded concurrency). Failures come back as ``#ERROR: ...`` text, never as tracebacks.
+The range is planned by ``formula.plan_range``: the command line's rules over a formula's
+range, and its answers become cells as a run writes them. Excel recalculates often and
+thousands of cells at once, and every answer costs money. So a call first asks the answer
+cache shared with the CLI; a prompt that another cell is already waiting for is not sent
+again; and the rest go to one background event loop that gathers the prompts of a
+recalculation for a moment and sends them through ``engine.run_jobs`` (dedupe, cache,
+bounded concurrency, the schema repair). Failures come back as ``#ERROR: ...`` text, never as
+tracebacks.
 
 With a ``fields`` argument the answer is structured: the model is asked for JSON with those
 fields and each data row spills into one typed cell per field; a reply that does not follow
-the schema says why in the row's first cell.
+the schema is asked again once, then says why in the row's first cell.
 
 Arguments are typed ``Any``: xlwings turns type hints into converters, and unions have none.
 """
@@ -20,25 +23,29 @@ import functools
 import threading
 from collections.abc import Sequence
 from concurrent.futures import Future
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import xlwings as xw
 
-from .cells import CellValue, fit_cell
-from .engine import RowResult, error_text, run_jobs
-from .errors import PromptBatchError, SchemaMismatch, TemplateError
+from . import formula, runner
+from .cells import EXCEL_CELL_LIMIT, CellValue
+from .engine import RowResult, error_text, fits, run_jobs
+from .errors import PromptBatchError, TemplateError
 from .plan import ERROR_PREFIX, RowJob
 from .providers import ModelSpec, Params
 from .runner import LOCAL, connector
 from .schema import Schema, load_schema
 from .settings import Settings, is_set, resolve
-from .store import Store, answer_key, default_path
-from .surfaces.xlsx import EXCEL_CELL_LIMIT
+from .store import Store, default_path
+from .surfaces.caught import CaughtCells
+from .table import TemplateText
 from .template import Template, display, variable_name
 from .trust import check_server
 
+ORIGIN = "the PROMPTBATCH template"
+"""How messages name the template argument."""
 GATHER_SECONDS = 0.05
 """How long the sender waits for the other cells of a recalculation before it sends."""
 
@@ -51,6 +58,8 @@ class Target:
     params: Params
     settings: Settings
     store: Path
+    schema: Schema | None = field(default=None, compare=False)
+    """What a structured answer must fit (its text is part of ``params``)."""
 
 
 class Sender:
@@ -60,29 +69,33 @@ class Sender:
         self._lock = threading.Lock()
         self._loop: asyncio.AbstractEventLoop | None = None
         self._inflight: dict[str, Future[str]] = {}
-        self._queued: dict[Target, dict[str, tuple[str, Future[str]]]] = {}
+        self._queued: dict[Target, dict[str, tuple[RowJob, Future[str]]]] = {}
         self._stores: dict[Path, Store] = {}
 
-    def cached(self, path: Path, keys: Sequence[str]) -> dict[str, str]:
-        """Answers already stored, read through one connection that every call shares."""
+    def cached(self, target: Target, keys: Sequence[str]) -> dict[str, str]:
+        """Answers already stored (that fit the fields, if any), read through one connection
+        that every call shares."""
         with self._lock:
-            store = self._stores.get(path)
+            store = self._stores.get(target.store)
             if store is None:
-                store = self._stores[path] = Store(path)
-            return {k: c.text.strip() for k, c in store.get_many(keys).items()}
+                store = self._stores[target.store] = Store(target.store)
+            found = store.get_many(keys)
+        return {k: c.text for k, c in found.items()
+                if target.schema is None or fits(target.schema, c.text)}
 
-    def ask(self, target: Target, prompts: dict[str, str]) -> dict[str, Future[str]]:
-        """Futures of the cell text for each answer key; keys already on their way are shared."""
+    def ask(self, target: Target, jobs: dict[str, RowJob]) -> dict[str, Future[str]]:
+        """Futures of the answer text for each answer key (``#ERROR: ...`` for a failure);
+        keys already on their way are shared."""
         futures: dict[str, Future[str]] = {}
         with self._lock:
-            for key, prompt in prompts.items():
+            for key, job in jobs.items():
                 future = self._inflight.get(key)
                 if future is None:
                     future = self._inflight[key] = Future()
                     queue = self._queued.setdefault(target, {})
                     if not queue:
                         self._running_loop().call_soon_threadsafe(self._start, target)
-                    queue[key] = (prompt, future)
+                    queue[key] = (job, future)
                 futures[key] = future
         return futures
 
@@ -112,17 +125,18 @@ class Sender:
 
         def deliver(result: RowResult) -> None:
             key = keys[result.row]
-            self._settle(key, queued[key][1], result.text.strip())
+            self._settle(key, queued[key][1], result.text)
 
         reason = "the request was cancelled"
         store: Store | None = None
         try:
             with self._lock:  # a new cache file is created by one thread only
                 store = Store(target.store)
-            await run_jobs([RowJob(i, queued[k][0]) for i, k in enumerate(keys)],
+            await run_jobs([replace(queued[k][0], row=i) for i, k in enumerate(keys)],
                            target.spec.label, connector(target.spec, target.settings),
                            target.params, store, concurrency=target.settings.concurrency,
-                           on_result=deliver, use_cache=target.settings.use_cache)
+                           on_result=deliver, use_cache=target.settings.use_cache,
+                           schemas=None if target.schema is None else {0: target.schema})
         except Exception as exc:  # a missing key, a server that won't start: every cell says so
             reason = _reason(exc)
         finally:
@@ -139,39 +153,31 @@ def _reason(exc: Exception) -> str:
     return str(exc) if isinstance(exc, PromptBatchError) else f"{type(exc).__name__}: {exc}"
 
 
-@functools.lru_cache(maxsize=256)
-def _template(source: str) -> Template:
-    """Compiling Jinja2 costs a millisecond; thousands of cells share a handful of templates."""
-    return Template.parse(source, "the PROMPTBATCH template")
-
-
-def answers(target: Target, prompts: Sequence[str]) -> list[str]:
-    """The cell text for each prompt: from the cache, from a call in flight, or sent once."""
-    label = target.spec.label
-    keys = [answer_key(label, target.params, p) for p in prompts]
-    found = SENDER.cached(target.store, keys) if target.settings.use_cache else {}
-    missing = {k: p for k, p in zip(keys, prompts, strict=True) if k not in found}
+def answers(target: Target, prepared: runner.Prepared, jobs: Sequence[RowJob]) -> list[str]:
+    """The answer text for each job: from the cache, from a call in flight, or sent once."""
+    keys = [prepared.key(job) for job in jobs]
+    found = SENDER.cached(target, keys) if target.settings.use_cache else {}
+    missing = {k: j for k, j in zip(keys, jobs, strict=True) if k not in found}
     futures = SENDER.ask(target, missing) if missing else {}
     return [found[k] if k in found else futures[k].result() for k in keys]
 
 
-def _records(template: Template, table: list[list[Any]],
-             headers: list[Any] | None) -> tuple[list[str], list[list[Any]]]:
-    """Split the arguments into header names and data rows.
+def _table(template: str, table: list[list[Any]], headers: list[Any] | None) -> list[list[Any]]:
+    """The range as a header row and data rows.
 
     A template with one variable may take bare values (no header) in one column; otherwise
     the first row of ``table`` is the header row unless ``headers`` is given.
     """
     if headers is not None:
-        return [display(h).strip() for h in headers], table
-    names = sorted(template.variables)
+        return [headers, *table]
+    names = sorted(Template.parse(template, ORIGIN).variables)
     first = display(table[0][0]).strip() if table and table[0] else ""
     if len(names) <= 1 and len(table[0]) == 1 and variable_name(first) not in names:
-        return [names[0] if names else "value"], table
+        return [[names[0] if names else "value"], *table]
     if len(table) < 2:
         raise TemplateError("PROMPTBATCH needs a header row and at least one data row, or a "
                             "third argument with the headers.")
-    return [display(h).strip() for h in table[0]], table[1:]
+    return table
 
 
 @functools.lru_cache(maxsize=256)
@@ -186,65 +192,36 @@ def _fields_spec(fields: Any) -> str:
     return ", ".join(_fields_spec(f) for f in fields if _fields_spec(f).strip())
 
 
-def _target(model: Any, temperature: Any, max_tokens: Any, system: Any,
-            schema: Schema | None) -> Target:
+def _settings(model: Any, temperature: Any, max_tokens: Any, system: Any) -> Settings:
     """The model argument comes from a cell of the workbook, so it is the workbook's choice:
     it may not send one of the user's keys to an address given for another provider."""
     options = dict(temperature=temperature, max_tokens=max_tokens, system=system)
     settings = resolve(dict(options, model=model), {})
-    spec = ModelSpec.parse(settings.model or LOCAL, settings.base_url)
     if is_set(model):
-        check_server(spec, resolve(options, {}),
-                     {"model": "The model argument of =PROMPTBATCH"})
-    params = Params(settings.temperature, settings.max_tokens, settings.system,
-                    schema.text() if schema else None)
-    return Target(spec, params, settings, default_path())
-
-
-def _is_blank(row: Sequence[Any]) -> bool:
-    return all(display(v).strip() == "" for v in row)
+        check_server(ModelSpec.parse(settings.model or LOCAL, settings.base_url),
+                     resolve(options, {}), {"model": "The model argument of =PROMPTBATCH"})
+    return settings
 
 
 def run_formula(template: Any, table: list[list[Any]], headers: list[Any] | None = None,
                 model: Any = None, temperature: Any = None, max_tokens: Any = None,
                 system: Any = None, fields: Any = None) -> list[list[CellValue]]:
     """One row of cells per data row: the answer, or one cell per field; a row that cannot
-    be rendered or answered says why in its first cell."""
-    parsed = _template(display(template))
-    if parsed.system is not None:
-        raise TemplateError("=PROMPTBATCH does not read a <system> block yet: give the system "
-                            "prompt as its seventh argument, system.")
-    names, rows = _records(parsed, table, headers)
-    parsed.check_columns(names)
+    be answered says why in its first cell."""
+    text = display(template)
     schema = _schema(_fields_spec(fields)) if fields is not None else None
-    target = _target(model, temperature, max_tokens, system, schema)
-    width = len(schema.fields) if schema else 1
-    out: list[list[CellValue]] = [[""] * width for _ in rows]
-    prompts: dict[int, str] = {}
-    for i, row in enumerate(rows):
-        if _is_blank(row):
-            continue
-        try:
-            prompts[i] = parsed.render(dict(zip(names, row, strict=False)), f"data row {i + 1}")
-        except TemplateError as exc:
-            out[i][0] = error_text(str(exc))
-    for i, text in zip(prompts, answers(target, list(prompts.values())), strict=True):
-        out[i] = _cells(text, schema)
-    return [[fit_cell(v, EXCEL_CELL_LIMIT) if isinstance(v, str) else v for v in row]
-            for row in out]
-
-
-def _cells(text: str, schema: Schema | None) -> list[CellValue]:
-    """An answer as cells: the text itself, or its fields once the reply is checked."""
-    if schema is None:
-        return [text]
-    blank: list[CellValue] = [""] * (len(schema.fields) - 1)
-    if text.startswith(ERROR_PREFIX):
-        return [text, *blank]
-    try:
-        return schema.cells(schema.check(text))
-    except SchemaMismatch as exc:
-        return [error_text(exc.reason), *blank]
+    prepared = formula.plan_range(TemplateText(text, ORIGIN), _table(text, table, headers),
+                                  _settings(model, temperature, max_tokens, system), schema)
+    jobs = prepared.plan.jobs
+    target = Target(prepared.spec, prepared.params, prepared.settings, default_path(),
+                    schema)
+    caught = CaughtCells(prepared.data, EXCEL_CELL_LIMIT)
+    writer = runner.writer_for(prepared, caught)
+    for job, reply in zip(jobs, answers(target, prepared, jobs), strict=True):
+        writer.add(RowResult(job.row, reply, not reply.startswith(ERROR_PREFIX), False))
+    writer.flush()
+    return [row if row is not None else [""] * formula.width(prepared)
+            for row in formula.row_values(prepared, caught.cells)]
 
 
 def _grid(value: Any) -> list[list[Any]]:
@@ -254,8 +231,9 @@ def _grid(value: Any) -> list[list[Any]]:
 
 
 @xw.func(async_mode="threading")
-@xw.arg("table", ndim=2, doc="The table with its header row, or one row (then give headers).")
-@xw.arg("headers", ndim=1, doc="The header row, when table holds only data rows.")
+@xw.arg("table", ndim=2, err_to_str=True,
+        doc="The table with its header row, or one row (then give headers).")
+@xw.arg("headers", ndim=1, err_to_str=True, doc="The header row, when table holds only data rows.")
 @xw.arg("template", doc="A Jinja2 prompt template, e.g. Describe {{ product_name }}.")
 @xw.arg("model", doc="provider:model, e.g. openai:gpt-4o-mini (default: your config).")
 @xw.arg("fields", ndim=1, doc="Answer in columns: e.g. sentiment (positive|negative), "

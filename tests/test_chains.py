@@ -83,6 +83,13 @@ def test_conf_templates_and_a_failed_summary(tmp_path: Path, llm: FakeLLMServer)
                                  "Poem on mug in Answer: Colour of mug"]
 
     llm.config.fault_for = None
+    cleared = openpyxl.load_workbook(book)
+    cleared["S"]["C3"] = None
+    cleared.save(book)
+    kept = cli("run", str(book), "-o", str(book), "--rerun", "empty", *fake_model(llm))
+    assert kept.exit_code == 1, kept.output
+    assert values(book, "S")[2][2] == rows[2][2], "a failure kept is no answer to build on"
+    assert len(sent(llm)) == 3, "--rerun empty keeps the failed colour and sends no poem on it"
     second = cli("run", str(book), "-o", str(book), *fake_model(llm))
     assert second.exit_code == 0, second.output
     assert values(book, "S")[2] == ["cap", "Answer: Colour of cap",

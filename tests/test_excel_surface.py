@@ -348,3 +348,15 @@ def test_ribbon_sends_through_the_batch_api_and_collects_on_the_next_press(
         assert written(second) == {(0, 1): "'response", (1, 1): "'ANS Say hi",
                                    (2, 1): "'ANS Say yo"}
         assert len(fake.batches) == 1
+
+
+def test_an_engine_that_cannot_read_hidden_rows_says_so(server: FakeLLMServer) -> None:
+    """xlwings' remote engine reads no row visibility: skip_hidden is refused, not ignored."""
+    data = _small_book([["word"], ["hi"]])
+    data["sheets"].append({"name": "promptbatch.conf", "pictures": [], "tables": [],
+                           "values": [["template", "Say {{ word }}"], ["skip_hidden", "true"]]})
+    book = remote_book(data)
+    with pytest.raises(PromptBatchError, match="skip_hidden is set, but this Excel cannot tell "
+                                               "which rows are hidden"):
+        run_sheet(book)
+    assert not server.requests and not actions(book, "setValues")

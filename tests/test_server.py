@@ -156,14 +156,27 @@ def test_a_bad_template_is_a_400_with_the_reason(api: httpx.Client) -> None:
 
 def test_row_failures_are_error_cells(api: httpx.Client, llm: FakeLLMServer) -> None:
     llm.config.fault_for = lambda prompt: "500" if "FAIL" in prompt else None
-    body = {"template": "{{ product }}{% if product == 'zero' %}{{ 1 // 0 }}{% endif %}",
-            "headers": ["Product"], "rows": [["FAIL"], ["zero"], ["fine"]]}
+    body = {"template": "{{ product }}", "headers": ["Product"],
+            "rows": [["FAIL"], ["#N/A"], ["fine"]]}
     data = api.post("/v1/complete", json=body, headers=AUTH).json()
     assert data["answers"][0].startswith("#ERROR: ")
-    assert data["answers"][1].startswith("#ERROR: The template in the request's template "
-                                         "field failed on this row: ZeroDivisionError")
+    assert data["answers"][1] == ("#ERROR: 'PROMPTBATCH range'!A3 holds #N/A; fix that cell "
+                                  "and run again")
     assert data["answers"][2] == "Answer: fine"
     assert (data["failed"], data["answered"]) == (2, 1)
+    assert llm.requests and not any("#N/A" in str(r["json"]) for r in llm.requests)
+
+
+def test_a_template_that_fails_on_a_row_is_a_400_before_any_call(api: httpx.Client,
+                                                                 llm: FakeLLMServer) -> None:
+    body = {"template": "{{ product }}{% if product == 'zero' %}{{ 1 // 0 }}{% endif %}",
+            "headers": ["Product"], "rows": [["one"], ["zero"]]}
+    reply = api.post("/v1/complete", json=body, headers=AUTH)
+    assert reply.status_code == 400
+    assert reply.json()["error"] == (
+        "The template in the request's template field failed on row 3 ('PROMPTBATCH "
+        "range'!B3): ZeroDivisionError: integer division or modulo by zero")
+    assert llm.requests == []
 
 
 def test_a_wait_returns_what_is_ready_and_keeps_it(api: httpx.Client,
@@ -178,18 +191,30 @@ def test_a_wait_returns_what_is_ready_and_keeps_it(api: httpx.Client,
     assert again["pending"] == 0 and again["cached"] >= len(done)
 
 
-def test_preview_counts_and_estimates_without_calling(api: httpx.Client,
-                                                      llm: FakeLLMServer) -> None:
+def test_preview_is_the_command_lines_and_calls_no_model(api: httpx.Client,
+                                                        llm: FakeLLMServer) -> None:
     api.post("/v1/complete", json={**ROWS, "rows": [["kettle"]]}, headers=AUTH)
     sent = len(llm.requests)
-    body = {**ROWS, "rows": [["kettle"], ["lamp"], ["mug"], ["mug"]], "total": 40, "first": 2}
+    grid = [["template", "Describe {{ product }}."], ["Product", "response"], ["kettle", ""],
+            ["lamp", ""], ["mug", ""], ["mug", ""], ["cup", "kept"]]
+    body = {"sheet": "Items", "grid": grid, "first": 2, "conf": [["system", "Be brief."]]}
     data = api.post("/v1/preview", json=body, headers=AUTH).json()
     assert len(llm.requests) == sent
-    assert (data["rows"], data["sample"], data["cached"], data["to_send"]) == (40, 4, 1, 3)
-    assert data["unique_prompts"] == 2
-    assert data["first_prompts"] == ["Describe kettle.", "Describe lamp."]
-    assert data["estimate"]["completion_tokens"] == 2 * 60 * 10
-    assert data["estimate"]["cost_usd"] is None
+    assert (data["rows"], data["kept"], data["cached"], data["to_send"]) == (5, 1, 0, 4)
+    assert data["unique_prompts"] == 3 and data["sampled"] is False
+    assert data["first_prompts"] == [[2, "Describe kettle."], [3, "Describe lamp."]]
+    assert data["steps"] == [{"name": "response", "origin": "'Items'!B1", "uses": [],
+                              "outputs": [{"header": "response", "exists": True,
+                                           "cell": "'Items'!B2"}]}]
+    estimate = data["estimate"]
+    assert estimate["completion_tokens"] == 3 * 60 and estimate["cost_usd"] is None
+    # each distinct prompt once, the system prompt counted (11 tokens a request with one)
+    assert estimate["prompt_tokens"] == round(3 * 11 + sum(
+        len(p) + len("Be brief.") for p in ["Describe kettle.", "Describe lamp.",
+                                             "Describe mug."]) / 4)
+    cut = api.post("/v1/preview", json={**body, "grid": grid[:4], "last_row": 21},
+                   headers=AUTH).json()
+    assert (cut["sampled"], cut["rows"], cut["to_send"]) == (True, 20, 20)
 
 
 def test_locate_reads_the_sheet_by_the_cli_rules(api: httpx.Client) -> None:
@@ -197,7 +222,8 @@ def test_locate_reads_the_sheet_by_the_cli_rules(api: httpx.Client) -> None:
             ["kettle", "25", ""]]
     data = api.post("/v1/locate", json={"sheet": "Items", "grid": grid}, headers=AUTH).json()
     (step,) = data.pop("steps")
-    assert data == {"header_row": 2, "columns": [[0, "Product"], [1, "Price"]], "options": {}}
+    assert data == {"header_row": 2, "columns": [[0, "Product"], [1, "Price"]], "options": {},
+                    "skip_hidden": False}
     assert (step["template"], step["origin"]) == ("Describe {{ product }}", "'Items'!B1")
     assert step["outputs"] == [{"col": 2, "header": "Response", "exists": True}]
     named = {"sheet": "Items", "grid": grid[2:], "template": "{{ price }}", "origin": "name"}

@@ -23,9 +23,8 @@ import pytest
 from click.testing import Result
 
 from promptbatch_sheets import sandbox
-from promptbatch_sheets.cells import CUT_MARKER, fit_cell
+from promptbatch_sheets.cells import CUT_MARKER, EXCEL_CELL_LIMIT, fit_cell
 from promptbatch_sheets.surfaces import CsvSurface, csvfile, xlsx_patch
-from promptbatch_sheets.surfaces.xlsx import EXCEL_CELL_LIMIT
 from tests.conftest import cli, fake_model, serve_process
 from tests.fakes.llm_server import FakeLLMServer
 from tests.test_bad_input import CORPUS
@@ -343,12 +342,11 @@ def test_serve_answers_others_while_a_hostile_template_renders_and_still_stops(
                                                        timeout=60))
             slow_s, reply = slow.result()
         assert health.json()["ok"] is True and health_s < slow_s
-        where = "The template in the request's template field was stopped on this row: it"
-        assert reply.json()["answers"] == [
-            f"#ERROR: {where} ran longer than 0.5 s. A template only formats a row's values; "
-            "simplify it.",
-            *[f"#ERROR: {where} ran out of time on an earlier row. A template only formats a "
-              "row's values; simplify it."] * 2]
+        assert reply.status_code == 400  # as from the command line: the run stops, unpaid
+        assert reply.json()["error"] == (
+            "The template in the request's template field was stopped on row 2 ('PROMPTBATCH "
+            "range'!B2): it ran longer than 0.5 s. A template only formats a row's values; "
+            "simplify it.")
         assert chat_requests(llm) == []
 
         with ThreadPoolExecutor(1) as pool:
@@ -447,7 +445,7 @@ def test_an_empty_table_says_it_has_no_rows(tmp_path: Path, llm: FakeLLMServer) 
     wb.active.add_table(openpyxl.worksheet.table.Table(displayName="T", ref="A1:B1"))
     wb.save(book)
     result = cli("run", str(book), "--template", "{{ q }}", *fake_model(llm))
-    assert result.exit_code == 2, result.output  # the first-hour rule: a mistake in the input
+    assert result.exit_code == 2, result.output
     assert " ".join(result.output.split()) == (
         "Error: Sheet 'S' has a header row ('S'!A1) but no data rows below it: there is "
         "nothing to send. Add rows under the headers.")

@@ -78,10 +78,22 @@ def test_mistakes_come_back_as_error_text(server: FakeLLMServer, args: tuple[Any
     assert not server.requests
 
 
-def test_a_row_that_cannot_render_says_so_in_its_cell(server: FakeLLMServer) -> None:
+def test_a_row_that_cannot_render_stops_the_formula_before_any_call(
+        server: FakeLLMServer) -> None:
+    """As the command line stops a run: a template mistake costs nothing."""
     result = PROMPTBATCH("{{ 10 // (n | int) }}", [["N"], [0], [4]])
-    assert result[0][0].startswith("#ERROR: The template") and "data row 1" in result[0][0]
-    assert result[1] == [answer("2")]
+    assert result == ("#ERROR: The template in the PROMPTBATCH template failed on row 2 "
+                      "('PROMPTBATCH range'!B2): ZeroDivisionError: integer division or "
+                      "modulo by zero")
+    assert not server.requests
+
+
+def test_an_error_value_is_refused_naming_its_cell(server: FakeLLMServer) -> None:
+    """xlwings passes #N/A as text (err_to_str): not sent, as from the command line."""
+    result = PROMPTBATCH("Say {{ n }}", [["N"], ["#N/A"], [4]])
+    assert result == [["#ERROR: 'PROMPTBATCH range'!A2 holds #N/A; fix that cell and run "
+                       "again"], [answer("Say 4")]]
+    assert server.prompts == ["Say 4"]
 
 
 def test_failed_request_is_an_error_cell_and_is_retried_next_time(
@@ -192,13 +204,17 @@ def test_fields_from_a_range_of_headers_and_one_row(server: FakeLLMServer) -> No
     assert PROMPTBATCH("Say {{ word }}", "hi", fields=[None]) == answer("Say hi")
 
 
-def test_a_reply_that_breaks_the_schema_says_why_in_the_first_cell(
+def test_a_reply_that_breaks_the_schema_is_asked_again_then_says_why(
         server: FakeLLMServer) -> None:
     server.config.structured_answer = lambda prompt, schema: {"mood": "meh", "score": 1,
                                                               "spam": False, "note": ""}
     row = PROMPTBATCH("Say {{ word }}", [["hi"], ["yo"]], fields=FIELDS)
-    assert row[0] == ["#ERROR: mood: 'meh' is not one of happy, sad", "", "", ""]
+    assert row[0] == ["#ERROR: the reply did not fit the fields, twice: mood: 'meh' is not "
+                      "one of happy, sad", "", "", ""]
+    assert len(server.requests) == 4  # each prompt once more, with the reason
     server.config.structured_answer = None
+    assert PROMPTBATCH("Say {{ word }}", [["hi"]], fields=FIELDS)[0][0] == "happy", \
+        "a reply that did not fit was not cached"
     server.config.faults = ["500"] * 6
     failed = PROMPTBATCH("Say {{ word }}", "ho", fields=FIELDS)
     assert failed[0][0].startswith("#ERROR: HTTP 500") and failed[0][1:] == ["", "", ""]

@@ -49,8 +49,12 @@ function pbBatchCall_(path, report) {
   try {
     var spreadsheet = SpreadsheetApp.getActiveSpreadsheet();
     var sheet = spreadsheet.getActiveSheet();
-    var values = sheet.getDataRange().getDisplayValues();
-    var data = pbCall_(pbSettings_(), path, pbSheetPayload_(spreadsheet, sheet, values));
+    var settings = pbSettings_();
+    var merged = pbMerged_(sheet);
+    var layout = pbLocate_(settings, spreadsheet, sheet, merged);
+    var payload = pbSheetPayload_(spreadsheet, sheet, pbRows_(sheet, 0, sheet.getLastRow()), merged);
+    if (layout.skip_hidden) payload.hidden = pbHidden_(sheet, pbRowNumbers_(layout.header_row + 1, sheet.getLastRow()));
+    var data = pbCall_(settings, path, payload);
     pbWriteCells_(sheet, data.cells);
     ui.alert('PromptBatch batch', report(data).join('\n'), ui.ButtonSet.OK);
   } catch (err) {
@@ -73,13 +77,4 @@ function pbBatchCounts_(data) {
       'once those answers are in): use Submit as batch again.');
   }
   return lines;
-}
-
-/** [row, col, value] cells (0-based) into the sheet, column by column, in blocks. */
-function pbWriteCells_(sheet, cells) {
-  var byColumn = {};
-  cells.forEach(function (cell) {
-    (byColumn[cell[1]] = byColumn[cell[1]] || []).push([cell[0], cell[2]]);
-  });
-  Object.keys(byColumn).forEach(function (col) { pbWriteColumn_(sheet, Number(col), byColumn[col]); });
 }

@@ -1,15 +1,19 @@
 /**
  * PromptBatch for Google Sheets: one prompt template over every row of a table.
  *
- * Apps Script cannot run the Python engine, so this script reads the sheet, sends rows in
- * chunks to a `promptbatch serve` backend (which holds the model, the API keys and the answer
- * cache) and writes the answers back as text. Long runs continue through a time-based trigger
- * before Apps Script's 6-minute limit. Settings (backend URL and token) are user properties:
+ * Apps Script cannot run the Python engine, so this script reads the sheet, sends its rows in
+ * windows to a `promptbatch serve` backend (which holds the model, the API keys and the answer
+ * cache, and plans each window by the command line's rules) and writes the cells it returns.
+ * It decides nothing about rows or answers itself. Long runs continue through a time-based
+ * trigger before Apps Script's 6-minute limit. Settings (backend URL and token) are user properties:
  * other editors of the spreadsheet never see your token.
  */
 
 var PB = {
+  /** Rows a window starts with: their answers come within ROUND_WAIT_S. */
   CHUNK_ROWS: 50,
+  /** Rows a window grows to while the backend finds little to ask (a rerun keeps most rows). */
+  MAX_WINDOW_ROWS: 1000,
   /** Chunks per UrlFetchApp.fetchAll round: the backend answers them in parallel. */
   PARALLEL: 4,
   /** No new round after this: a round takes at most ~60 s and Apps Script stops at 6 min. */
@@ -24,10 +28,10 @@ var PB = {
   RESCUE_MS: 7 * 60 * 1000,
   /** Rounds in a row that may bring no answer before a run gives up. */
   MAX_STALLS: 3,
-  /** Rows sent to find the template and header row (the rest are read locally). */
+  /** Rows sent to find the template and header row. */
   HEAD_ROWS: 50,
-  /** Rows rendered for a preview; the estimate is scaled to all rows to send. */
-  PREVIEW_ROWS: 1000,
+  /** Rows a preview sends (the request stays under the backend's 5 MB); counts are scaled to the rest. */
+  PREVIEW_ROWS: 2000,
   /** CacheService keeps values at most 6 hours and 100 KB. */
   CACHE_SECONDS: 6 * 60 * 60,
   CACHE_MAX_CHARS: 25000,
@@ -174,17 +178,12 @@ function pbCall_(settings, path, payload) {
 // ----------------------------------------------------------------------------- the sheet
 
 /**
- * Where the table and its prompt columns are, by the CLI's own rules (the backend reads them):
- * `steps` lists every prompt column in running order, with its template, answers columns,
- * the earlier answers it reads and its fields.
+ * The sheet as the backend reads it: rows from the first (`grid`), the promptbatch.conf rows,
+ * the named template and the merged ranges. The backend finds the table, the rows to send and
+ * the cells to write by the command line's rules; the script decides none of it.
  */
-function pbLocate_(settings, spreadsheet, sheet, values) {
-  return pbCall_(settings, '/v1/locate', pbSheetPayload_(spreadsheet, sheet, values.slice(0, PB.HEAD_ROWS)));
-}
-
-/** A sheet as the backend reads it: a grid, the promptbatch.conf rows, the named template. */
-function pbSheetPayload_(spreadsheet, sheet, grid) {
-  var payload = { sheet: sheet.getName(), grid: grid, conf: pbConfRows_(spreadsheet) };
+function pbSheetPayload_(spreadsheet, sheet, grid, merged) {
+  var payload = { sheet: sheet.getName(), grid: grid, conf: pbConfRows_(spreadsheet), merged: merged };
   var named = spreadsheet.getRangeByName('prompt_template');
   if (named) {
     payload.template = String(named.getValue());
@@ -193,7 +192,7 @@ function pbSheetPayload_(spreadsheet, sheet, grid) {
   return payload;
 }
 
-/** The key/value rows of a sheet named promptbatch.conf (any case), as the CLI reads them. */
+/** The key/value rows of a sheet named promptbatch.conf (any case). */
 function pbConfRows_(spreadsheet) {
   var sheets = spreadsheet.getSheets();
   for (var i = 0; i < sheets.length; i++) {
@@ -204,70 +203,47 @@ function pbConfRows_(spreadsheet) {
   return [];
 }
 
-/**
- * Data rows (0-based) whose cells of this prompt column need an answer: the row is not blank,
- * and its answers cells are all empty or the first holds an error.
- */
-function pbPendingRows_(values, layout, step, ranges) {
+/** The sheet's merged ranges as [top, left, bottom, right, value], 0-based. */
+function pbMerged_(sheet) {
+  return sheet.getDataRange().getMergedRanges().map(function (range) {
+    return [range.getRow() - 1, range.getColumn() - 1, range.getLastRow() - 1,
+      range.getLastColumn() - 1, range.getDisplayValue()];
+  });
+}
+
+/** Display values of `count` rows from row `first` (0-based), every column of the sheet. */
+function pbRows_(sheet, first, count) {
+  return sheet.getRange(first + 1, 1, Math.max(1, count), Math.max(1, sheet.getLastColumn())).getDisplayValues();
+}
+
+/** Rows numbered `first` to `end` - 1. */
+function pbRowNumbers_(first, end) {
   var rows = [];
-  var kept = 0;
-  for (var r = layout.header_row + 1; r < values.length; r++) {
-    if (ranges && !ranges.some(function (span) { return r >= span[0] && r <= span[1]; })) continue;
-    var cells = values[r];
-    var blank = layout.columns.every(function (c) { return String(cells[c[0]] || '').trim() === ''; });
-    if (blank) continue;
-    var current = step.outputs.map(function (o) { return String(cells[o.col] || ''); });
-    var empty = current.every(function (v) { return v.trim() === ''; });
-    if (!empty && current[0].indexOf(PB.ERROR) !== 0) {
-      kept++;
-      continue;
-    }
-    rows.push(r);
-  }
-  return { rows: rows, kept: kept };
+  for (var r = first; r < end; r++) rows.push(r);
+  return rows;
 }
 
-/** The columns a prompt column's template sees: the inputs, then earlier answers. */
-function pbStepColumns_(layout, step) {
-  return layout.columns.concat(step.reads);
-}
-
-function pbRowValues_(values, columns, r) {
-  return columns.map(function (c) { return values[r][c[0]] === undefined ? '' : values[r][c[0]]; });
-}
-
-/** The /v1/complete (or /v1/preview) request for rows of one prompt column. */
-function pbStepPayload_(layout, step, values, rows) {
-  var columns = pbStepColumns_(layout, step);
-  var payload = {
-    template: step.template, origin: step.origin, uses: step.uses, options: layout.options,
-    headers: columns.map(function (c) { return c[1]; }),
-    rows: rows.map(function (r) { return pbRowValues_(values, columns, r); })
-  };
-  if (step.schema) payload.schema = step.schema;
-  return payload;
-}
-
-/** Creates the answers headers the sheet lacks, as text. */
-function pbWriteHeaders_(sheet, layout) {
-  layout.steps.forEach(function (step) {
-    step.outputs.forEach(function (o) {
-      if (!o.exists) pbWriteColumn_(sheet, o.col, [[layout.header_row, o.header]]);
-    });
-  });
+/** The rows among `rows` (0-based) that a person or a filter hides. */
+function pbHidden_(sheet, rows) {
+  return rows.filter(function (r) { return sheet.isRowHiddenByUser(r + 1) || sheet.isRowHiddenByFilter(r + 1); });
 }
 
 /**
- * Writes one prompt column's answers: text, or one typed value per field (an error string
- * goes to the first field's cell, and empties the others).
+ * Where the table is, by the first rows: its header row, its prompt columns, and whether a run
+ * leaves hidden rows out (then the script sends which of its rows are hidden).
  */
-function pbWriteAnswers_(sheet, step, cells) {
-  step.outputs.forEach(function (o, k) {
-    pbWriteColumn_(sheet, o.col, cells.map(function (cell) {
-      var answer = cell[1];
-      return [cell[0], Array.isArray(answer) ? answer[k] : (k === 0 ? answer : '')];
-    }));
+function pbLocate_(settings, spreadsheet, sheet, merged) {
+  var head = pbRows_(sheet, 0, Math.min(PB.HEAD_ROWS, sheet.getLastRow()));
+  return pbCall_(settings, '/v1/locate', pbSheetPayload_(spreadsheet, sheet, head, merged));
+}
+
+/** [row, col, value] cells (0-based), as the backend returns them, column by column in blocks. */
+function pbWriteCells_(sheet, cells) {
+  var byColumn = {};
+  cells.forEach(function (cell) {
+    (byColumn[cell[1]] = byColumn[cell[1]] || []).push([cell[0], cell[2]]);
   });
+  Object.keys(byColumn).forEach(function (col) { pbWriteColumn_(sheet, Number(col), byColumn[col]); });
 }
 
 /**
@@ -323,11 +299,16 @@ function pbRunSelected() {
   pbStart_(ranges.map(function (range) { return [range.getRow() - 1, range.getLastRow() - 1]; }));
 }
 
+/**
+ * A run's state between passes: the next row to send (`cursor`), rows whose answers came in
+ * part (`again`, sent again as such), rows of requests that failed (`retry`, sent again as
+ * new), the rows a new window takes (`window`) and the counts so far.
+ */
 function pbStart_(ranges) {
   var sheet = SpreadsheetApp.getActiveSpreadsheet().getActiveSheet();
   var job = {
-    sheetId: sheet.getSheetId(), ranges: ranges, step: 0, cursor: 0, stalls: 0, passes: 0,
-    answered: 0, cached: 0, failed: 0
+    sheetId: sheet.getSheetId(), ranges: ranges, cursor: -1, again: [], retry: [],
+    window: PB.CHUNK_ROWS, stalls: 0, passes: 0, answered: 0, cached: 0, failed: 0
   };
   pbPass_(job, true);
 }
@@ -379,86 +360,108 @@ function pbPass_(job, interactive) {
 }
 
 /**
- * Answers the sheet's prompt columns in running order, from the job's step and cursor on; a
- * later column reads the answers the earlier ones wrote. True when the run is complete,
- * false to continue in the next pass.
+ * Sends the sheet's rows in windows from the job's cursor on and writes the cells the backend
+ * returns: answers headers, answers, #ERROR cells, and a row's later prompt columns once the
+ * answers they use are back. True when the run is complete, false to continue in the next pass.
  */
 function pbWork_(job, started, save) {
   var spreadsheet = SpreadsheetApp.getActiveSpreadsheet();
   var sheet = pbSheetById_(spreadsheet, job.sheetId);
   if (!sheet) throw new Error('The sheet of this run no longer exists.');
   var settings = pbSettings_();
-  var layout = pbLocate_(settings, spreadsheet, sheet, sheet.getDataRange().getDisplayValues());
-  pbWriteHeaders_(sheet, layout);
-  var run = { sheet: sheet, settings: settings, layout: layout };
-  job.step = job.step || 0;
-  while (job.step < layout.steps.length) {
-    var values = sheet.getDataRange().getDisplayValues();
-    if (!pbWorkStep_(job, run, layout.steps[job.step], values, started, save)) return false;
-    job.step++;
-    job.cursor = 0;
-    save();
-  }
-  return true;
-}
-
-/** Answers one prompt column's rows from the cursor on; false when the pass runs out of time. */
-function pbWorkStep_(job, run, step, values, started, save) {
-  var spreadsheet = SpreadsheetApp.getActiveSpreadsheet();
-  var queue = pbPendingRows_(values, run.layout, step, job.ranges).rows
-    .filter(function (r) { return r >= job.cursor; });
-  while (queue.length) {
+  var merged = pbMerged_(sheet);
+  var layout = pbLocate_(settings, spreadsheet, sheet, merged);
+  if (job.cursor < 0) job.cursor = layout.header_row + 1;
+  var failure = '';
+  for (;;) {
+    var lastRow = sheet.getLastRow();
+    if (!pbMore_(job, lastRow)) return true;
     if (pbNow_() - started > PB.RUN_BUDGET_MS) return false;
-    var round = queue.splice(0, PB.CHUNK_ROWS * PB.PARALLEL);
-    var chunks = [];
-    for (var i = 0; i < round.length; i += PB.CHUNK_ROWS) chunks.push(round.slice(i, i + PB.CHUNK_ROWS));
+    var chunks = pbChunks_(job, lastRow);
+    // the rows down to the header row, read again: a new answers header is there now
+    var head = pbSheetPayload_(spreadsheet, sheet, pbRows_(sheet, 0, layout.header_row + 1), merged);
     var requests = chunks.map(function (chunk) {
-      var payload = pbStepPayload_(run.layout, step, values, chunk);
-      payload.wait_seconds = PB.ROUND_WAIT_S;
-      return pbRequest_(run.settings, '/v1/complete', payload);
+      return pbRequest_(settings, '/v1/run', pbWindow_(head, sheet, chunk, layout.skip_hidden));
     });
     var responses;
     try {
       responses = UrlFetchApp.fetchAll(requests);
     } catch (err) {
-      throw new Error('Cannot reach the backend at ' + run.settings.url + ': ' + err.message);
+      throw new Error('Cannot reach the backend at ' + settings.url + ': ' + err.message);
     }
-    var unanswered = [];
+    var progressed = false;
+    var work = 0;
     chunks.forEach(function (chunk, k) {
-      var answers = pbChunkAnswers_(job, responses[k], chunk.length);
-      var cells = [];
-      chunk.forEach(function (r, n) {
-        if (answers[n] === null) unanswered.push(r);
-        else cells.push([r, answers[n]]);
-      });
-      pbWriteAnswers_(run.sheet, step, cells);
+      var data = pbParse_(responses[k]);
+      if (data instanceof Error) {
+        if (data.status === 400 || data.status === 401 || data.status === 413) throw data;
+        failure = data.message;
+        Array.prototype.push.apply(chunk.resent ? job.again : job.retry, chunk.rows);
+        return;
+      }
+      pbWriteCells_(sheet, data.cells);
+      job.answered += data.answered;
+      job.cached += data.cached;
+      job.failed += data.failed;
+      progressed = progressed || data.pending.length < chunk.rows.length;
+      Array.prototype.push.apply(job.again, data.pending);
+      work = Math.max(work, data.answered + data.failed + data.pending.length);
     });
-    job.stalls = unanswered.length === round.length ? job.stalls + 1 : 0;
+    // Windows grow while the rows need few calls, so a rerun of a long sheet takes few rounds.
+    job.window = work < PB.CHUNK_ROWS / 2 ? Math.min(PB.MAX_WINDOW_ROWS, job.window * 4) : PB.CHUNK_ROWS;
+    job.stalls = progressed ? 0 : job.stalls + 1;
     if (job.stalls >= PB.MAX_STALLS) {
-      throw new Error('the backend answered no row in ' + PB.MAX_STALLS + ' rounds. Is the model slow or down?');
+      throw new Error('the backend answered no row in ' + PB.MAX_STALLS + ' rounds' +
+        (failure ? ' (' + failure + ')' : '') + '. Is the model slow or down? The answers so far ' +
+        'are in the sheet: run again to continue.');
     }
-    queue = unanswered.concat(queue);
-    job.cursor = queue.length ? Math.min.apply(null, queue) : round[round.length - 1] + 1;
     save();
-    spreadsheet.toast((job.answered + job.cached + job.failed) + ' cells answered (' + step.name + ')...', PB.TITLE, 5);
+    spreadsheet.toast((job.answered + job.cached + job.failed) + ' cells answered...', PB.TITLE, 5);
   }
-  return true;
 }
 
-/** One chunk's answers (null: not ready, ask again); a failed request fails its rows only. */
-function pbChunkAnswers_(job, response, size) {
-  var data = pbParse_(response);
-  var answers = [];
-  if (data instanceof Error) {
-    if (data.status === 400 || data.status === 401 || data.status === 413) throw data;
-    for (var i = 0; i < size; i++) answers.push(PB.ERROR + ' ' + data.message);
-    job.failed += size;
-    return answers;
+/**
+ * The next round's windows of rows: those of failed requests, those whose answers came in part
+ * (sent as `resent`: their #ERROR cells are this run's answers), then new rows from the cursor,
+ * within the selection when there is one.
+ */
+function pbChunks_(job, lastRow) {
+  var chunks = [];
+  var take = function (rows, resent) {
+    while (rows.length && chunks.length < PB.PARALLEL) chunks.push({ rows: rows.splice(0, PB.CHUNK_ROWS), resent: resent });
+  };
+  take(job.retry, false);
+  take(job.again, true);
+  while (chunks.length < PB.PARALLEL && job.cursor < lastRow) {
+    var rows = [];
+    for (; rows.length < job.window && job.cursor < lastRow; job.cursor++) {
+      if (pbSelected_(job.ranges, job.cursor)) rows.push(job.cursor);
+    }
+    if (rows.length) chunks.push({ rows: rows, resent: false });
   }
-  job.answered += data.answered;
-  job.cached += data.cached;
-  job.failed += data.failed;
-  return data.answers;
+  return chunks;
+}
+
+/** Whether any row is left to send. */
+function pbMore_(job, lastRow) {
+  return job.retry.length > 0 || job.again.length > 0 || (job.cursor < lastRow &&
+    (!job.ranges || job.ranges.some(function (span) { return span[1] >= job.cursor; })));
+}
+
+function pbSelected_(ranges, row) {
+  return !ranges || ranges.some(function (span) { return row >= span[0] && row <= span[1]; });
+}
+
+/** The /v1/run request for a window: the rows down to the header row, then the window's rows. */
+function pbWindow_(head, sheet, chunk, skipHidden) {
+  var rows = chunk.rows.slice().sort(function (a, b) { return a - b; });
+  var values = pbRows_(sheet, rows[0], rows[rows.length - 1] - rows[0] + 1);
+  var payload = Object.assign({}, head, {
+    row_numbers: rows, rows: rows.map(function (r) { return values[r - rows[0]]; }),
+    resent: chunk.resent, wait_seconds: PB.ROUND_WAIT_S
+  });
+  if (skipHidden) payload.hidden = pbHidden_(sheet, rows);
+  return payload;
 }
 
 function pbSchedule_(ms) {
@@ -484,50 +487,63 @@ function pbTell_(message, interactive) {
 
 // ----------------------------------------------------------------------------- preview
 
-/** Menu: rows to send, rows kept, the first prompts and the estimated cost; calls no model. */
+/**
+ * Menu: what a run would send and cost, as `promptbatch preview` says it (the backend plans the
+ * sheet, with its cache and its calibration); calls no model. A sheet longer than PREVIEW_ROWS
+ * sends its first rows, and the backend scales the counts to the rest.
+ */
 function pbPreview() {
   var ui = SpreadsheetApp.getUi();
   try {
     var spreadsheet = SpreadsheetApp.getActiveSpreadsheet();
     var sheet = spreadsheet.getActiveSheet();
     var settings = pbSettings_();
-    var values = sheet.getDataRange().getDisplayValues();
-    var layout = pbLocate_(settings, spreadsheet, sheet, values);
-    var step = layout.steps[0];
-    var pending = pbPendingRows_(values, layout, step, null);
-    var payload = pbStepPayload_(layout, step, values, pending.rows.slice(0, PB.PREVIEW_ROWS));
-    payload.total = pending.rows.length;
+    var merged = pbMerged_(sheet);
+    var layout = pbLocate_(settings, spreadsheet, sheet, merged);
+    var count = Math.min(sheet.getLastRow(), PB.PREVIEW_ROWS);
+    var payload = pbSheetPayload_(spreadsheet, sheet, pbRows_(sheet, 0, count), merged);
+    payload.last_row = sheet.getLastRow() - 1;
     payload.first = 3;
-    var data = pbCall_(settings, '/v1/preview', payload);
-    var e = data.estimate;
-    var lines = [
-      'Template: ' + step.origin + '; answers go to ' + pbColumnNames_(step) + '.',
-      'Model: ' + data.model,
-      'Rows to answer: ' + data.rows + ' (' + pending.kept + ' already answered are kept).',
-      'From the cache: ' + data.cached + (data.sample < data.rows ? ' of the first ' + data.sample : '') +
-        '; to send: ' + data.to_send + '.',
-      'Estimate: ' + e.prompt_tokens + ' tokens in, ' + e.completion_tokens + ' out, ' +
-        (e.cost_usd === null ? 'cost unknown' : '$' + e.cost_usd.toFixed(4)) +
-        ', about ' + Math.ceil(e.seconds) + ' s.'
-    ];
-    if (layout.steps.length > 1) {
-      lines.push('These counts are for "' + step.name + '"; then come ' + layout.steps.slice(1).map(function (later) {
-        return '"' + later.name + '"' + (later.uses.length ? ' (uses ' + later.uses.join(', ') + ')' : '');
-      }).join(', ') + '.');
-    }
-    if (data.render_errors) lines.push(data.render_errors + ' rows fail to render, e.g. ' + data.first_error);
-    data.first_prompts.forEach(function (prompt, n) {
-      lines.push('', 'Prompt ' + (n + 1) + ':', prompt.length > 500 ? prompt.slice(0, 500) + '...' : prompt);
-    });
-    ui.alert('PromptBatch preview', lines.join('\n'), ui.ButtonSet.OK);
+    if (layout.skip_hidden) payload.hidden = pbHidden_(sheet, pbRowNumbers_(layout.header_row + 1, count));
+    ui.alert('PromptBatch preview', pbPreviewLines_(pbCall_(settings, '/v1/preview', payload)).join('\n'), ui.ButtonSet.OK);
   } catch (err) {
     ui.alert('PromptBatch', err.message, ui.ButtonSet.OK);
   }
 }
 
-function pbColumnNames_(step) {
-  var names = step.outputs.map(function (o) { return '"' + o.header + '"'; });
-  return (names.length > 1 ? 'columns ' : 'column ') + names.join(', ');
+/** The preview's lines, in the order `promptbatch preview` prints them. */
+function pbPreviewLines_(data) {
+  var money = function (usd) { return usd === null ? 'unknown' : '$' + usd.toFixed(4); };
+  var quoted = function (names) { return names.map(function (n) { return '"' + n + '"'; }).join(', '); };
+  var chained = data.steps.length > 1;
+  var lines = ['Sheet ' + data.sheet + ', model ' + data.model + ' at ' + data.server + '.'];
+  data.steps.forEach(function (step) {
+    lines.push((chained ? '"' + step.name + '": ' : '') + 'template ' + step.origin +
+      (step.uses.length ? ', uses the answers of ' + quoted(step.uses) : '') + '; answers go to ' +
+      step.outputs.map(function (o) { return '"' + o.header + '" at ' + o.cell + (o.exists ? '' : ' (new column)'); }).join(', ') + '.');
+  });
+  lines.push('Rows: ' + data.rows + ' in the table, ' + data.kept + ' already answered, ' + data.cached +
+    ' answered from cache, ' + data.to_send + ' to send (' + data.unique_prompts + ' distinct prompts' +
+    (data.waiting ? ' now, ' + data.waiting + ' once the answers they use are back' : '') + ').' +
+    (data.sampled ? ' Counted on the first ' + PB.PREVIEW_ROWS + ' rows, scaled to the sheet.' : ''));
+  data.refusals.forEach(function (refusal) {
+    lines.push('Row ' + (refusal[0] + 1) + (chained ? ' ("' + refusal[1] + '")' : '') + ' will not be sent: ' + refusal[2] + '.');
+  });
+  var e = data.estimate;
+  var most = e.cost_max_usd !== null && e.cost_max_usd > (e.cost_usd || 0) ? ' (at most ' + money(e.cost_max_usd) + ')' : '';
+  lines.push('Estimate: ~' + e.prompt_tokens + ' prompt tokens + ~' + e.completion_tokens + ' answer tokens (up to ' +
+    e.completion_tokens_max + (data.max_tokens ? ' at max_tokens ' + data.max_tokens : '') + '), cost ' +
+    money(e.cost_usd) + most + ', about ' + Math.ceil(e.seconds) + ' s. No model was called.');
+  if (e.batch_cost_usd !== null) {
+    lines.push('Through the provider\'s Batch API (Submit as batch: half price, answers within a day) it would cost ' +
+      money(e.batch_cost_usd) + '.');
+  }
+  lines.push('Token counts estimated from ' + e.basis + '.');
+  data.first_prompts.forEach(function (first) {
+    var prompt = first[1];
+    lines.push('', 'Prompt for row ' + (first[0] + 1) + ':', prompt.length > 500 ? prompt.slice(0, 500) + '...' : prompt);
+  });
+  return lines;
 }
 
 // ----------------------------------------------------------------------------- =PROMPTBATCH
@@ -555,7 +571,7 @@ function PROMPTBATCH(template, table, headers, fields) {
     var rows = withHeaders ? grid : grid.slice(1);
     var spec = pbFieldsSpec_(fields);
     var answers = pbAnswerRows_(pbSettings_(), template, head, rows, spec);
-    if (spec) return answers.length ? answers.map(function (a) { return pbFieldCells_(a, spec); }) : '';
+    if (spec) return answers.length ? answers : '';
     if (withHeaders && answers.length === 1) return answers[0];
     return answers.length ? answers.map(function (a) { return [a]; }) : '';
   } catch (err) {
@@ -568,15 +584,6 @@ function pbFieldsSpec_(fields) {
   if (fields === undefined || fields === null) return '';
   var parts = Array.isArray(fields) ? pbGrid_(fields).reduce(function (all, row) { return all.concat(row); }, []) : [fields];
   return parts.map(function (f) { return String(f).trim(); }).filter(Boolean).join(', ');
-}
-
-/** A row of cells for one structured answer: its values, or the reason in the first cell. */
-function pbFieldCells_(answer, spec) {
-  if (Array.isArray(answer)) return answer;
-  var width = spec.split(/,(?![^(]*\))/).length;
-  var row = [answer];
-  while (row.length < width) row.push('');
-  return row;
 }
 
 function pbGrid_(value) {
@@ -595,8 +602,10 @@ function pbCell_(value) {
 }
 
 /**
- * Answers from the script cache first, then one backend call for the rest (within 30 s). With
- * `fields` an answer is a list of typed values, kept in the cache as JSON.
+ * Answers from the script cache first, then one backend call for the rest (within 30 s): the
+ * backend plans the rows by the command line's rules (blank rows, #N/A cells, fields) and
+ * returns each row's cells. With `fields` an answer is a list of typed values (the reason in
+ * the first when it failed), kept in the cache as JSON; failures are not kept.
  */
 function pbAnswerRows_(settings, template, head, rows, fields) {
   var cache = CacheService.getDocumentCache() || CacheService.getScriptCache();
@@ -612,10 +621,7 @@ function pbAnswerRows_(settings, template, head, rows, fields) {
     var found = cache.getAll(keys.slice(i, i + PB.CACHE_BATCH));
     Object.keys(found).forEach(function (k) { hits[k] = fields ? JSON.parse(found[k]) : found[k]; });
   }
-  var answers = keys.map(function (k, n) {
-    if (cells[n].every(function (v) { return String(v).trim() === ''; })) return '';
-    return Object.prototype.hasOwnProperty.call(hits, k) ? hits[k] : null;
-  });
+  var answers = keys.map(function (k) { return Object.prototype.hasOwnProperty.call(hits, k) ? hits[k] : null; });
   var missing = [];
   answers.forEach(function (a, n) { if (a === null) missing.push(n); });
   if (!missing.length) return answers;
@@ -625,15 +631,17 @@ function pbAnswerRows_(settings, template, head, rows, fields) {
   };
   if (fields) payload.fields = fields;
   var data = pbCall_(settings, '/v1/complete', payload);
+  var late = PB.ERROR + ' no answer within ' + PB.FORMULA_WAIT_S + ' s (answers so far are saved: ' +
+    're-enter the formula to continue, or use PromptBatch > Run batch for a big table).';
   var fresh = {};
   missing.forEach(function (n, j) {
     var answer = data.answers[j];
     if (answer === null) {
-      answer = PB.ERROR + ' no answer within ' + PB.FORMULA_WAIT_S + ' s (answers so far are saved: ' +
-        're-enter the formula to continue, or use PromptBatch > Run batch for a big table).';
+      answer = data.fields ? [late].concat(data.fields.slice(1).map(function () { return ''; })) : late;
     } else {
-      var kept = Array.isArray(answer) ? JSON.stringify(answer) : answer;
-      if (kept && kept.indexOf(PB.ERROR) !== 0 && kept.length <= PB.CACHE_MAX_CHARS) fresh[keys[n]] = kept;
+      var first = String(Array.isArray(answer) ? answer[0] : answer);
+      var kept = fields ? JSON.stringify(answer) : answer;
+      if (first.indexOf(PB.ERROR) !== 0 && kept.length <= PB.CACHE_MAX_CHARS) fresh[keys[n]] = kept;
     }
     answers[n] = answer;
   });

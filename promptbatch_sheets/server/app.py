@@ -23,7 +23,7 @@ from starlette.routing import Route
 from ..errors import BadRequest, PromptBatchError
 from ..settings import Settings, resolve
 from ..store import Store
-from . import batchapi, rows
+from . import batchapi, formula, menu
 from .backend import Backend, load_token, token_path
 from .checks import bounded_body
 from .sheet import layout, sheet_request
@@ -124,9 +124,10 @@ def create_app(token: str, settings: Settings | None = None,
             await backend.close()
 
     app = Starlette(lifespan=lifespan, routes=[
-        _route("/v1/complete", rows.complete, secret),
-        _route("/v1/preview", rows.preview, secret),
+        _route("/v1/complete", formula.complete, secret),
         _route("/v1/locate", find_table, secret),
+        _route("/v1/run", menu.run_rows, secret),
+        _route("/v1/preview", menu.preview, secret),
         _route("/v1/batch/submit", batch_submit, secret),
         _route("/v1/batch/collect", batch_collect, secret),
         _route("/v1/health", health, secret, method="GET"),

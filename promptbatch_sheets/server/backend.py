@@ -4,18 +4,23 @@ the bearer token that guards them."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import secrets
-from collections.abc import AsyncIterator, Mapping
+from collections.abc import AsyncIterator
 from contextlib import AsyncExitStack, asynccontextmanager
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
 
 from .. import runner, userconfig
+from ..engine import RowResult
 from ..inflight import InFlight
-from ..providers import Params, Provider, require_model
+from ..plan import Plan
+from ..providers import Provider, require_model
+from ..runner import Prepared
 from ..settings import Settings
 from ..store import Store
+from ..surfaces.base import Surface
 
 TOKEN_FILE = "serve-token"
 
@@ -44,6 +49,38 @@ def load_token(path: Path | None = None) -> tuple[str, bool]:
     return token, True
 
 
+@dataclass
+class Tally:
+    """What one request's answers came to, and which prompts have none yet."""
+
+    answered: int = 0
+    cached: int = 0
+    failed: int = 0
+    settled: set[tuple[int, int]] = field(default_factory=set)
+    """(row, step) of every prompt settled, with an answer or an error."""
+
+    def add(self, result: RowResult) -> None:
+        self.settled.add((result.row, result.step))
+        if result.cached:
+            self.cached += 1
+        elif result.ok:
+            self.answered += 1
+        else:
+            self.failed += 1
+
+    def pending(self, plan: Plan) -> list[int]:
+        """Rows with a prompt not settled within the wait (its answer is stored when it
+        comes: asking again gets it from the cache)."""
+        asked = {(j.row, j.step) for j in plan.jobs}
+        asked.update((row, step) for row, steps in plan.waiting.items() for step in steps)
+        return sorted({row for row, _ in asked - self.settled})
+
+    def counts(self, plan: Plan) -> dict[str, int]:
+        """The counts a reply carries; refused prompts count as failed."""
+        return {"answered": self.answered, "cached": self.cached,
+                "failed": self.failed + len(plan.refused)}
+
+
 class Backend:
     """What all requests share: the model, the cache, and one provider opened on first need."""
 
@@ -70,13 +107,22 @@ class Backend:
                 self._provider = await self._stack.enter_async_context(self._open())
         yield self._provider
 
+    async def answer(self, prepared: Prepared, surface: Surface,
+                     wait: float | None) -> Tally:
+        """Answer a planned sheet into ``surface`` (caught cells) through the shared
+        provider and the prompts in flight, for at most ``wait`` seconds: answers that come
+        later are still stored, and a request asking again gets them from the cache."""
+        writer = runner.writer_for(prepared, surface)
+        tally = Tally()
+        job = runner.answer(prepared, writer, self.store, self.connect, on_result=tally.add,
+                            shared=self.in_flight)
+        with contextlib.suppress(asyncio.TimeoutError):
+            await asyncio.wait_for(job, wait)
+        writer.flush()
+        return tally
+
     async def close(self) -> None:
         self.in_flight.close()
         await self._stack.aclose()
         self._provider = None
         self.store.close()
-
-    def params(self, options: Mapping[str, Any]) -> Params:
-        s = self.settings
-        return Params(options.get("temperature", s.temperature),
-                      options.get("max_tokens", s.max_tokens), options.get("system", s.system))

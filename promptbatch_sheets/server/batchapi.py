@@ -3,8 +3,8 @@
 The script sends the whole sheet (its values, the promptbatch.conf rows, the named template);
 the server plans it as ``promptbatch run --via batch`` does and hands it to ``batchapi``,
 whose journal lives in the server's store, so a collect works after a restart of either side.
-The sheet writes ``batchapi`` makes are caught by a surface that only keeps the cells, and go
-back to the script, which writes them: the server never touches the spreadsheet.
+The sheet writes ``batchapi`` makes are caught (``surfaces.caught``) and go back to the
+script, which writes them: the server never touches the spreadsheet.
 
 Batch API clients block and ``runner.run`` starts an event loop of its own, so both run in a
 worker thread, on a store connection of their own.
@@ -13,56 +13,25 @@ worker thread, on a store connection of their own.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from contextlib import closing
 from pathlib import Path
 from typing import Any
 
 from .. import batchapi
 from ..batchapi import Collected
-from ..cells import fit_cell
-from ..errors import ConfigError, WorkbookError
+from ..cells import GOOGLE_CELL_LIMIT
+from ..errors import ConfigError
 from ..providers import ModelSpec, require_batch_api
 from ..report import progress
 from ..settings import Settings
 from ..store import Store
 from ..store.journal import Job
-from ..surfaces.base import Cell, SheetData
-from ..table import Grid
+from ..surfaces.caught import CaughtCells
 from .sheet import SentSheet, prepared, sheet_request
 
 MAX_SHEET_ROWS = 100_000
 """Rows of a sheet sent whole for a Batch API job; the request's size limit applies as well."""
-CELL_LIMIT = 50_000
-
-
-class CaughtCells:
-    """A surface that keeps what is written to it, for the script to write into the sheet."""
-
-    plain_text = False
-
-    def __init__(self, data: SheetData) -> None:
-        self.data = data
-        self.cells: list[Cell] = []
-
-    def read(self) -> SheetData:
-        return self.data
-
-    def cell_text(self, ref: str) -> str:
-        raise WorkbookError("The Sheets menu sends its template; a cell reference is not read.")
-
-    def ready(self) -> None:
-        """The script writes the cells; nothing here can fail before a paid answer."""
-
-    def previous(self) -> Grid | None:
-        """None: the script writes into the sheet, which already holds the earlier answers."""
-        return None
-
-    def write(self, cells: Sequence[Cell]) -> None:
-        self.cells += cells
-
-    def close(self) -> None:
-        """Nothing to flush: the cells go back in the reply."""
 
 
 def check_model(spec: ModelSpec) -> None:
@@ -94,7 +63,7 @@ Action = Callable[[SentSheet, CaughtCells, Store], tuple[list[Job], Collected]]
 
 
 def _in_store(path: Path, sent: SentSheet, action: Action) -> dict[str, Any]:
-    caught = CaughtCells(sent.data)
+    caught = CaughtCells(sent.data, GOOGLE_CELL_LIMIT)
     with closing(Store(path)) as store:
         new, collected = action(sent, caught, store)
     summary = collected.summary
@@ -103,8 +72,7 @@ def _in_store(path: Path, sent: SentSheet, action: Action) -> dict[str, Any]:
         "new_jobs": [job.id for job in new],
         "estimate_usd": _total([job.estimate_usd for job in new]),
         "jobs": [_job(job) for job in collected.jobs],
-        "cells": [[row, col, fit_cell(v, CELL_LIMIT) if isinstance(v, str) else v]
-                  for row, col, v in caught.cells],
+        "cells": [list(cell) for cell in caught.cells],
         "answered": summary.cached,
         "failed": summary.failed,
         "waiting": collected.waiting,

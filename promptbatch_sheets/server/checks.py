@@ -64,12 +64,6 @@ def row_grid(value: Any, name: str, max_rows: int = MAX_ROWS) -> list[list[Scala
     return [cell_list(row, f"each row of {name}") for row in value]
 
 
-def text_list(value: Any, name: str) -> list[str]:
-    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
-        raise BadRequest(f"{name} must be a list of texts.")
-    return value
-
-
 def sampling_options(value: Any) -> dict[str, Any]:
     """Sampling options a sheet may set; each is part of the answer's cache key."""
     options = body_fields(value if value is not None else {}, set(), SAMPLING)

@@ -1,4 +1,4 @@
-"""Spreadsheet surfaces: one file per kind of sheet, each implementing ``sheet.Surface``."""
+"""Spreadsheet surfaces: one file per kind of sheet, each a ``base.Surface``."""
 
 from __future__ import annotations
 

@@ -9,11 +9,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from ..cells import fit_cell
 from ..errors import WorkbookError
 from ..table import Grid, cell_name
 from ..template import MAX_RENDERED_CHARS, display
-from .base import Cell, SheetData
+from .base import Cell, SheetData, Surface
 from .files import OutputLock, SaveSchedule, atomic_write, check_readable, default_output
 
 CELL_LIMIT = MAX_RENDERED_CHARS
@@ -24,8 +23,10 @@ MAX_ROWS = 1_048_576
 """Rows of a CSV file: as many as an Excel sheet holds."""
 
 
-class CsvSurface:
+class CsvSurface(Surface):
     plain_text = True
+    cell_limit = CELL_LIMIT
+    output: Path
 
     def __init__(self, path: Path, output: Path | None = None) -> None:
         check_readable(path)
@@ -96,10 +97,6 @@ class CsvSurface:
         return WorkbookError(f"{self.path} is not UTF-8 text (line {line}). Save it as "
                              "'CSV UTF-8' and try again.")
 
-    def cell_text(self, ref: str) -> str:
-        raise WorkbookError(f"--template-cell {ref} needs a workbook; a CSV file has no cell "
-                            "names. Use --template or --template-file.")
-
     def ready(self) -> None:
         self._lock.hold()
 
@@ -116,8 +113,7 @@ class CsvSurface:
         for row, col, value in cells:
             cells_in_row = self._rows[row]
             cells_in_row.extend([""] * (col + 1 - len(cells_in_row)))
-            cells_in_row[col] = fit_cell(value, CELL_LIMIT) if isinstance(value, str) \
-                else display(value)
+            cells_in_row[col] = self.fit(value) if isinstance(value, str) else display(value)
         self._dirty = True
         self._schedule.maybe(self._save)
 

@@ -16,15 +16,23 @@ from typing import Any
 import xlwings as xw
 
 from .. import batchapi, runner
-from ..cells import CellValue, fit_cell
+from ..cells import EXCEL_CELL_LIMIT, CellValue, fit_cell
 from ..engine import RowResult, Summary
-from ..errors import PromptBatchError, WorkbookError
+from ..errors import ConfigError, PromptBatchError, WorkbookError
 from ..settings import Via
 from ..store import Store
-from ..table import Bounds, Grid, TemplateText, quote_sheet
+from ..table import Bounds, TemplateText, quote_sheet
 from ..template import display
-from .base import CONF_SHEET, TEMPLATE_NAME, Cell, Conf, SheetData, conf_settings
-from .xlsx import EXCEL_CELL_LIMIT
+from .base import (
+    CONF_SHEET,
+    TEMPLATE_NAME,
+    Cell,
+    Conf,
+    SheetData,
+    Surface,
+    conf_settings,
+    fill_merged,
+)
 
 TEXT_PREFIX = "'"
 """Excel keeps what follows an apostrophe as text (=, +, -, @, numbers, dates) and hides it.
@@ -47,22 +55,52 @@ def blocks(cells: Sequence[Cell]) -> list[tuple[int, int, list[CellValue]]]:
     return runs
 
 
+CELL_LIMIT = EXCEL_CELL_LIMIT - len(TEXT_PREFIX)
+"""The longest text an entry holds: Excel counts the prefix."""
+
+
 def entry(value: CellValue) -> CellValue:
     """What to put in a cell so that Excel stores ``value`` as what it is: a string as text,
     whatever it looks like; a number or a boolean as Excel's own."""
     if not isinstance(value, str):
         return value
-    text = fit_cell(value, EXCEL_CELL_LIMIT - len(TEXT_PREFIX))  # the entry counts the prefix
+    text = fit_cell(value, CELL_LIMIT)
     return TEXT_PREFIX + text if text else ""
 
 
-def _grid(sheet: xw.Sheet) -> list[list[Any]]:
-    """The used range in one read, padded so that indexes are sheet coordinates from A1."""
+def _grid(sheet: xw.Sheet) -> list[Sequence[Any]]:
+    """The used range in one read, padded so that indexes are sheet coordinates from A1.
+    Error values read as their text (``#N/A``), as a file's do: xlwings would make them
+    empty cells, and the prompt would silently lack them."""
     used = sheet.used_range
-    values: list[list[Any]] = used.options(ndim=2).value
+    values: list[list[Any]] = used.options(ndim=2, err_to_str=True).value
     top, left = used.row - 1, used.column - 1
     width = left + max((len(row) for row in values), default=0)
-    return [[None] * width for _ in range(top)] + [[None] * left + list(r) for r in values]
+    grid: list[Sequence[Any]] = [[None] * width for _ in range(top)]
+    return grid + [[None] * left + list(r) for r in values]
+
+
+def _bounds(rng: xw.Range) -> Bounds:
+    rows, cols = rng.shape
+    return Bounds(rng.row - 1, rng.column - 1, rng.row + rows - 2, rng.column + cols - 2)
+
+
+def _merged(rng: xw.Range) -> set[Bounds]:
+    """The merged areas in ``rng``, found by halving it: a part without any costs one call,
+    so a sheet without merged cells costs one."""
+    if rng.merge_cells is False:  # True: all merged; None: some
+        return set()
+    corner = rng[0, 0].merge_area
+    area, part = _bounds(corner), _bounds(rng)
+    if area.top <= part.top and area.left <= part.left and area.bottom >= part.bottom \
+            and area.right >= part.right:
+        return {area}
+    rows, cols = rng.shape
+    if rows > 1:
+        halves = (rng[:rows // 2, :], rng[rows // 2:, :])
+    else:
+        halves = (rng[:, :cols // 2], rng[:, cols // 2:])
+    return _merged(halves[0]) | _merged(halves[1])
 
 
 def _read_setting(app: xw.App, name: str) -> Any:
@@ -73,14 +111,15 @@ def _read_setting(app: xw.App, name: str) -> Any:
         return None
 
 
-class ExcelSurface:
+class ExcelSurface(Surface):
     """One sheet of an open workbook."""
 
-    plain_text = False
+    cell_limit = CELL_LIMIT
 
     def __init__(self, book: xw.Book, sheet: str | None = None) -> None:
         self.book = book
         self.sheet = self._pick_sheet(sheet)
+        self.output = f"{self.sheet.name!r} in {self.book.name}"
         self._table: Any = None
         self._bounds: Bounds | None = None
 
@@ -103,9 +142,34 @@ class ExcelSurface:
     def read(self) -> SheetData:
         self._bounds = self._table_bounds()
         conf = self._conf()
-        return SheetData(name=self.sheet.name, grid=_grid(self.sheet),
+        grid = _grid(self.sheet)
+        merged = self._merged()
+        fill_merged(grid, merged)
+        return SheetData(name=self.sheet.name, grid=grid,
                          template=self._defined_template(), bounds=self._bounds,
-                         settings=conf.settings, setting_cells=conf.cells)
+                         settings=conf.settings, setting_cells=conf.cells, merged=merged)
+
+    def _merged(self) -> tuple[Bounds, ...]:
+        """The sheet's merged ranges. xlwings' remote engine (the tests' stand-in for Excel)
+        cannot read them; desktop Excel, which the ribbon runs in, can."""
+        try:
+            return tuple(sorted(_merged(self.sheet.used_range),
+                                key=lambda b: (b.top, b.left)))
+        except NotImplementedError:
+            return ()
+
+    def hidden_rows(self, data: SheetData) -> frozenset[int]:
+        """Each row's Hidden flag (xlwings' ``rows.hidden``): one call per row of the used
+        range, so it is read only when a run skips hidden rows."""
+        used = self.sheet.used_range
+        try:
+            return frozenset(used.row - 1 + i for i, row in enumerate(used.rows)
+                             if row.rows.hidden)
+        except NotImplementedError:
+            raise ConfigError(
+                "skip_hidden is set, but this Excel cannot tell which rows are hidden "
+                "(xlwings reads row visibility from desktop Excel only). Turn skip_hidden off "
+                f"in the {CONF_SHEET} sheet, or delete the rows to leave out.") from None
 
     def _defined_template(self) -> TemplateText | None:
         """The name ``prompt_template``: the run sheet's own name wins over the workbook's."""
@@ -151,13 +215,6 @@ class ExcelSurface:
             raise WorkbookError(f"{ref} is not a cell reference; write it like 'Sheet 1'!B2.")
         return display(self.book.sheets[sheet].range(coord.replace("$", "")).value)
 
-    def ready(self) -> None:
-        """Nothing to prove in advance: Excel itself refuses a protected cell, and says so."""
-
-    def previous(self) -> Grid | None:
-        """None: the answers go into the sheet itself, which already holds the earlier ones."""
-        return None
-
     def write(self, cells: Sequence[Cell]) -> None:
         """One range assignment per block, drawn while screen updating is off."""
         with _no_screen_updating(self.book.app):
@@ -182,8 +239,6 @@ class ExcelSurface:
                                             (b.bottom + 1, b.right + 1 + grow)))
         self._bounds = Bounds(b.top, b.left, b.bottom, b.right + grow)
 
-    def close(self) -> None:
-        """Nothing to flush: every block is in the workbook once written."""
 
 
 @contextmanager

@@ -24,13 +24,21 @@ from openpyxl.utils import get_column_letter
 from requests import Response
 from requests.exceptions import RequestException
 
-from ..cells import CellValue, fit_cell
+from ..cells import GOOGLE_CELL_LIMIT, CellValue
 from ..errors import WorkbookError
-from ..table import Grid, TemplateText, quote_sheet
-from .base import CONF_SHEET, TEMPLATE_NAME, Cell, Conf, SheetData, conf_settings
+from ..table import Bounds, TemplateText, quote_sheet
+from .base import (
+    CONF_SHEET,
+    TEMPLATE_NAME,
+    Cell,
+    Conf,
+    SheetData,
+    Surface,
+    conf_settings,
+    fill_merged,
+)
 from .gsheets_auth import Login, login
 
-GOOGLE_CELL_LIMIT = 50_000
 PACE_SECONDS = 2.0
 """Least time from a write request's answer to the next one: under 30 a minute (Google: 60)."""
 API_URL_ENV = "PROMPTBATCH_SHEETS_API_URL"
@@ -41,7 +49,10 @@ BACKOFF_BASE_S = 1.0
 BACKOFF_CAP_S = 64.0
 TIMEOUT_S = 120.0
 META_FIELDS = ("properties.title,namedRanges(name,range),"
-               "sheets.properties(sheetId,title,index,gridProperties(rowCount,columnCount))")
+               "sheets(properties(sheetId,title,index,gridProperties(rowCount,columnCount)),"
+               "merges)")
+HIDDEN_FIELDS = "sheets.data.rowMetadata(hiddenByUser,hiddenByFilter)"
+"""A row is hidden by a person (right-click, Hide row) or by a filter (filter views aside)."""
 # Numbers stay numbers (as the xlsx surface reads them, so both render the same prompt and share
 # the cache); dates come as the user sees them rather than as serial numbers.
 READ_PARAMS: dict[str, str] = {"valueRenderOption": "UNFORMATTED_VALUE",
@@ -103,10 +114,10 @@ def _backoff(attempt: int, retry_after: str | None) -> float:
     return wait
 
 
-class GSheetSurface:
+class GSheetSurface(Surface):
     """One sheet of a Google spreadsheet; credentials as ``gsheets_auth.login`` finds them."""
 
-    plain_text = False
+    cell_limit = GOOGLE_CELL_LIMIT
 
     def __init__(self, ref: str, sheet: str | None = None,
                  credentials: str | None = None) -> None:
@@ -114,7 +125,6 @@ class GSheetSurface:
         self.sheet_name = sheet or ref_sheet
         self._login: Login = login(credentials)
         self._http = Client(self._login.credentials, http_client=SheetsHTTPClient).http_client
-        self.output: str | None = None
         self._title = ""
         self._sheet_id = 0
         self._columns = 0
@@ -132,6 +142,7 @@ class GSheetSurface:
             self.key, params={"includeGridData": "false", "fields": META_FIELDS}))
         sheets = [s["properties"] for s in meta.get("sheets", [])]
         props = self._pick_sheet(sheets)
+        merges = next(s.get("merges", []) for s in meta["sheets"] if s["properties"] is props)
         self._title, self._sheet_id = props["title"], props.get("sheetId", 0)
         self._columns = props.get("gridProperties", {}).get("columnCount", 0)
         self.output = (f"https://docs.google.com/spreadsheets/d/{self.key}/edit"
@@ -150,8 +161,24 @@ class GSheetSurface:
             template = TemplateText(_first(values[-1]), f"{template_ref} (the name "
                                     f"{TEMPLATE_NAME})")
         found = conf_settings(values[1], conf) if conf is not None else Conf({}, {})
-        return SheetData(name=self._title, grid=values[0], template=template,
-                         settings=found.settings, setting_cells=found.cells)
+        grid: list[Sequence[Any]] = values[0]
+        merged = tuple(_bounds(m) for m in merges)
+        fill_merged(grid, merged)
+        return SheetData(name=self._title, grid=grid, template=template,
+                         settings=found.settings, setting_cells=found.cells, merged=merged)
+
+    def hidden_rows(self, data: SheetData) -> frozenset[int]:
+        """One metadata request for the rows read: hidden by a person or by a filter."""
+        rows = f"{quote_sheet(self._title)}!A1:A{max(1, len(data.grid))}"
+        meta = self._call(lambda: self._http.fetch_sheet_metadata(
+            self.key, params={"ranges": rows, "fields": HIDDEN_FIELDS}))
+        hidden: set[int] = set()
+        for sheet in meta.get("sheets", []):
+            for part in sheet.get("data", []):
+                start = part.get("startRow", 0)  # proto3 JSON leaves out zeros
+                hidden.update(start + i for i, row in enumerate(part.get("rowMetadata", []))
+                              if row.get("hiddenByUser") or row.get("hiddenByFilter"))
+        return frozenset(hidden)
 
     def _pick_sheet(self, sheets: list[dict[str, Any]]) -> dict[str, Any]:
         if self.sheet_name is not None:
@@ -192,14 +219,6 @@ class GSheetSurface:
         return _first(got.get("values", []))
 
     # ---------------------------------------------------------------- writing
-
-    def ready(self) -> None:
-        """Nothing to prove in advance: a sheet shared read-only fails on the first write,
-        with a message that says whom to share it with."""
-
-    def previous(self) -> Grid | None:
-        """None: the answers go into the sheet itself, which already holds the earlier ones."""
-        return None
 
     def write(self, cells: Sequence[Cell]) -> None:
         """Queue a block; the sender thread takes everything queued when its turn comes."""
@@ -261,9 +280,7 @@ class GSheetSurface:
             if run and (col != run[-1][1] or row != run[-1][0] + 1):
                 data.append(self._value_range(run))
                 run = []
-            value = latest[row, col]
-            run.append((row, col, fit_cell(value, GOOGLE_CELL_LIMIT)
-                        if isinstance(value, str) else value))
+            run.append((row, col, self.fit(latest[row, col])))
         data.append(self._value_range(run))
         body = {"valueInputOption": "RAW", "data": data, "includeValuesInResponse": False}
         self._call(lambda: self._http.values_batch_update(self.key, body))
@@ -309,6 +326,12 @@ class GSheetSurface:
         if status == 429:
             return f"{where}: Google's quota is still exhausted after {RETRIES} retries."
         return f"{where}: Google answered {status}: {message}"
+
+
+def _bounds(grid_range: dict[str, Any]) -> Bounds:
+    """A GridRange (end indexes exclusive, zeros left out) as inclusive 0-based bounds."""
+    return Bounds(grid_range.get("startRowIndex", 0), grid_range.get("startColumnIndex", 0),
+                  grid_range.get("endRowIndex", 1) - 1, grid_range.get("endColumnIndex", 1) - 1)
 
 
 def _first(values: list[list[Any]]) -> str:

@@ -19,9 +19,19 @@ from openpyxl.utils.cell import column_index_from_string, range_boundaries
 from openpyxl.workbook.workbook import Workbook
 from openpyxl.worksheet.worksheet import Worksheet
 
+from ..cells import EXCEL_CELL_LIMIT
 from ..errors import PromptBatchError, WorkbookError
 from ..table import Bounds, Grid, TemplateText, quote_sheet
-from .base import CONF_SHEET, TEMPLATE_NAME, Cell, Conf, SheetData, conf_settings
+from .base import (
+    CONF_SHEET,
+    TEMPLATE_NAME,
+    Cell,
+    Conf,
+    SheetData,
+    Surface,
+    conf_settings,
+    fill_merged,
+)
 from .files import (
     OutputLock,
     SaveSchedule,
@@ -29,7 +39,6 @@ from .files import (
     check_readable,
     default_output,
 )
-from .xlsx_patch import EXCEL_CELL_LIMIT as EXCEL_CELL_LIMIT  # other surfaces import it here
 from .xlsx_patch import check_package, check_writable, locate_parts, patch_workbook, row_pieces
 
 _FORMULA = re.compile(rb"<(?:[\w.-]+:)?f[\s>/]")
@@ -96,22 +105,10 @@ def _put(grid: list[Sequence[Any]], row: int, col: int, value: Any) -> None:
     grid[row] = cells
 
 
-def _fill_merged(grid: list[Sequence[Any]], ws: Worksheet) -> tuple[Bounds, ...]:
-    """Give every cell of a merged range its value, so each row of a merged category reads it
-    (openpyxl keeps the value only in the top-left cell)."""
-    merged: list[Bounds] = []
-    for rng in ws.merged_cells.ranges:
-        top, left, bottom, right = rng.min_row - 1, rng.min_col - 1, rng.max_row - 1, \
-            rng.max_col - 1
-        merged.append(Bounds(top, left, bottom, right))
-        first = grid[top] if top < len(grid) else EMPTY_ROW
-        value = first[left] if left < len(first) else None
-        if value is None:
-            continue
-        for row in range(top, min(bottom + 1, len(grid))):
-            for col in range(left, right + 1):
-                _put(grid, row, col, value)
-    return tuple(merged)
+def _merged(ws: Worksheet) -> tuple[Bounds, ...]:
+    """The sheet's merged ranges, 0-based."""
+    return tuple(Bounds(rng.min_row - 1, rng.min_col - 1, rng.max_row - 1, rng.max_col - 1)
+                 for rng in ws.merged_cells.ranges)
 
 
 def _uncalculated(path: Path, sheet: str) -> frozenset[tuple[int, int]]:
@@ -136,8 +133,9 @@ def _uncalculated(path: Path, sheet: str) -> frozenset[tuple[int, int]]:
     return frozenset(found)
 
 
-class XlsxSurface:
-    plain_text = False
+class XlsxSurface(Surface):
+    cell_limit = EXCEL_CELL_LIMIT
+    output: Path
 
     def __init__(self, path: Path, sheet: str | None = None, output: Path | None = None) -> None:
         check_readable(path)
@@ -180,7 +178,8 @@ class XlsxSurface:
         ws = book[self._title]
         with _unreadable(self.path):
             grid = _grid(ws)
-            merged = _fill_merged(grid, ws)
+            merged = _merged(ws)
+            fill_merged(grid, merged)
             hidden = frozenset(r - 1 for r, dim in ws.row_dimensions.items() if dim.hidden)
             conf = self._conf(book)
             data = SheetData(name=ws.title, grid=grid, template=self._defined_template(book, ws),

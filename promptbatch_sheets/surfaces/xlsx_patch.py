@@ -30,11 +30,10 @@ from xml.etree import ElementTree as ET
 
 from openpyxl.utils.cell import column_index_from_string, get_column_letter, range_boundaries
 
-from ..cells import CellValue, fit_cell
+from ..cells import EXCEL_CELL_LIMIT, CellValue, fit_cell
 from ..errors import WorkbookError
 from .base import Cell
 
-EXCEL_CELL_LIMIT = 32_767
 MAX_UNPACKED = 2**30
 """Bytes a workbook may inflate to, all parts together, as its zip declares them: real
 workbooks inflate to a few hundred MB at most (the corpus's largest: 60 MB)."""

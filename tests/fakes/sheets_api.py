@@ -4,7 +4,8 @@ Real gspread and google-auth talk to it over HTTP (``PROMPTBATCH_SHEETS_API_URL`
 surface here; ``/token`` is the OAuth endpoint of the test's service-account keys). Grids live in
 memory. What it keeps of Google's behaviour: the discovery document's paths and parameters,
 ValueRanges without trailing empty cells and rows, GridRanges without zero fields (proto3 JSON),
-RAW vs USER_ENTERED (``=...`` becomes a formula only with USER_ENTERED), 400 for writes outside
+RAW vs USER_ENTERED (``=...`` becomes a formula only with USER_ENTERED), merged ranges and
+hidden rows (``merges``, ``rowMetadata``) in spreadsheets.get, 400 for writes outside
 the grid, 403 for a sheet not shared with the caller, 404 for an unknown id and 429
 RESOURCE_EXHAUSTED past a per-minute write quota. ``fields`` masks are not applied: the
 answer is a superset of what was asked.
@@ -45,6 +46,13 @@ class FakeSheet:
     rows: int = 1000
     cols: int = 26
     cells: dict[tuple[int, int], Any] = field(default_factory=dict)
+    hidden_by_user: set[int] = field(default_factory=set)
+    """0-based rows a person hid (right-click, Hide row)."""
+    hidden_by_filter: set[int] = field(default_factory=set)
+    """0-based rows a filter hides."""
+    merges: list[tuple[int, int, int, int]] = field(default_factory=list)
+    """Merged ranges as GridRanges give them: start row, start column, end row, end column,
+    0-based, ends exclusive. The value lives in the top-left cell only, as in Google's."""
 
     def fill(self, grid: list[list[Any]]) -> None:
         for r, row in enumerate(grid):
@@ -88,6 +96,11 @@ def _quota_error(limit: int) -> ApiError:
                      "quota_limit": "WriteRequestsPerMinutePerUser",
                      "quota_limit_value": str(limit), "service": "sheets.googleapis.com"}}]
     return err
+
+
+def _proto3(message: dict[str, Any]) -> dict[str, Any]:
+    """A message as Google's JSON sends it: fields at their default (0, false) left out."""
+    return {k: v for k, v in message.items() if v}
 
 
 def _a1_title(title: str) -> str:
@@ -203,7 +216,9 @@ class FakeSheetsAPI(ThreadedServer):
         method, query = request.method, request.query_params
         key, _, sub = rest.partition("/")
         if sub == "" and method == "GET" and ":" not in key:
-            return self._get(book)
+            return self._get(book, query.getlist("ranges"),
+                             query.get("includeGridData") == "true"
+                             or "data" in query.get("fields", ""))
         if sub == "" and method == "POST" and key.endswith(":batchUpdate"):
             return self._batch_update(book, body)
         if sub == "values:batchGet" and method == "GET":
@@ -221,19 +236,43 @@ class FakeSheetsAPI(ThreadedServer):
 
     # ------------------------------------------------------------------ methods
 
-    def _get(self, book: FakeSpreadsheet) -> Any:
+    def _get(self, book: FakeSpreadsheet, ranges: list[str], grid_data: bool) -> Any:
+        """spreadsheets.get: with ``ranges``, only the sheets they touch; with grid data (a
+        ``fields`` mask naming ``data``, or includeGridData), one GridData per range, whose
+        rowMetadata holds a DimensionProperties per row (false flags left out, as proto3
+        JSON does)."""
         named = []
         for i, (name, (sheet_id, row, col)) in enumerate(book.named.items()):
             grid = {"sheetId": sheet_id, "startRowIndex": row, "endRowIndex": row + 1,
                     "startColumnIndex": col, "endColumnIndex": col + 1}
             named.append({"namedRangeId": f"nr{i}", "name": name,
-                          "range": {k: v for k, v in grid.items() if v}})  # proto3: no zeros
+                          "range": _proto3(grid)})
+        parsed = [self._parse(book, a1) for a1 in ranges]
+        sheets = []
+        for i, s in enumerate(book.sheets):
+            mine = [p for p in parsed if p[0] is s]
+            if ranges and not mine:
+                continue
+            sheet: dict[str, Any] = {"properties": {
+                "sheetId": s.sheet_id, "title": s.title, "index": i, "sheetType": "GRID",
+                "gridProperties": {"rowCount": s.rows, "columnCount": s.cols}}}
+            if s.merges:
+                sheet["merges"] = [_proto3({"sheetId": s.sheet_id, "startRowIndex": r0,
+                                            "startColumnIndex": c0, "endRowIndex": r1,
+                                            "endColumnIndex": c1})
+                                   for r0, c0, r1, c1 in s.merges]
+            if grid_data:
+                sheet["data"] = [_proto3({
+                    "startRow": r0, "startColumn": c0,
+                    "rowMetadata": [_proto3({"pixelSize": 21,
+                                             "hiddenByUser": r in s.hidden_by_user,
+                                             "hiddenByFilter": r in s.hidden_by_filter})
+                                    for r in range(r0, min(r1, s.rows))]})
+                    for _, r0, c0, r1, _ in mine or [(s, 0, 0, s.rows, s.cols)]]
+            sheets.append(sheet)
         return {"spreadsheetId": book.id,
                 "properties": {"title": book.title, "locale": "en_US", "timeZone": "Etc/GMT"},
-                "sheets": [{"properties": {
-                    "sheetId": s.sheet_id, "title": s.title, "index": i, "sheetType": "GRID",
-                    "gridProperties": {"rowCount": s.rows, "columnCount": s.cols}}}
-                    for i, s in enumerate(book.sheets)],
+                "sheets": sheets,
                 "namedRanges": named,
                 "spreadsheetUrl": f"https://docs.google.com/spreadsheets/d/{book.id}/edit"}
 

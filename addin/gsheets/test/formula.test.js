@@ -62,3 +62,14 @@ test('errors are #ERROR: text, and are not cached', async () => {
   const wrong = loadScript({ settings: { url: backend.url, token: 'wrong' } });
   assert.match(wrong.gs.PROMPTBATCH(TEMPLATE, table), /^#ERROR: The backend refused the token/);
 });
+
+test('the backend reads the range by the command line rules: #N/A is not sent, blank rows stay blank', async () => {
+  const app = loadScript({ settings: backend });
+  const llm0 = await backend.llmStats();
+  const out = plain(app.gs.PROMPTBATCH(TEMPLATE, [['Product', 'Price'], ['vase', '#N/A'], ['', ''], ['vase', 9]]));
+  assert.deepEqual(out, [["#ERROR: 'PROMPTBATCH range'!B2 holds #N/A; fix that cell and run again"], [''],
+    ['Answer: Describe vase at 9 dollars.']]);
+  assert.equal((await backend.llmStats()).requests - llm0.requests, 1);
+  app.gs.PROMPTBATCH(TEMPLATE, [['Product', 'Price'], ['vase', '#N/A'], ['', ''], ['vase', 9]]);
+  assert.deepEqual(plain(app.completeCalls().at(-1).body.rows), [['vase', '#N/A']], 'only the refusal is asked again');
+});

@@ -45,38 +45,64 @@ test('Run batch answers 2,000 rows over several trigger continuations', async ()
     else if (r === 3 + 901) assert.equal(out[r], '');
     else assert.equal(out[r], `Answer: Write a tagline for Products item ${r - 3} aimed at ${(r - 3) % 2 ? 'cooks' : 'runners'}.`);
   }
-  const sent = app.completeCalls().flatMap((c) => c.body.rows.map((row) => row[0]));
-  assert.equal(sent.length, 2000 - 100 - 1, 'each row needing an answer is sent once');
-  assert.ok(app.completeCalls().every((c) => c.body.rows.length <= 50), 'chunks of 50 rows');
+  const runs = app.calls('/v1/run');
+  const firstTime = runs.filter((c) => !c.body.resent).flatMap((c) => c.body.row_numbers);
+  assert.deepEqual(firstTime, Array.from({ length: 2000 }, (_, i) => 3 + i), 'each row is sent once, in order');
+  assert.ok(runs.every((c) => c.body.rows.length <= 50), 'windows of 50 rows while most rows need the model');
+  assert.ok(runs.every((c) => c.body.grid.length === 3), 'with the rows down to the header row');
   const llm = await backend.llmStats();
-  assert.equal(llm.ok - llmBefore.ok, 2000 - 100 - 1 - failing.length);
+  assert.equal(llm.ok - llmBefore.ok, 2000 - 100 - 1 - failing.length, 'the backend asks only the rows without answers');
   assert.match(app.log.toasts.at(-1), /^Done: 1897 new answers, 0 from the cache, 2 errors/);
 
-  // A second run sends only the failed rows: answered rows are skipped.
+  // A second run asks the model only for the failed rows: answered rows are kept, and its
+  // windows grow as the backend finds nothing to ask, so it ends in one pass.
+  const again = await backend.llmStats();
   app.log.fetches.length = 0;
   app.gs.pbRunBatch();
   assert.equal(app.triggers.length, 0);
-  const again = app.completeCalls().flatMap((c) => c.body.rows);
-  assert.deepEqual(again.map((row) => row[0]), ['FAIL widget', 'FAIL widget']);
+  assert.ok(app.calls('/v1/run').length <= 12, `${app.calls('/v1/run').length} requests`);
+  const after = await backend.llmStats();
+  assert.deepEqual([after.requests - again.requests, after.ok - again.ok], [2, 0]);
+  assert.match(app.log.toasts.at(-1), /^Done: 0 new answers, 0 from the cache, 2 errors/);
 });
 
-test('errors land as #ERROR: cells: a failed request, a template error, a model error', async () => {
+test('a model error lands as an #ERROR: cell; a request that failed is sent again', async () => {
   const sheet = productSheet(120, 'Errors');
-  sheet.grid[0][1] = '{{ product }} {% if audience == "cooks" and product.endswith("3") %}{{ 1 // 0 }}{% endif %}';
   sheet.grid[3 + 4][0] = 'FAIL me';
   const app = loadScript({ sheets: [sheet], settings: backend });
-  app.http.intercept = (request, i) => (request.url.endsWith('/v1/complete') && i === 1
+  let failed = 0;
+  app.http.intercept = (request, i) => (request.url.endsWith('/v1/run') && i === 1 && !failed++
     ? { status: 502, body: '<html>Bad gateway</html>' } : null);
   app.gs.pbRunBatch();
   const out = sheet.column(2);
+  assert.equal(failed, 1);
   assert.match(out[3 + 4], /^#ERROR: .*500/, 'the model failed');
-  assert.match(out[3 + 3], /^#ERROR: The template .* failed on this row: ZeroDivisionError/);
-  for (let r = 3 + 50; r < 3 + 100; r++) assert.equal(out[r], '#ERROR: The backend answered 502: HTTP 502');
-  assert.equal(out[3 + 0], 'Answer: Errors item 0', 'answers are trimmed');
-  assert.equal(out[3 + 119], 'Answer: Errors item 119');
-  const errors = out.filter((v) => v.startsWith('#ERROR: ')).length;
-  assert.equal(errors, 50 + 1 + 7);
-  assert.match(app.log.toasts.at(-1), new RegExp(`, ${errors} errors`));
+  for (let r = 3; r < 3 + 120; r++) if (r !== 3 + 4) assert.equal(out[r], `Answer: Write a tagline for Errors item ${r - 3} aimed at ${(r - 3) % 2 ? 'cooks' : 'runners'}.`);
+  // the backend answered the failed request before the gateway failed: its answers are cached
+  assert.match(app.log.toasts.at(-1), /^Done: 69 new answers, 50 from the cache, 1 errors/);
+});
+
+test('a backend that keeps failing stops the run, and what came back stays', () => {
+  const sheet = productSheet(60, 'Down');
+  const app = loadScript({ sheets: [sheet], settings: backend });
+  app.http.intercept = (request) => (request.url.endsWith('/v1/run') && request.body.includes('"row_numbers":[53')
+    ? { status: 502, body: '<html>Bad gateway</html>' } : null);
+  app.gs.pbRunBatch();
+  assert.match(app.log.alerts.at(-1).message,
+    /^The run stopped: the backend answered no row in 3 rounds \(The backend answered 502: HTTP 502\)\. .*run again to continue\.$/);
+  assert.ok(sheet.column(2).slice(3, 53).every((v) => v.startsWith('Answer: ')), 'the first window is written');
+  assert.ok(sheet.column(2).slice(53).every((v) => v === ''));
+  assert.equal(app.triggers.length, 0);
+});
+
+test('a template that fails on a row stops the run at its window, naming the row', () => {
+  const sheet = productSheet(20, 'Zero');
+  sheet.grid[0][1] = '{{ product }} {% if product.endswith("13") %}{{ 1 // 0 }}{% endif %}';
+  const app = loadScript({ sheets: [sheet], settings: backend });
+  app.gs.pbRunBatch();
+  assert.equal(app.log.alerts.at(-1).message, "The run stopped: The backend answered 400: The template in " +
+    "'Zero'!B1 failed on row 17 ('Zero'!C17): ZeroDivisionError: integer division or modulo by zero");
+  assert.ok(sheet.column(2).slice(3).every((v) => v === ''), 'nothing is sent');
 });
 
 test('a template mistake stops the run with a message and writes nothing', () => {
@@ -115,19 +141,23 @@ test('a named range prompt_template wins, and answers land as text', () => {
   assert.deepEqual(sheet.column(1), ['response', 'Answer: =1+1', 'Answer: 12']);
 });
 
-test('Preview shows counts, first prompts and an estimate, and calls no model', async () => {
+test('Preview says what promptbatch preview says, and calls no model', async () => {
   const sheet = productSheet(40, 'Preview');
   sheet.grid[3][2] = 'already there';
+  sheet.grid[5][1] = '#N/A';
   const app = loadScript({ sheets: [sheet], settings: backend });
   const before = await backend.llmStats();
   app.gs.pbPreview();
   const { title, message } = app.log.alerts.at(-1);
   assert.equal(title, 'PromptBatch preview');
-  assert.match(message, /Model: openai-compatible:fake/);
-  assert.match(message, /Rows to answer: 39 \(1 already answered are kept\)/);
-  assert.match(message, /to send: 39/);
-  assert.match(message, /Estimate: \d+ tokens in, \d+ out, cost unknown, about \d+ s/);
-  assert.match(message, /Prompt 1:\nWrite a tagline for Preview item 1 aimed at cooks\./);
+  const lines = message.split('\n');
+  assert.equal(lines[0], `Sheet Preview, model openai-compatible:fake at ${backend.baseUrl}.`);
+  assert.equal(lines[1], "template 'Preview'!B1; answers go to \"response\" at 'Preview'!C3.");
+  assert.equal(lines[2], 'Rows: 40 in the table, 1 already answered, 0 answered from cache, 38 to send (38 distinct prompts).');
+  assert.equal(lines[3], "Row 6 will not be sent: 'Preview'!B6 holds #N/A; fix that cell and run again.");
+  assert.match(lines[4], /^Estimate: ~\d+ prompt tokens \+ ~\d+ answer tokens \(up to \d+\), cost unknown, about \d+ s\. No model was called\.$/);
+  assert.match(lines[5], /^Token counts estimated from (defaults for|your last [\d,]+ answers from) openai-compatible/);
+  assert.match(message, /Prompt for row 5:\nWrite a tagline for Preview item 1 aimed at cooks\./);
   assert.deepEqual(await backend.llmStats(), before);
   assert.ok(sheet.column(2).slice(4).every((v) => v === ''), 'preview writes nothing');
 });
@@ -146,4 +176,22 @@ test('a continuation that finds the lock taken tries again later and loses nothi
   app.lock.held = false;
   drainTriggers(app);
   assert.ok(sheet.column(2).slice(3).every((v) => v.startsWith('Answer: ')));
+});
+
+test('skip_hidden in the conf sheet leaves hidden rows out; a merged cell gives every row its value', async () => {
+  const sheet = productSheet(6, 'Shown');
+  sheet.grid[3 + 1][1] = '';
+  sheet.merged.push([4, 2, 5, 2]); // B4:B5, 1-based: "runners" in B4 covers row 5 too
+  sheet.hiddenByUser.add(7);
+  sheet.hiddenByFilter.add(8);
+  const conf = new FakeSheet('promptbatch.conf', [['key', 'value'], ['skip_hidden', 'TRUE']], 2);
+  const app = loadScript({ sheets: [sheet, conf], settings: backend });
+  app.gs.pbRunBatch();
+  const out = sheet.column(2);
+  assert.equal(out[4], 'Answer: Write a tagline for Shown item 1 aimed at runners.', 'the merged value');
+  assert.deepEqual([out[6], out[7]], ['', ''], 'hidden rows stay unanswered');
+  assert.match(out[8], /^Answer: /);
+  const sent = app.calls('/v1/run')[0].body;
+  assert.deepEqual(sent.hidden, [6, 7]);
+  assert.deepEqual(sent.merged, [[3, 1, 4, 1, 'runners']]);
 });

@@ -20,34 +20,34 @@ function feedbackSheet(rows) {
   return new FakeSheet('Feedback', grid);
 }
 
-test('chained columns run in order, the later one reading the answers just written', () => {
+test('chained columns: a row\'s reply is asked as soon as its summary is back, in the same window', async () => {
   const sheet = feedbackSheet(300);
   sheet.grid[2 + 7][2] = 'kept summary';
-  const app = loadScript({ sheets: [sheet], settings: backend, fetchAllMs: 130 * 1000 });
+  const app = loadScript({ sheets: [sheet], settings: backend, fetchAllMs: 250 * 1000 });
+  const before = await backend.llmStats();
   app.gs.pbRunBatch();
   const job = JSON.parse(app.userProps.getProperty('PB_JOB'));
-  assert.equal(job.step, 1, 'the first pass finished the summaries; the job remembers the step');
+  assert.ok(job.cursor > 2 && job.cursor < 302, 'the first pass stopped part way');
+  assert.equal(sheet.column(3)[2], 'Answer: Reply to c0: Answer: Summarize fb 0', 'replies come with their summaries');
   assert.ok(drainTriggers(app) >= 1);
   const summary = sheet.column(2);
   const reply = sheet.column(3);
   assert.equal(summary[2], 'Answer: Summarize fb 0');
-  assert.equal(reply[2], 'Answer: Reply to c0: Answer: Summarize fb 0');
   assert.equal(summary[9], 'kept summary');
   assert.equal(reply[9], 'Answer: Reply to c7: kept summary', 'an answer in the sheet is used');
   assert.match(summary[7], /^#ERROR: /);
-  assert.equal(reply[7], "#ERROR: uses the answer in column 'summary', which failed; a rerun retries both");
+  assert.equal(reply[7], "#ERROR: uses the answer in 'Feedback'!C8, which failed; a rerun retries both");
   assert.equal(reply[301], 'Answer: Reply to c299: Answer: Summarize fb 299');
-  const replies = app.completeCalls().filter((c) => c.body.template.startsWith('Reply'));
-  assert.deepEqual(plain(replies[0].body.headers), ['Customer', 'Feedback', 'summary']);
-  assert.deepEqual(plain(replies[0].body.uses), ['summary']);
+  const llm = await backend.llmStats();
+  assert.equal(llm.ok - before.ok, 299 + 299 - 1, 'each prompt asked once');
   assert.match(app.log.toasts.at(-1), /^Done: 597 new answers, 0 from the cache, 2 errors/);
 
-  app.log.fetches.length = 0;
   sheet.grid[7][1] = 'better feedback';
+  const again = await backend.llmStats();
   app.gs.pbRunBatch();
-  assert.deepEqual(app.completeCalls().map((c) => plain(c.body.rows)),
-    [[['c5', 'better feedback']], [['c5', 'better feedback', 'Answer: Summarize better feedback']]],
-    'a rerun retries the failed summary, then its reply');
+  drainTriggers(app);
+  const after = await backend.llmStats();
+  assert.equal(after.ok - again.ok, 2, 'a rerun retries the failed summary, then its reply');
   assert.equal(sheet.column(3)[7], 'Answer: Reply to c5: Answer: Summarize better feedback');
 });
 
@@ -68,10 +68,8 @@ test('fields from the conf sheet land typed in their own columns, and chain on',
   }
   assert.match(sheet.grid[4][1], /^#ERROR: /);
   assert.deepEqual(sheet.grid[4].slice(2, 4), ['', '']);
-  assert.match(sheet.grid[4][4], /^#ERROR: uses the answer in column 'sentiment'/);
+  assert.equal(sheet.grid[4][4], "#ERROR: uses the answer in 'Reviews'!B5, which failed; a rerun retries both");
   assert.deepEqual(sheet.grid[5].filter((v) => v !== ''), [], 'a blank row stays blank');
-  const judge = app.completeCalls().find((c) => c.body.template === 'Judge {{ review }}');
-  assert.equal(JSON.parse(judge.body.schema).required.length, 3);
 });
 
 test('=PROMPTBATCH with fields spills one typed row per data row, cached as such', async () => {
@@ -95,13 +93,13 @@ test('=PROMPTBATCH with fields spills one typed row per data row, cached as such
     /^#ERROR: .*none of string, number/);
 });
 
-test('Preview counts the first prompt column and names the ones that follow', () => {
+test('Preview counts every prompt column, the later ones once the answers they use are back', () => {
   const sheet = feedbackSheet(4);
   const app = loadScript({ sheets: [sheet], settings: backend });
   app.gs.pbPreview();
-  const { message } = app.log.alerts.at(-1);
-  assert.match(message, /Template: 'Feedback'!C1; answers go to column "summary"\./);
-  assert.match(message, /Rows to answer: 4 /);
-  assert.match(message, /These counts are for "summary"; then come "reply" \(uses summary\)\./);
-  assert.match(message, /Prompt 1:\nSummarize fb 0/);
+  const lines = app.log.alerts.at(-1).message.split('\n');
+  assert.equal(lines[1], "\"summary\": template 'Feedback'!C1; answers go to \"summary\" at 'Feedback'!C2.");
+  assert.equal(lines[2], "\"reply\": template 'Feedback'!D1, uses the answers of \"summary\"; answers go to \"reply\" at 'Feedback'!D2.");
+  assert.match(lines[3], /^Rows: 4 in the table, 0 already answered, \d answered from cache, \d to send \(\d distinct prompts now, 4 once the answers they use are back\)\.$/);
+  assert.match(app.log.alerts.at(-1).message, /Prompt for row 3:\nSummarize fb 0/);
 });

@@ -76,6 +76,8 @@ async function startBackend({ batch = false } = {}) {
   return {
     url,
     token,
+    /** The fake model server's address, which the backend names as its server. */
+    baseUrl,
     async ask(command) {
       fake.stdin.write(command + '\n');
       return JSON.parse(await fakeLines.next());
@@ -99,6 +101,14 @@ class FakeRange {
   }
   getRow() { return this.row; }
   getLastRow() { return this.row + this.rows - 1; }
+  getColumn() { return this.col; }
+  getLastColumn() { return this.col + this.cols - 1; }
+  /** Merged ranges within this range or crossing it, as Apps Script's getMergedRanges. */
+  getMergedRanges() {
+    return this.sheet.merged.filter(([top, left, bottom, right]) => top <= this.getLastRow() &&
+      bottom >= this.row && left <= this.getLastColumn() && right >= this.col)
+      .map(([top, left, bottom, right]) => new FakeRange(this.sheet, top, left, bottom - top + 1, right - left + 1));
+  }
   getValues() {
     const out = [];
     for (let r = 0; r < this.rows; r++) {
@@ -110,6 +120,7 @@ class FakeRange {
   }
   getDisplayValues() { return this.getValues().map((line) => line.map((v) => String(v))); }
   getValue() { return this.getValues()[0][0]; }
+  getDisplayValue() { return this.getDisplayValues()[0][0]; }
   setValues(values) { this.write(values); return this; }
   setRichTextValues(values) { this.write(values.map((line) => line.map((v) => v.getText()))); return this; }
   write(values) {
@@ -128,7 +139,14 @@ class FakeSheet {
     this.grid = grid.map((line) => line.slice());
     this.id = id;
     this.writes = 0;
+    /** 1-based rows hidden by a person, and by a filter. */
+    this.hiddenByUser = new Set();
+    this.hiddenByFilter = new Set();
+    /** Merged ranges as [top, left, bottom, right], 1-based; the value sits in the top-left cell. */
+    this.merged = [];
   }
+  isRowHiddenByUser(row) { return this.hiddenByUser.has(row); }
+  isRowHiddenByFilter(row) { return this.hiddenByFilter.has(row); }
   getName() { return this.name; }
   getSheetId() { return this.id; }
   cell(r, c) { return (this.grid[r] && this.grid[r][c] !== undefined) ? this.grid[r][c] : ''; }
@@ -336,7 +354,9 @@ function loadScript({ sheets, settings, fetchAllMs = 0 } = {}) {
     get cache() { return cache; },
     /** A new, empty script cache: as after six hours, or on another user's first call. */
     clearCache() { cache = fakeCache(); },
-    completeCalls() { return log.fetches.filter((f) => f.path === '/v1/complete'); }
+    /** The requests to one route of the backend, e.g. '/v1/run'. */
+    calls(route) { return log.fetches.filter((f) => f.path === route); },
+    completeCalls() { return this.calls('/v1/complete'); }
   };
 }
 
