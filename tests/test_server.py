@@ -202,7 +202,7 @@ def test_preview_is_the_command_lines_and_calls_no_model(api: httpx.Client,
     assert len(llm.requests) == sent
     assert (data["rows"], data["kept"], data["cached"], data["to_send"]) == (5, 1, 0, 4)
     assert data["unique_prompts"] == 3 and data["sampled"] is False
-    assert data["first_prompts"] == [[2, "Describe kettle."], [3, "Describe lamp."]]
+    assert data["first_prompts"] == [[2, "Describe kettle.", None], [3, "Describe lamp.", None]]
     assert data["steps"] == [{"name": "response", "origin": "'Items'!B1", "uses": [],
                               "outputs": [{"header": "response", "exists": True,
                                            "cell": "'Items'!B2"}]}]

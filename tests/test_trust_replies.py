@@ -25,7 +25,7 @@ import openpyxl
 import pytest
 
 from promptbatch_sheets import server
-from promptbatch_sheets.settings import Settings
+from promptbatch_sheets.settings import Settings, resolve
 from tests.conftest import cli, fake_model
 from tests.fakes.batch_api import FakeBatchConfig, FakeBatchServer
 from tests.fakes.llm_server import FakeLLMServer, reflection
@@ -266,6 +266,26 @@ def test_a_server_that_refuses_the_rate_forever_ends_the_run(
     summary = " ".join(done.stderr.split())
     assert "The provider refused 30 rows for its rate limit" in summary
     assert "Run the same command again later" in summary
+
+
+def test_one_sheets_failed_rows_do_not_fail_another_sheets_rows(
+    tmp_path: Path, llm: FakeLLMServer, monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """serve's provider is every sheet's: rows that gave up one after another open the
+    breaker, but the next request's first row goes as a probe, and when it is answered the
+    rest go too (nothing is failed unsent while the server answers)."""
+    monkeypatch.setenv("PROMPTBATCH_RETRIES", "1")
+    faulty(llm, {f"bad {n}": "500" for n in range(4)})
+    settings = resolve({"model": "openai-compatible:fake", "base_url": llm.base_url}, {})
+    with running(server.create_app(TOKEN, settings, tmp_path / "a.sqlite3")) as url:
+        def ask(values: list[str]) -> list[str]:
+            rows = {"template": "{{ q }}", "headers": ["q"], "rows": [[v] for v in values]}
+            reply = httpx.post(f"{url}/v1/complete", json=rows, headers=AUTH, timeout=60)
+            assert reply.status_code == 200, reply.text
+            return [str(a) for a in reply.json()["answers"]]
+
+        assert all(a.startswith("#ERROR: HTTP 500") for a in ask([f"bad {n}" for n in range(4)]))
+        assert ask([f"good {n}" for n in range(6)]) == [f"Answer: good {n}" for n in range(6)]
 
 
 def test_a_quota_429_is_not_retried(tmp_path: Path, llm: FakeLLMServer) -> None:

@@ -27,7 +27,15 @@ from .reply import (
     headers_too_large,
     parse_json,
 )
-from .retry import RETRY_STATUSES, Breaker, GaveUp, Retryable, server_wait, with_retries
+from .retry import (
+    RETRY_STATUSES,
+    Breaker,
+    GaveUp,
+    Held,
+    Retryable,
+    server_wait,
+    with_retries,
+)
 
 QUOTA = b'"insufficient_quota"'
 """OpenAI's code for a 429 that is about billing, not rate: no retry can help it."""
@@ -79,35 +87,45 @@ class HTTPProvider(ABC):
     ) -> Completion:
         """POST ``payload`` with retries and return the parsed completion, scrubbed."""
 
-        async def attempt() -> Completion:
-            self._breaker.check()
-            body = await self._post(payload)
-            try:
-                return self._redact.completion(parse(body))
-            except RecursionError:
-                raise ProviderError(TOO_DEEP) from None
-            except ProviderError as exc:  # a refusal, in the model's words
-                raise ProviderError(self._redact(str(exc))) from None
+        while True:
+            probe = await self._breaker.enter()
 
-        try:
-            completion = await with_retries(attempt, self._policy, self._on_retry,
-                                            self._deadline)
-        except GaveUp as exc:
-            self._breaker.gave_up(exc)
-            raise
-        self._breaker.answered()
-        return completion
+            async def attempt(probe: bool = probe) -> Completion:
+                body = await self._post(payload, probe)
+                try:
+                    return self._redact.completion(parse(body))
+                except RecursionError:
+                    raise ProviderError(TOO_DEEP) from None
+                except ProviderError as exc:  # a refusal, in the model's words
+                    raise ProviderError(self._redact(str(exc))) from None
+
+            try:
+                completion = await with_retries(attempt, self._policy, self._on_retry,
+                                                self._deadline)
+            except Held:
+                continue  # the breaker opened meanwhile: wait for its probe, then start again
+            except GaveUp as exc:
+                self._breaker.gave_up(exc, probe)
+                raise
+            except BaseException:
+                self._breaker.left(probe)
+                raise
+            self._breaker.answered(probe)
+            return completion
 
     def _least_busy(self) -> int:
         """The pool with the fewest requests in flight: a request never queues behind a slow
         one while another pool has a free connection."""
         return min(range(len(self._busy)), key=self._busy.__getitem__)
 
-    async def _post(self, payload: dict[str, Any]) -> dict[str, Any]:
-        """Return the JSON body; raise Retryable for passing faults, ProviderError otherwise."""
+    async def _post(self, payload: dict[str, Any], probe: bool) -> dict[str, Any]:
+        """Return the JSON body; raise Retryable for passing faults, ProviderError otherwise,
+        Held when the breaker opened while the request waited its turn (unless it is the
+        probe)."""
         await self.limiter.acquire(request_tokens(payload))
         try:
-            self._breaker.check()  # it may have opened while this request waited its turn
+            if not probe:
+                self._breaker.hold()
             pick = self._least_busy()
             self._busy[pick] += 1
             try:

@@ -101,34 +101,68 @@ async def with_retries(
     raise GaveUp(f"{last} (gave up after {_attempts(policy.attempts)})", rate_limited)
 
 
+class Held(Exception):
+    """A row that was on its way when the breaker opened: it waits for the probe instead."""
+
+
 class Breaker:
     """Stops sending into a server that only refuses. Without it, a server that answers 429
     (or nothing) forever holds every row for its whole retries in turn: hours for a big run.
-    Once ``TRIP_AFTER`` rows in a row gave up with no answer between them, rows fail at once,
-    with no request, for ``pause`` seconds; then the next row tries again."""
+
+    Once ``TRIP_AFTER`` rows in a row gave up with no answer between them, the breaker opens:
+    one row at a time goes out as a probe while the others wait for it. An answered probe
+    closes the breaker and the waiting rows go on; a probe that gives up fails them, and
+    every row for ``pause`` seconds after it, with no request. A few failed rows therefore
+    cost a healthy server one probe's time, never a pause: one provider serves every sheet
+    of a ``promptbatch serve``, and one sheet's bad rows must not fail another's."""
 
     def __init__(self, pause: float) -> None:
         self._pause = pause
         self._streak = 0
         self._until = 0.0
         self._why: ProviderError | None = None
+        self._probe: asyncio.Future[bool] | None = None
+        """The probe under way while the breaker is open: True once it is answered."""
 
-    def check(self) -> None:
-        """Raise the reason a row is not sent while the breaker is open."""
-        if self._why is not None and time.monotonic() < self._until:
-            raise ProviderError(str(self._why), self._why.rate_limited, sent=False)
+    async def enter(self) -> bool:
+        """Wait until a row may be sent; True when it goes as the probe. Raises the reason a
+        row is not sent while the last probe's failure holds."""
+        while self._streak >= TRIP_AFTER:
+            if self._why is not None and time.monotonic() < self._until:
+                raise ProviderError(str(self._why), self._why.rate_limited, sent=False)
+            if self._probe is None:
+                self._probe = asyncio.get_running_loop().create_future()
+                return True
+            await asyncio.shield(self._probe)
+        return False
 
-    def answered(self) -> None:
-        self._streak, self._until = 0, 0.0
+    def hold(self) -> None:
+        """Raise Held when the breaker is open: a row that is not the probe waits for it."""
+        if self._streak >= TRIP_AFTER:
+            raise Held
 
-    def gave_up(self, exc: GaveUp) -> None:
+    def answered(self, probe: bool) -> None:
+        self._streak, self._until, self._why = 0, 0.0, None
+        self._settle(probe, True)
+
+    def left(self, probe: bool) -> None:
+        """The row ended without a verdict (it was cancelled): another row probes."""
+        self._settle(probe, False)
+
+    def gave_up(self, exc: GaveUp, probe: bool) -> None:
         self._streak += 1
-        if self._streak < TRIP_AFTER:
-            return
-        self._until = time.monotonic() + self._pause
-        if exc.rate_limited:
-            why = (f"not sent: the provider refused the {self._streak} requests before it for "
-                   "its rate limit, each for as long as a row may wait")
-        else:
-            why = f"not sent: the {self._streak} requests before it failed for good ({exc})"
-        self._why = ProviderError(why, exc.rate_limited)
+        if probe or self._streak == TRIP_AFTER:
+            if exc.rate_limited:
+                why = (f"not sent: the provider refused the {self._streak} requests before it "
+                       "for its rate limit, each for as long as a row may wait")
+            else:
+                why = f"not sent: the {self._streak} requests before it failed for good ({exc})"
+            self._why = ProviderError(why, exc.rate_limited)
+        if probe:
+            self._until = time.monotonic() + self._pause
+        self._settle(probe, False)
+
+    def _settle(self, probe: bool, answered: bool) -> None:
+        if probe and self._probe is not None:
+            self._probe.set_result(answered)
+            self._probe = None
