@@ -171,8 +171,10 @@ def forecast(prepared: Prepared, store: Store, jobs: list[RowJob]) -> Estimate:
     """The estimate for ``jobs``, calibrated by this model's past answers in the cache."""
     settings = prepared.settings
     prompts = [prepared.as_sent(job) for job in jobs]
+    label = prepared.spec.label
     return estimate(prepared.price_label, prompts, settings.max_tokens, settings.concurrency,
-                    system=settings.system, history=store.history(prepared.spec.label))
+                    system=settings.system, history=store.history(label),
+                    speed=store.speed(label))
 
 
 def later_prompts(prepared: Prepared, store: Store) -> list[RowJob]:
@@ -222,7 +224,8 @@ def api_key_for(spec: ModelSpec) -> str | None:
 
 
 def connector(
-    spec: ModelSpec, settings: Settings, on_retry: Callable[[str], None] | None = None
+    spec: ModelSpec, settings: Settings, on_retry: Callable[[str], None] | None = None,
+    on_measured: Callable[[dict[str, float]], None] | None = None,
 ) -> Callable[[], AbstractAsyncContextManager[Provider]]:
     """What ``engine.run_jobs`` calls to open the provider, only once a call is needed."""
 
@@ -230,7 +233,7 @@ def connector(
         return open_provider(spec, api_key=api_key_for(spec), concurrency=settings.concurrency,
                              timeout=settings.timeout,
                              policy=RetryPolicy(attempts=settings.retries), on_retry=on_retry,
-                             rpm=settings.rpm, tpm=settings.tpm)
+                             rpm=settings.rpm, tpm=settings.tpm, on_measured=on_measured)
 
     return connect
 
@@ -286,7 +289,8 @@ def run(prepared: Prepared, surface: Surface, store: Store,
         if on_result is not None:
             on_result(result)
 
-    connect = connector(prepared.spec, settings, count_retry)
+    measured: dict[str, float] = {}
+    connect = connector(prepared.spec, settings, count_retry, measured.update)
     budget = make_budget(prepared)
     guess: Estimate | None = None
 
@@ -306,6 +310,11 @@ def run(prepared: Prepared, surface: Surface, store: Store,
     finally:
         writer.flush()
         surface.close()
+    if measured and summary.requests:  # what the next estimate of this model's time starts from
+        store.put_speed(prepared.spec.label, {
+            **measured, "requests": summary.requests, "seconds": summary.seconds,
+            "prompt_tokens": summary.prompt_tokens,
+            "completion_tokens": summary.completion_tokens})
     summary.retries = retries
     summary.estimate = guess
     summary.kept = prepared.plan.kept

@@ -16,6 +16,7 @@ from dataclasses import dataclass, field, replace
 
 from .budget import Budget
 from .estimate import Estimate, request_chars, tokens
+from .limits import CAP
 from .plan import ERROR_PREFIX, RowJob
 from .providers import Completion, Params, Provider, ProviderError
 from .schema import Schema, SchemaMismatch, repair_prompt
@@ -84,7 +85,7 @@ async def run_jobs(
     params: Params,
     store: Store,
     *,
-    concurrency: int,
+    concurrency: int | None,
     on_result: Callable[[RowResult], None],
     use_cache: bool = True,
     budget: Budget | None = None,
@@ -228,7 +229,7 @@ async def run_jobs(
     async def worker(provider: Provider) -> None:
         nonlocal in_flight
         while queue or in_flight:
-            if not queue:
+            if not queue or in_flight >= provider.window:  # a job waits here, holding no budget
                 changed.clear()
                 await changed.wait()
                 continue
@@ -255,7 +256,8 @@ async def run_jobs(
         on_plan([waiting[k][0] for k in queue])
     if queue:
         async with connect() as provider:
-            workers = concurrency if follow else max(1, min(concurrency, len(queue)))
+            cap = concurrency or CAP
+            workers = cap if follow else max(1, min(cap, len(queue)))
             await asyncio.gather(*(worker(provider) for _ in range(workers)))
     summary.unsent = sum(len(waiting[k]) for k in queue)
     summary.rows = summary.answered + summary.cached + summary.failed + summary.unsent

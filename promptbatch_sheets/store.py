@@ -114,8 +114,15 @@ def _m003_batch_jobs(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX batch_keys_by_key ON batch_keys (key)")
 
 
+def _m004_speeds(db: sqlite3.Connection) -> None:
+    """What the last realtime run of each model measured (latency, window, limits, tokens
+    per second), as JSON: the next estimate of its time starts from it instead of a guess."""
+    db.execute("CREATE TABLE speeds (model TEXT PRIMARY KEY, measured TEXT NOT NULL, "
+               "updated REAL NOT NULL)")
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_m001_answers, _m002_prompt_chars,
-                                                          _m003_batch_jobs]
+                                                          _m003_batch_jobs, _m004_speeds]
 """Numbered by position; ``PRAGMA user_version`` records how many have run."""
 
 
@@ -196,6 +203,15 @@ class Store:
             "WHERE model = ? AND prompt_chars IS NOT NULL AND prompt_tokens > 0 "
             "ORDER BY created DESC LIMIT ?", (model, limit))
         return [(int(c), int(p), int(a)) for c, p, a in rows]
+
+    def speed(self, model: str) -> dict[str, float] | None:
+        """What the model's last realtime run measured (see ``estimate.timing``), if any."""
+        row = self._db.execute("SELECT measured FROM speeds WHERE model = ?", (model,)).fetchone()
+        return {k: float(v) for k, v in json.loads(row[0]).items()} if row else None
+
+    def put_speed(self, model: str, measured: dict[str, float]) -> None:
+        self._db.execute("INSERT OR REPLACE INTO speeds VALUES (?, ?, ?)",
+                         (model, json.dumps(measured), time.time()))
 
     @property
     def db(self) -> sqlite3.Connection:

@@ -48,7 +48,7 @@ class HTTPProvider(ABC):
         self.label = label
         self.model = model
         self.schema_mode = schema_mode
-        self.limiter = limiter or Limiter(max_concurrency=64)
+        self.limiter = limiter or Limiter()
         self._clients = list(clients)
         self._busy = [0] * len(self._clients)
         self._url = base_url.rstrip("/") + self.path
@@ -56,6 +56,10 @@ class HTTPProvider(ABC):
         self._key = api_key
         self._policy = policy or RetryPolicy()
         self._on_retry = on_retry
+
+    @property
+    def window(self) -> int:
+        return self.limiter.window
 
     def auth_headers(self, api_key: str | None) -> dict[str, str]:
         """Headers that carry the key; never logged."""
@@ -82,7 +86,7 @@ class HTTPProvider(ABC):
 
     async def _post(self, payload: dict[str, Any]) -> dict[str, Any]:
         """Return the JSON body; raise Retryable for passing faults, ProviderError otherwise."""
-        await self.limiter.acquire(request_tokens(payload))
+        ticket = await self.limiter.acquire(request_tokens(payload))
         try:
             pick = self._least_busy()
             self._busy[pick] += 1
@@ -92,7 +96,7 @@ class HTTPProvider(ABC):
             finally:
                 self._busy[pick] -= 1
         finally:
-            await self.limiter.release()
+            await self.limiter.release(ticket)
         status = response.status_code
         if status in RETRY_STATUSES:
             reason = redact(error_message(response), self._key)
@@ -100,7 +104,7 @@ class HTTPProvider(ABC):
             if status == 529:
                 self.limiter.overloaded(wait)
             elif status in (429, 503):
-                self.limiter.throttled_by_server(response.headers, wait)
+                self.limiter.throttled_by_server(response.headers, wait, ticket)
             raise Retryable(f"HTTP {status}: {reason}", wait)
         if status >= 400:
             refused = " (the server refused the API key)" if status in (401, 403) else ""
@@ -112,5 +116,5 @@ class HTTPProvider(ABC):
             raise Retryable("the server sent a body that is not JSON") from None
         if not isinstance(body, dict):
             raise Retryable("the server sent JSON that is not an object")
-        self.limiter.succeeded(response.headers)
+        self.limiter.succeeded(response.headers, ticket)
         return body

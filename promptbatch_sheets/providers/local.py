@@ -29,12 +29,21 @@ def gguf_path() -> Path:
     return path
 
 
+def slots(concurrency: int | None) -> int:
+    """Answers the embedded model works on at once: one per core (a 135M model decodes at the
+    speed of memory, so a slot per core keeps every core busy without slots taking turns on
+    one), or fewer when ``--concurrency`` says so."""
+    return max(1, min(concurrency or os.cpu_count() or 1, 4 * (os.cpu_count() or 1)))
+
+
 class EmbeddedServer:
     """An OpenAI-compatible llama.cpp server inside this process, on 127.0.0.1."""
 
-    def __init__(self, parallel: int = 4, context_per_slot: int = 2048) -> None:
+    def __init__(self, parallel: int = 1, context_per_slot: int = 2048,
+                 threads: int | None = None) -> None:
         self.parallel = parallel
         self.context_per_slot = context_per_slot
+        self.threads = threads or os.cpu_count() or 1
         self._server: Any = None
 
     def start(self) -> str:
@@ -47,7 +56,7 @@ class EmbeddedServer:
         params.port = 0
         params.n_parallel = self.parallel
         params.n_ctx = self.parallel * self.context_per_slot
-        params.cpuparams.n_threads = os.cpu_count() or 2
+        params.cpuparams.n_threads = self.threads
         params.warmup = False
         params.verbosity = -1
         self._server = xllamacpp.Server(params)
