@@ -224,14 +224,16 @@ async def run_jobs(
             return f"the reply did not fit the fields, twice: {again.reason}"
 
     in_flight = 0
-    changed = asyncio.Event()
+    changed = asyncio.Condition()
+    """Workers wait here for a job or a free place in the provider's window; a finished job
+    wakes only as many as may go, not all the cap's workers at once."""
 
     async def worker(provider: Provider) -> None:
         nonlocal in_flight
         while queue or in_flight:
             if not queue or in_flight >= provider.window:  # a job waits here, holding no budget
-                changed.clear()
-                await changed.wait()
+                async with changed:
+                    await changed.wait()
                 continue
             key = queue[0]
             reservation = budget.reserve(tokens(prompt_by_key[key])) if budget else 0.0
@@ -249,7 +251,11 @@ async def run_jobs(
                 summary.errors.append(result)
             deliver(key, result)
             in_flight -= 1
-            changed.set()
+            async with changed:
+                if not in_flight:
+                    changed.notify_all()  # the queue is empty, or the window was full: go
+                elif queue:
+                    changed.notify(max(1, provider.window - in_flight))
 
     admit(jobs)
     if on_plan is not None:

@@ -60,6 +60,9 @@ def request_tokens(payload: dict[str, Any]) -> int:
     return chars // 4 + 1 + int(payload.get("max_tokens") or ASSUMED_ANSWER_TOKENS)
 
 
+PACE = 0.97
+"""Share of a published limit that is used: a limit met exactly is crossed by any jitter in
+when requests arrive, and each 429 costs a pause."""
 BURST_SECONDS = 0.2
 """A bucket holds this many seconds' worth: providers enforce per-minute limits in short
 slices, and a full second's burst landing late in one slice doubles up with the next."""
@@ -128,7 +131,7 @@ HORIZON = 256
 """Answers the knee is judged on (at least 16 windows' worth): an older one may describe a
 server that has since changed."""
 MIN_SAMPLES = 8
-SIGNIFICANCE = 10.0
+SIGNIFICANCE = 25.0
 """How much better (in residual variances) a knee must fit than no knee: about a chi-square of
 one degree of freedom at 99.8%, for a fit that also picks where the knee is."""
 MIN_RISE = math.log(1.5)
@@ -227,6 +230,7 @@ class Limiter:
         self.cap = cap
         self.adaptive = adaptive
         self._window = float(min(cap, start or cap))
+        self.start = self.window
         self.threshold = float(cap)
         """Slow start stops here: half the window at the last 429 or 503, or the last knee."""
         self.in_flight = 0
@@ -237,12 +241,16 @@ class Limiter:
         """When the request that told the limits in force was sent: an older answer's headers
         describe limits that may since have changed."""
         self.paused_until = 0.0
+        self.pauses = 0
         self.last_cut = 0.0
         self.throttled = 0
         self.latencies: deque[float] = deque(maxlen=256)
         self.knee = Knee()
         self.knee_at: float | None = None
+        self.answered_load = 0
         self.first_answer: float | None = None
+        """The most requests in flight that one answer was sent with: slow start goes no
+        further than twice that, so it never outruns what the answers have shown."""
         self.charged = 0.0
         self.sent = 0
         self.since_update = 0
@@ -267,15 +275,18 @@ class Limiter:
             load = self.in_flight
         self.sent += 1
         self.charged += tokens
-        now = time.monotonic()
-        wait = max(0.0, self.paused_until - now)
-        if self.requests is not None:
-            wait = max(wait, self.requests.wait_for(1, now))
-        if self.tokens is not None:
-            wait = max(wait, self.tokens.wait_for(tokens, now))
-        if wait > 0:
-            await asyncio.sleep(wait)
-        return Ticket(time.monotonic(), load)
+        while True:
+            now = time.monotonic()
+            wait = max(0.0, self.paused_until - now)
+            if self.requests is not None:
+                wait = max(wait, self.requests.wait_for(1, now))
+            if self.tokens is not None:
+                wait = max(wait, self.tokens.wait_for(tokens, now))
+            pauses = self.pauses
+            if wait > 0:
+                await asyncio.sleep(wait)
+            if self.pauses == pauses:  # else a 429 came meanwhile: take a new place in line
+                return Ticket(time.monotonic(), load)
 
     async def release(self, ticket: Ticket | None = None) -> None:
         if ticket is not None:
@@ -292,9 +303,10 @@ class Limiter:
             return
         self.latencies.append(ticket.latency)
         if self.first_answer is None:
-            self.first_answer = time.monotonic()
-        if ticket.sent > self.first_answer:  # the first wave also waited for its connections
+            self.first_answer = ticket.sent + ticket.latency
+        if ticket.sent >= self.first_answer:  # the first wave also waited for connections
             self.knee.add(ticket.load, ticket.latency)
+            self.answered_load = max(self.answered_load, ticket.load)
         self.since_update += 1
         busy = self.in_flight + 1 >= 0.75 * self._window  # else the run has too few rows left
         starting = self._window < self.threshold  # look for a knee often while growing fast
@@ -332,8 +344,11 @@ class Limiter:
 
     def _grow(self) -> None:
         """Fast below the threshold (no 429 or 503 yet), by one per window above it."""
-        step = GROWTH if self._window < self.threshold and self.adaptive else 1 / self._window
-        self._window = min(float(self.cap), self._window + step)
+        if self._window < self.threshold and self.adaptive:
+            seen = 2.0 * max(self.answered_load, self.start)
+            self._window = max(self._window, min(self.cap, self._window + GROWTH, seen))
+        else:
+            self._window = min(float(self.cap), self._window + 1 / self._window)
 
     def _rate(self) -> float | None:
         """Rows a second the buckets allow, at this run's tokens per request."""
@@ -357,7 +372,8 @@ class Limiter:
                             ticket: Ticket | None = None) -> None:
         """A 429 (or a headerless 503): pause everyone for the server's wait. Where the limits
         are known, the buckets set the pace, so they are emptied and refill only from the end
-        of the pause: a pause saved up as a burst would overrun the server's next slice. Where
+        of the pause: a pause saved up as a burst would overrun the server's next slice; the
+        requests already waiting for the buckets take their places again after it. Where
         the limits are not known, the window is halved, once for the requests sent under one
         window (a 429 to a request sent before the last cut says nothing new), as TCP halves
         once per round trip (AIMD)."""
@@ -368,7 +384,8 @@ class Limiter:
             self.paused_until = max(self.paused_until, now + wait)
         buckets = [b for b in (self.requests, self.tokens) if b is not None]
         for bucket in buckets:
-            bucket.level, bucket.stamp = min(bucket.level, 0.0), max(now, self.paused_until)
+            bucket.level, bucket.stamp = 0.0, max(now, self.paused_until)
+        self.pauses += 1
         sent = ticket.sent if ticket is not None else now - 1.0
         if not buckets and sent > self.last_cut:  # once for the requests of one window
             self._window = max(1.0, self._window / 2)
@@ -402,11 +419,11 @@ class Limiter:
         if rpm or tpm:
             self.limits_sent = sent
         if rpm:
-            rpm = min(rpm, self.user_rpm or rpm)
+            rpm = min(rpm * PACE, self.user_rpm or rpm)
             if self.requests is None or self.requests.per_minute != rpm:
                 self.requests = Bucket(rpm)
         if tpm:
-            tpm = min(tpm, self.user_tpm or tpm)
+            tpm = min(tpm * PACE, self.user_tpm or tpm)
             if self.tokens is None or self.tokens.per_minute != tpm:
                 self.tokens = Bucket(tpm)
         remaining = _limit(headers, "x-ratelimit-remaining-requests")

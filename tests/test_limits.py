@@ -5,16 +5,18 @@ from __future__ import annotations
 
 import asyncio
 import csv
+import heapq
 import math
 import random
 import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
-from promptbatch_sheets.limits import CAP, Bucket, Knee, Limiter, Ticket, reset_seconds
+from promptbatch_sheets.limits import CAP, PACE, Bucket, Knee, Limiter, Ticket, reset_seconds
 from tests.conftest import cli, fake_model
 from tests.fakes.llm_server import FakeLLMConfig, FakeLLMServer
 
@@ -31,84 +33,96 @@ def answers(out: Path) -> list[str]:
 
 
 def answer(limiter: Limiter, load: int, latency: float, headers: dict[str, str] | None = None,
-           sent: float | None = None) -> None:
-    """One answer as the HTTP provider reports it: sent at ``load`` in flight, while the run
-    keeps the window full."""
-    limiter.in_flight = limiter.window - 1
-    ticket = Ticket(time.monotonic() if sent is None else sent, load, latency)
-    limiter.succeeded(httpx.Headers(headers or {}), ticket)
+           sent: float = 0.0) -> None:
+    """One answer as the HTTP provider reports it: sent at ``load`` in flight."""
+    limiter.succeeded(httpx.Headers(headers or {}), Ticket(sent, load, latency))
+
+
+Server = Callable[[int, random.Random], float]
+"""Latency of a request sent with ``load`` requests in flight (itself included)."""
+
+
+def simulate(limiter: Limiter, server: Server, answers: int, seed: int = 1,
+             headers: dict[str, str] | None = None) -> list[int]:
+    """A run that keeps the window full, on a simulated clock: each answer is reported as the
+    HTTP provider reports it, then the window is filled again. The windows after each answer."""
+    rng = random.Random(seed)
+    now = 0.0
+    flying: list[tuple[float, float, int]] = []
+    windows = []
+
+    def fill() -> None:
+        while len(flying) < limiter.window:
+            load = len(flying) + 1
+            heapq.heappush(flying, (now + server(load, rng), now, load))
+
+    fill()
+    for _ in range(answers):
+        now, sent, load = heapq.heappop(flying)
+        limiter.in_flight = len(flying)
+        limiter.succeeded(httpx.Headers(headers or {}), Ticket(sent, load, now - sent))
+        fill()
+        windows.append(limiter.window)
+    return windows
+
+
+def spread(load: int, rng: random.Random) -> float:
+    """A server with room for everyone: answers take 0.3 s or 2 s, whatever the load."""
+    return rng.lognormvariate(math.log(0.8), 0.5)
+
+
+def slotted(slots: int) -> Server:
+    """A saturating server: ``slots`` answers at once (0.2 s each), a queue beyond."""
+    return lambda load, rng: 0.2 * max(1.0, load / slots) * rng.lognormvariate(0, 0.05)
 
 
 def test_window_grows_to_what_the_headers_allow() -> None:
     limiter = Limiter(start=32)
     assert limiter.window == 32
     headers = {"x-ratelimit-limit-requests": "6000"}  # 100 a second
-    for _ in range(200):  # answers take 0.5 s: Little's law wants 50 in flight
-        answer(limiter, limiter.window, 0.5, headers)
-    assert 50 <= limiter.window <= 70
-    assert limiter.requests is not None and limiter.requests.per_minute == 6000
+    simulate(limiter, lambda load, rng: 0.5, 300, headers=headers)
+    assert 50 <= limiter.window <= 70  # Little's law: 100 a second x 0.5 s, plus headroom
+    assert limiter.requests is not None and limiter.requests.per_minute == 6000 * PACE
     capped = Limiter(cap=20, start=8)
-    for _ in range(200):
-        answer(capped, capped.window, 0.5, headers)
+    simulate(capped, lambda load, rng: 0.5, 300, headers=headers)
     assert capped.window == 20  # --concurrency stays a hard cap
 
 
 def test_a_token_limit_sizes_the_window_by_tokens_per_request() -> None:
     limiter = Limiter()
-    for _ in range(100):
-        limiter.sent, limiter.charged = limiter.sent + 1, limiter.charged + 250
-        answer(limiter, 10, 0.1, {"x-ratelimit-limit-tokens": "300000"})  # 20 requests/s
+    limiter.sent, limiter.charged = 100, 25_000  # 250 tokens a request
+    simulate(limiter, lambda load, rng: 0.1, 100, headers={"x-ratelimit-limit-tokens": "300000"})
     assert limiter.window <= 6  # 20 a second x 0.1 s = 2 in flight, plus headroom
 
 
 def test_without_headers_a_free_server_is_driven_to_the_cap() -> None:
-    rng = random.Random(1)
-    limiter = Limiter(start=32)
-    for _ in range(400):  # latency spreads widely but does not depend on the load
-        answer(limiter, limiter.window, rng.lognormvariate(math.log(0.8), 0.5))
-    assert limiter.window == CAP
-
-
-def queued(load: int, slots: int = 4, service: float = 0.2) -> float:
-    """Latency of a saturating server with ``slots`` slots and a queue beyond them."""
-    return service * max(1.0, load / slots)
+    windows = simulate(Limiter(start=32), spread, 2000)
+    assert min(windows[500:]) == CAP  # latency spreads widely, but not with the load
 
 
 def test_window_backs_off_to_the_knee_when_latency_rises() -> None:
     limiter = Limiter(start=32)
-    for load in range(1, 33):  # the first wave: answers come back in proportion to the queue
-        answer(limiter, load, queued(load))
-    for _ in range(200):
-        answer(limiter, limiter.window, queued(limiter.window))
-    assert 4 <= limiter.window <= 6  # the server's 4 slots, one queued behind them at most
-    assert limiter.knee_at is not None and 3 <= limiter.knee_at <= 5
-
-
-def settled(limiter: Limiter, slots: int, count: int = 400) -> float:
-    """The median window over the last quarter of ``count`` answers from a server with
-    ``slots`` slots (probes above and below the knee come and go)."""
-    windows = []
-    for _ in range(count):
-        answer(limiter, limiter.window, queued(limiter.window, slots=slots))
-        windows.append(limiter.window)
-    return statistics.median(windows[-count // 4:])
+    windows = simulate(limiter, slotted(4), 1000)
+    assert 4 <= statistics.median(windows[-200:]) <= 6  # the 4 slots, one queued at most
+    assert limiter.knee_at is not None and 3 <= limiter.knee_at <= 6
 
 
 def test_window_follows_a_knee_that_moves() -> None:
-    limiter = Limiter(start=8)
-    assert 8 <= settled(limiter, 8) <= 10
-    assert 4 <= settled(limiter, 4) <= 6  # another job takes half the server's slots
-    assert 8 <= settled(limiter, 8, 800) <= 10  # and leaves: the probes above find the room
+    limiter = Limiter(start=32)
+    assert 8 <= statistics.median(simulate(limiter, slotted(8), 800)[-200:]) <= 10
+    # another job takes half the server's slots, then leaves: the probes find the room again
+    assert 4 <= statistics.median(simulate(limiter, slotted(4), 800)[-200:]) <= 6
+    assert 8 <= statistics.median(simulate(limiter, slotted(8), 1500)[-200:]) <= 10
 
 
 def test_knee_fit_ignores_spread_but_finds_slots() -> None:
     rng = random.Random(2)
-    free, slotted = Knee(), Knee()
+    free, queued = Knee(), Knee()
     for load in list(range(1, 65)) * 4:
         free.add(load, rng.lognormvariate(math.log(0.8), 0.6))
-        slotted.add(load, rng.lognormvariate(math.log(0.2), 0.3) * max(1, load / 8))
+        queued.add(load, rng.lognormvariate(math.log(0.2), 0.3) * max(1, load / 8))
     assert free.fit(1000) is None
-    knee = slotted.fit(1000)
+    knee = queued.fit(1000)
     assert knee is not None and 5 <= knee <= 12
 
 
@@ -119,12 +133,9 @@ def test_window_halves_on_429_and_grows_back_by_one_per_window() -> None:
     assert limiter.window == 32
     limiter.throttled_by_server(httpx.Headers(), wait=0.01)  # same burst: not cut again
     assert limiter.window == 32
-    for _ in range(40):  # answers at every load equally fast: no knee, but past the last 429
-        answer(limiter, limiter.window, 0.1)
-    assert 32 <= limiter.window <= 35
-    for _ in range(5000):
-        answer(limiter, limiter.window, 0.1)
-    assert limiter.window == 64
+    windows = simulate(limiter, lambda load, rng: 0.1, 40)  # no knee, but past the last 429
+    assert 32 <= windows[-1] <= 35
+    assert simulate(limiter, lambda load, rng: 0.1, 5000)[-1] == 64
 
 
 def test_limits_that_change_are_followed_and_old_answers_do_not_undo_it() -> None:
@@ -132,13 +143,13 @@ def test_limits_that_change_are_followed_and_old_answers_do_not_undo_it() -> Non
     before = time.monotonic()
     answer(limiter, 10, 0.5, {"x-ratelimit-limit-requests": "3000"}, sent=before)
     answer(limiter, 10, 0.5, {"x-ratelimit-limit-requests": "600"}, sent=before + 1)
-    assert limiter.requests is not None and limiter.requests.per_minute == 600
+    assert limiter.requests is not None and limiter.requests.per_minute == 600 * PACE
     # an answer to a request sent before the change still carries the old limit
     answer(limiter, 10, 2.0, {"x-ratelimit-limit-requests": "3000"}, sent=before + 0.5)
-    assert limiter.requests.per_minute == 600
+    assert limiter.requests.per_minute == 600 * PACE
     limiter.throttled_by_server(httpx.Headers({"x-ratelimit-limit-requests": "300"}), 0.1,
                                 Ticket(before + 2, 10))
-    assert limiter.requests.per_minute == 300  # a 429 says so in a round trip
+    assert limiter.requests.per_minute == 300 * PACE  # a 429 says so in a round trip
 
 
 def test_429_under_known_limits_empties_the_buckets_not_the_window() -> None:
@@ -163,7 +174,7 @@ def test_overload_pauses_without_lowering_the_rate() -> None:
     window = limiter.window
     limiter.overloaded(wait=0.2)
     assert limiter.window == window and limiter.requests is not None
-    assert limiter.requests.per_minute == 600
+    assert limiter.requests.per_minute == 600 * PACE
 
     async def timed() -> float:
         started = time.monotonic()
@@ -179,7 +190,7 @@ def test_user_caps_win_over_learned_limits() -> None:
     limiter.succeeded(httpx.Headers({"x-ratelimit-limit-requests": "10000",
                                      "anthropic-ratelimit-tokens-limit": "90000"}))
     assert limiter.requests is not None and limiter.requests.per_minute == 60
-    assert limiter.tokens is not None and limiter.tokens.per_minute == 90000
+    assert limiter.tokens is not None and limiter.tokens.per_minute == 90000 * PACE
 
 
 def test_bucket_paces_evenly_from_the_start() -> None:

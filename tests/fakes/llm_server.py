@@ -359,7 +359,8 @@ class FakeLLMServer:
       (the ``malformed`` and ``empty`` faults are 200s too but are not listed).
     * ``count_ok`` (normal 200 answers), ``count_429`` (scripted and rate-limiter 429s).
     * ``latencies`` -- the unscaled latency draws, in draw order.
-    * ``arrivals`` -- when each chat request arrived, in seconds since the first;
+    * ``arrivals`` -- when each chat request arrived, in seconds since the first; ``finishes``
+      -- when each normal 200 answer was sent, on the same clock;
       ``changed_at`` -- when ``change_after`` took effect, on the same clock (None before).
     * ``queue_waits``, ``max_in_flight`` -- see ``slots``.
     """
@@ -374,6 +375,7 @@ class FakeLLMServer:
         self.prompts: list[str] = []
         self.latencies: list[float] = []
         self.arrivals: list[float] = []
+        self.finishes: list[float] = []
         self.queue_waits: list[float] = []
         self.changed_at: float | None = None
         self.in_flight = 0
@@ -465,6 +467,7 @@ class FakeLLMServer:
             self.prompts.clear()
             self.latencies.clear()
             self.arrivals.clear()
+            self.finishes.clear()
             self.queue_waits.clear()
             self.changed_at = None
             self.max_in_flight = 0
@@ -691,9 +694,11 @@ class FakeLLMServer:
                     "total_tokens": prompt_tokens + completion_tokens,
                 },
             }
+        finished = self._clock()
         with self._lock:
             self.count_ok += 1
             self.prompts.append(prompt)
+            self.finishes.append(finished)
         return _json_response(payload, 200, headers)
 
     def _rate_limited(
@@ -862,6 +867,7 @@ class FakeLLMServer:
                 "time_scale": self.config.time_scale,
                 "latencies": list(self.latencies),
                 "arrivals": list(self.arrivals),
+                "finishes": list(self.finishes),
                 "queue_waits": list(self.queue_waits),
                 "changed_at": self.changed_at,
                 "max_in_flight": self.max_in_flight,
