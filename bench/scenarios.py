@@ -242,7 +242,7 @@ S2H = Scenario("S2h", 400, FakeSpec(rpm=500, tpm=30_000, time_scale=20, headers=
 S3 = Scenario("S3", 20_000, FakeSpec(), 256, "no limits, no headers, 20,000 rows",
               sdk_every_run=256)
 S5 = Scenario("S5", 1000, None, 64, "llmock: 3,000 RPM, 0.8 s fixed latency")
-S6 = Scenario("S6", 1000, FakeSpec(latency_median=0.2, sigma=0.0, slots=4, time_scale=2), 4,
+S6 = Scenario("S6", 1000, FakeSpec(latency_median=0.2, sigma=0.0, slots=4, time_scale=2), 5,
               "saturating, no headers: 4 slots x 0.2 s, a queue beyond")
 S7 = Scenario("S7", 800, FakeSpec(rpm=3000, tpm=1_000_000, time_scale=2,
                                   change_after=(400, 600)), 64,

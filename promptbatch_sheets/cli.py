@@ -42,7 +42,8 @@ TemplateOpt = Annotated[str | None, typer.Option(help="The prompt template itsel
 TemplateFileOpt = Annotated[Path | None, typer.Option(help="Read the template from a file.")]
 TemplateCellOpt = Annotated[str | None, typer.Option(help="Cell holding it: 'Sheet 1'!B1.")]
 OutputColOpt = Annotated[str | None, typer.Option(help="Header of the answers column.")]
-ConcurrencyOpt = Annotated[int | None, typer.Option(help="Requests in flight (default 8).")]
+ConcurrencyOpt = Annotated[int | None, typer.Option(
+    help="The most requests in flight (default: the window adapts, up to 256).")]
 RerunOpt = Annotated[Rerun | None, typer.Option(
     help="Rows to send: missing (empty or #ERROR, default), empty, failed, all.")]
 TemperatureOpt = Annotated[float | None, typer.Option(help="Sampling temperature.")]

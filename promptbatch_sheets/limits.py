@@ -28,6 +28,7 @@ headers, so a first wave beyond a provider's allowance is refused at once and pa
 from __future__ import annotations
 
 import asyncio
+import itertools
 import math
 import re
 import statistics
@@ -203,7 +204,8 @@ class Knee:
         syy = sum(v.syy for v in levels)
         free = syy - sy * sy / total
         best, knee = free, None
-        for k in xs[:-1]:
+        between = [(a + b) / 2 for a, b in itertools.pairwise(xs)]
+        for k in sorted(xs[:-1] + between):
             hinge = [max(0.0, x - k) for x in xs]
             a = (sy - sum(c * h for c, h in zip(counts, hinge, strict=True))) / total
             sse = sum(v.syy - 2 * (a + h) * v.sy + c * (a + h) ** 2
