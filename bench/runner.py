@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,8 +43,14 @@ class ClientRun:
         return quantiles(self.latencies)
 
 
-def spawn(cmd: list[str], home: Path, log: Path, latency_file: Path | None) -> ClientRun:
-    """Run ``cmd`` with PROMPTBATCH_HOME=home; peak RSS of that process alone via wait4."""
+PEER_TIMEOUT = 240.0
+"""Seconds a peer may take: promptfoo backs off from 429s for minutes at a time."""
+
+
+def spawn(cmd: list[str], home: Path, log: Path, latency_file: Path | None,
+          timeout: float | None = None) -> ClientRun:
+    """Run ``cmd`` with PROMPTBATCH_HOME=home; peak RSS of that process alone via wait4. One
+    still running after ``timeout`` seconds is killed (exit code -9)."""
     env = {**os.environ, "PROMPTBATCH_HOME": str(home), "PROMPTBATCH_CONFIG":
            str(home / "config.toml"), "NO_COLOR": "1", "COLUMNS": "200"}
     for name in ("PROMPTBATCH_MODEL", "PROMPTBATCH_BASE_URL", "PROMPTBATCH_CONCURRENCY"):
@@ -52,7 +59,12 @@ def spawn(cmd: list[str], home: Path, log: Path, latency_file: Path | None) -> C
     with log.open("w") as out:
         started = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
+        timer = threading.Timer(timeout, proc.kill) if timeout else None
+        if timer is not None:
+            timer.start()
         _, status, usage = os.wait4(proc.pid, 0)
+        if timer is not None:
+            timer.cancel()
         wall = time.perf_counter() - started
         proc.returncode = os.waitstatus_to_exitcode(status)
     text = log.read_text()
@@ -119,7 +131,7 @@ def baseline(book: Path, url: str, work: Path, concurrency: int,
     lat = work / f"sdk-{concurrency}.latency.json"
     cmd = [PY, "-m", "bench.baseline", str(book), url, str(concurrency), str(lat),
            str(max_tokens or 0)]
-    run = spawn(cmd, work / "baseline-home", work / f"sdk-{concurrency}.log", lat)
+    run = spawn(cmd, work / "baseline-home", work / f"sdk-{concurrency}.log", lat, PEER_TIMEOUT)
     for line in run.output.splitlines():
         if line.startswith("{"):
             data = json.loads(line)
@@ -162,7 +174,7 @@ def promptfoo(book: Path, url: str, work: Path, concurrency: int | None,
     os.environ.update({"PROMPTFOO_DISABLE_TELEMETRY": "1", "PROMPTFOO_DISABLE_UPDATE": "1",
                        "PROMPTFOO_CACHE_ENABLED": "false",
                        "PROMPTFOO_CONFIG_DIR": str(home / "config")})
-    run = spawn(cmd, home, work / f"{name}.log", None)
+    run = spawn(cmd, home, work / f"{name}.log", None, PEER_TIMEOUT)
     out = work / f"{name}.json"
     if out.exists():
         stats = json.loads(out.read_text()).get("results", {}).get("stats", {})

@@ -14,7 +14,8 @@ those compare each latency with the best seen, which a model's spread of answer 
 answer 0.3 s, the next 2 s) reads as queueing. Here every answer is filed by how many requests
 were in flight when it was sent (``Knee``): a server with free capacity answers as fast at 100
 as at 4; one with N slots and a queue answers in proportion to the requests beyond N, which a
-least-squares fit of a hinge finds, spread or not, from the first wave on. The window grows
+least-squares fit of a hinge finds, spread or not (the first wave is left out: it also waited
+for its connections). The window grows
 fast while no knee shows (slow start: ``GROWTH`` more for each answer), settles one step above
 a knee, and every ``PROBE_EVERY`` updates probes a quarter above it and a quarter below (as BBR
 probes for bandwidth), so that a knee that moved either way is found again from fresh answers.
@@ -245,14 +246,16 @@ class Limiter:
         self.paused_until = 0.0
         self.pauses = 0
         self.last_cut = 0.0
-        self.throttled = 0
         self.latencies: deque[float] = deque(maxlen=256)
         self.knee = Knee()
         self.knee_at: float | None = None
         self.answered_load = 0
-        self.first_answer: float | None = None
         """The most requests in flight that one answer was sent with: slow start goes no
-        further than twice that, so it never outruns what the answers have shown."""
+        further than twice that (or twice the start), so it never outruns what the answers
+        have shown."""
+        self.first_answer: float | None = None
+        """When the first answer came: requests sent before it also waited for connections to
+        open, so their latency does not describe the server's queue."""
         self.charged = 0.0
         self.sent = 0
         self.since_update = 0
@@ -379,7 +382,6 @@ class Limiter:
         the limits are not known, the window is halved, once for the requests sent under one
         window (a 429 to a request sent before the last cut says nothing new), as TCP halves
         once per round trip (AIMD)."""
-        self.throttled += 1
         now = time.monotonic()
         self._learn(headers, ticket)
         if wait:
