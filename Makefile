@@ -40,6 +40,14 @@ browser:
 
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[bench]'
+	@# promptfoo, a peer, from npm at the exact version in bench/promptfoo/package.json (no lock
+	@# file: it would name the registry). Its SQLite binding is built from source against the
+	@# installed Node's headers, as its install script would download a prebuilt one. Without
+	@# Node the bench runs without it and says so. 0.120.0 looks for its database migrations in
+	@# promptfoo/drizzle but ships them in promptfoo/dist/drizzle: a link puts them there.
+	-cd bench/promptfoo && npm install --no-package-lock --no-audit --no-fund --loglevel=error \
+		&& npm rebuild better-sqlite3 --nodedir="$$(dirname "$$(dirname "$$(command -v node)")")" \
+		--loglevel=error && ln -sfn dist/drizzle node_modules/promptfoo/drizzle
 	$(BIN)/python -m bench
 
 clean:

@@ -1,4 +1,5 @@
-"""``python -m bench.baseline CSV BASE_URL CONCURRENCY LATENCY.json``: the plain SDK baseline.
+"""``python -m bench.baseline CSV BASE_URL CONCURRENCY LATENCY.json [MAX_TOKENS]``: the plain
+SDK baseline.
 
 The same rows as the product (rendered with the same template), sent with the ``openai``
 SDK's ``AsyncOpenAI`` and an ``asyncio.Semaphore``: no cache, no output file, nothing else.
@@ -26,8 +27,8 @@ def prompts(path: Path) -> list[str]:
         return [template.render(row) for row in csv.DictReader(handle)]
 
 
-async def run(rows: list[str], base_url: str,
-              concurrency: int) -> tuple[dict[str, float], list[tuple[float, float]]]:
+async def run(rows: list[str], base_url: str, concurrency: int,
+              max_tokens: int = 0) -> tuple[dict[str, float], list[tuple[float, float]]]:
     """Send every prompt; the summary and each request's ``[start, latency]``."""
     from openai import AsyncOpenAI
 
@@ -44,7 +45,8 @@ async def run(rows: list[str], base_url: str,
             started = time.perf_counter()
             try:
                 await client.chat.completions.create(
-                    model="bench", messages=[{"role": "user", "content": prompt}])
+                    model="bench", messages=[{"role": "user", "content": prompt}],
+                    **({"max_tokens": max_tokens} if max_tokens else {}))
             except Exception:  # noqa: BLE001 - a failed row is counted, not raised
                 failed += 1
             timings.append((started - origin, time.perf_counter() - started))
@@ -60,7 +62,9 @@ async def run(rows: list[str], base_url: str,
 
 def main() -> None:
     path, base_url, concurrency, out = sys.argv[1:5]
-    summary, timings = asyncio.run(run(prompts(Path(path)), base_url, int(concurrency)))
+    max_tokens = int(sys.argv[5]) if len(sys.argv) > 5 else 0
+    summary, timings = asyncio.run(run(prompts(Path(path)), base_url, int(concurrency),
+                                       max_tokens))
     Path(out).write_text(json.dumps(timings))
     print(json.dumps(summary), flush=True)
 

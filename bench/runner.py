@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -42,8 +43,14 @@ class ClientRun:
         return quantiles(self.latencies)
 
 
-def spawn(cmd: list[str], home: Path, log: Path, latency_file: Path | None) -> ClientRun:
-    """Run ``cmd`` with PROMPTBATCH_HOME=home; peak RSS of that process alone via wait4."""
+PEER_TIMEOUT = 240.0
+"""Seconds a peer may take: promptfoo backs off from 429s for minutes at a time."""
+
+
+def spawn(cmd: list[str], home: Path, log: Path, latency_file: Path | None,
+          timeout: float | None = None) -> ClientRun:
+    """Run ``cmd`` with PROMPTBATCH_HOME=home; peak RSS of that process alone via wait4. One
+    still running after ``timeout`` seconds is killed (exit code -9)."""
     env = {**os.environ, "PROMPTBATCH_HOME": str(home), "PROMPTBATCH_CONFIG":
            str(home / "config.toml"), "NO_COLOR": "1", "COLUMNS": "200"}
     for name in ("PROMPTBATCH_MODEL", "PROMPTBATCH_BASE_URL", "PROMPTBATCH_CONCURRENCY"):
@@ -52,7 +59,12 @@ def spawn(cmd: list[str], home: Path, log: Path, latency_file: Path | None) -> C
     with log.open("w") as out:
         started = time.perf_counter()
         proc = subprocess.Popen(cmd, cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, env=env)
+        timer = threading.Timer(timeout, proc.kill) if timeout else None
+        if timer is not None:
+            timer.start()
         _, status, usage = os.wait4(proc.pid, 0)
+        if timer is not None:
+            timer.cancel()
         wall = time.perf_counter() - started
         proc.returncode = os.waitstatus_to_exitcode(status)
     text = log.read_text()
@@ -82,13 +94,17 @@ def _number(pattern: str, text: str) -> float | None:
     return float(match.group(1).replace(",", "")) if match else None
 
 
-def promptbatch(book: Path, url: str, out: Path, home: Path, work: Path, *, concurrency: int,
-                extra: tuple[str, ...] = (), probe: bool = True) -> ClientRun:
-    """``promptbatch run BOOK --model openai-compatible:bench --base-url URL ...``.
+def promptbatch(book: Path, url: str | None, out: Path, home: Path, work: Path, *,
+                concurrency: int | None, extra: tuple[str, ...] = (),
+                probe: bool = True) -> ClientRun:
+    """``promptbatch run BOOK --model openai-compatible:bench --base-url URL ...`` (no
+    ``--concurrency`` when it is None: what a user gets with no flags; no URL: the embedded
+    model).
 
     With ``probe`` it runs through ``bench.probe`` (the same CLI, each request timed)."""
-    args = ["run", str(book), "--model", "openai-compatible:bench", "--base-url", url,
-            "--template", TEMPLATE, "--concurrency", str(concurrency), "-o", str(out), *extra]
+    model = ["--model", "openai-compatible:bench", "--base-url", url] if url else []
+    limit = ["--concurrency", str(concurrency)] if concurrency else []
+    args = ["run", str(book), *model, "--template", TEMPLATE, *limit, "-o", str(out), *extra]
     lat = work / f"{out.stem}.latency.json"
     if probe:
         cmd = [PY, "-m", "bench.probe", str(lat), "--", *args]
@@ -109,11 +125,13 @@ def _int(value: float | None) -> int | None:
     return None if value is None else int(value)
 
 
-def baseline(book: Path, url: str, work: Path, concurrency: int) -> ClientRun:
-    """The ``openai`` SDK baseline (bench/baseline.py) in its own process."""
-    lat = work / "baseline.latency.json"
-    cmd = [PY, "-m", "bench.baseline", str(book), url, str(concurrency), str(lat)]
-    run = spawn(cmd, work / "baseline-home", work / "baseline.log", lat)
+def baseline(book: Path, url: str, work: Path, concurrency: int,
+             max_tokens: int | None = None) -> ClientRun:
+    """The ``openai`` SDK + a semaphore (bench/baseline.py) in its own process."""
+    lat = work / f"sdk-{concurrency}.latency.json"
+    cmd = [PY, "-m", "bench.baseline", str(book), url, str(concurrency), str(lat),
+           str(max_tokens or 0)]
+    run = spawn(cmd, work / "baseline-home", work / f"sdk-{concurrency}.log", lat, PEER_TIMEOUT)
     for line in run.output.splitlines():
         if line.startswith("{"):
             data = json.loads(line)
@@ -128,3 +146,38 @@ def has_openai() -> bool:
     import importlib.util
 
     return importlib.util.find_spec("openai") is not None
+
+
+PROMPTFOO = ROOT / "bench" / "promptfoo" / "node_modules" / ".bin" / "promptfoo"
+"""Installed by ``make bench`` from bench/promptfoo/package.json (an exact pin)."""
+
+
+def has_promptfoo() -> bool:
+    return PROMPTFOO.exists()
+
+
+def promptfoo(book: Path, url: str, work: Path, concurrency: int | None,
+              max_tokens: int | None = None) -> ClientRun:
+    """``promptfoo eval`` of the same rows and template, with its default ``-j`` (None) or
+    ``-j N``; its cache, result database and telemetry off."""
+    name = f"promptfoo-{concurrency or 'default'}"
+    config = work / f"{name}.yaml"
+    options = [f"      max_tokens: {max_tokens}"] if max_tokens else []
+    config.write_text("\n".join([
+        "prompts:", f"  - {json.dumps(TEMPLATE)}", "providers:", "  - id: openai:chat:bench",
+        "    config:", f"      apiBaseUrl: {url}", "      apiKey: x", *options,
+        f"tests: file://{book}", ""]))
+    jobs = ["-j", str(concurrency)] if concurrency else []
+    cmd = [str(PROMPTFOO), "eval", "-c", str(config), "--no-cache", "--no-write",
+           "--no-progress-bar", "--no-table", *jobs, "-o", str(work / f"{name}.json")]
+    home = work / "promptfoo-home"
+    os.environ.update({"PROMPTFOO_DISABLE_TELEMETRY": "1", "PROMPTFOO_DISABLE_UPDATE": "1",
+                       "PROMPTFOO_CACHE_ENABLED": "false",
+                       "PROMPTFOO_CONFIG_DIR": str(home / "config")})
+    run = spawn(cmd, home, work / f"{name}.log", None, PEER_TIMEOUT)
+    out = work / f"{name}.json"
+    if out.exists():
+        stats = json.loads(out.read_text()).get("results", {}).get("stats", {})
+        run.answered = int(stats.get("successes", 0)) + int(stats.get("failures", 0))
+        run.failed = int(stats.get("errors", 0))
+    return run

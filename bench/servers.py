@@ -8,7 +8,7 @@ import statistics
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +28,10 @@ class FakeSpec:
     tpm: int | None = None
     time_scale: float = 1.0
     seed: int = 1
+    slots: int | None = None
+    change_after: tuple[int, int] | None = None
+    """(answers, rpm): the request limit from then on."""
+    headers: bool = True
 
 
 @dataclass
@@ -40,6 +44,12 @@ class ServerStats:
     mean_latency: float | None
     p50: float | None
     p95: float | None
+    span: float | None = None
+    """Real seconds from the first request's arrival to the last answer: the client's time,
+    measured the same way for every client."""
+    arrivals: list[float] = field(default_factory=list)
+    queue_waits: list[float] = field(default_factory=list)
+    changed_at: float | None = None
 
 
 def free_port() -> int:
@@ -93,6 +103,13 @@ class FakeServer(Server):
             cmd += ["--rpm", str(spec.rpm)]
         if spec.tpm:
             cmd += ["--tpm", str(spec.tpm)]
+        if spec.slots:
+            cmd += ["--slots", str(spec.slots)]
+        if spec.change_after:
+            cmd += ["--change-after", str(spec.change_after[0]),
+                    "--rpm-after", str(spec.change_after[1])]
+        if not spec.headers:
+            cmd += ["--no-ratelimit-headers"]
         self.spec = spec
         super().__init__(cmd, "", log)
         assert self.proc.stdout is not None
@@ -107,8 +124,10 @@ class FakeServer(Server):
         data: dict[str, Any] = httpx.get(f"{self.root}/_fake/stats", timeout=30).json()
         scale = float(data["time_scale"])
         mean, p50, p95 = quantiles([d / scale for d in data["latencies"]])
+        arrivals, finishes = data["arrivals"], data["finishes"]
+        span = max(finishes) - min(arrivals) if finishes and arrivals else None
         return ServerStats(data["count_ok"], data["count_429"], data["requests"], mean, p50,
-                           p95)
+                           p95, span, arrivals, data["queue_waits"], data["changed_at"])
 
 
 class LlmockServer(Server):
@@ -136,8 +155,10 @@ class LlmockServer(Server):
         records = [r for r in data["requests"] if "chat/completions" in str(r.get("path"))]
         ok = [r for r in records if r.get("status") == 200]
         mean, p50, p95 = quantiles([float(r["ended_at"]) - float(r["started_at"]) for r in ok])
+        span = (max(float(r["ended_at"]) for r in ok)
+                - min(float(r["started_at"]) for r in records)) if ok else None
         return ServerStats(len(ok), sum(1 for r in records if r.get("status") == 429),
-                           len(records), mean, p50, p95)
+                           len(records), mean, p50, p95, span)
 
     def verdict(self) -> dict[str, Any]:
         """llmock's own judgement of how the client coped (``GET /_llmock/verdict``)."""

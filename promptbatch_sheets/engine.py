@@ -19,6 +19,7 @@ from .budget import Budget
 from .errors import ProviderError, SchemaMismatch
 from .estimate import Estimate, request_chars, tokens
 from .inflight import InFlight, Outcome, sharing
+from .limits import CAP
 from .plan import ERROR_PREFIX, RowJob
 from .providers import Completion, Params, Provider
 from .request import Requests
@@ -87,7 +88,7 @@ async def run_jobs(
     params: Params,
     store: Store,
     *,
-    concurrency: int,
+    concurrency: int | None,
     on_result: Callable[[RowResult], None],
     use_cache: bool = True,
     budget: Budget | None = None,
@@ -227,7 +228,25 @@ async def run_jobs(
 
     busy = 0
     """Keys this run waits for: its own requests, and answers others are getting."""
-    changed = asyncio.Event()
+    in_flight = 0
+    """This run's own requests under way: at most the provider's window of them."""
+    sleepers: deque[asyncio.Future[None]] = deque()
+    """Workers with nothing to do now. They are woken as jobs and places in the window come,
+    only as many as may go: waking every worker of a 256 cap on each answer cost a fifth of
+    the rate."""
+
+    async def sleep() -> None:
+        sleeper = asyncio.get_running_loop().create_future()
+        sleepers.append(sleeper)
+        await sleeper
+
+    def wake(count: int | None = None) -> None:
+        """Wake ``count`` sleeping workers (all of them: None)."""
+        for _ in range(len(sleepers) if count is None else min(count, len(sleepers))):
+            sleeper = sleepers.popleft()
+            if not sleeper.done():
+                sleeper.set_result(None)
+
     joined: list[tuple[asyncio.Future[Outcome], Callable[[asyncio.Future[Outcome]], None]]] = []
 
     def wait_for_other(key: str, future: asyncio.Future[Outcome]) -> None:
@@ -244,7 +263,7 @@ async def run_jobs(
                 queue.appendleft(key)
             else:
                 deliver(key, result, cached=True)
-            changed.set()
+            wake()
 
         future.add_done_callback(arrived)
         joined.append((future, arrived))
@@ -254,11 +273,10 @@ async def run_jobs(
     outlives the request (``shared``); a run that closes its provider stops them first."""
 
     async def worker(provider: Provider) -> None:
-        nonlocal busy
+        nonlocal busy, in_flight
         while queue or busy:
-            if not queue:
-                changed.clear()
-                await changed.wait()
+            if not queue or in_flight >= provider.window:  # a job waits here, holding no budget
+                await sleep()
                 continue
             if cancelled is not None and cancelled():
                 return
@@ -274,12 +292,17 @@ async def run_jobs(
                 return
             queue.popleft()
             busy += 1
+            in_flight += 1
             task = asyncio.ensure_future(fetch(provider, key, reservation))
             fetching.add(task)
             task.add_done_callback(fetching.discard)
             await asyncio.shield(task)
             busy -= 1
-            changed.set()
+            in_flight -= 1
+            if not in_flight:
+                wake()  # the queue is empty, or the window was full: all may go
+            elif queue:
+                wake(max(1, provider.window - in_flight))
 
     async def fetch(provider: Provider, key: str, reservation: float) -> None:
         """Ask for ``key`` (and repair the reply), then store, settle and hand the outcome
@@ -311,15 +334,15 @@ async def run_jobs(
         try:
             if queue:
                 async with connect() as provider:
-                    workers = concurrency if follow else max(1, min(concurrency, len(queue)))
+                    cap = concurrency or CAP
+                    workers = cap if follow else max(1, min(cap, len(queue)))
                     try:
                         await asyncio.gather(*(worker(provider) for _ in range(workers)))
                     finally:
                         if shared is None:  # the provider closes with this run: so do they
                             await _stopped(fetching)
             while busy:  # a budget stopped the workers: hear out what others are getting
-                changed.clear()
-                await changed.wait()
+                await sleep()
         finally:
             flight.abandon(queue)
             for future, arrived in joined:

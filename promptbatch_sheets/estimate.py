@@ -3,7 +3,9 @@
 A request costs a fixed overhead (the chat template or message framing) plus its characters
 over a characters-per-token ratio; an answer costs its typical length, trimmed by max_tokens.
 Those numbers come from the model's own past answers in the cache when there are enough of them,
-else from defaults per provider measured on the sample workbooks.
+else from defaults per provider measured on the sample workbooks. Time comes from what the
+model's last realtime run measured on this machine (``timing``) once there is one, else it is
+a guess, and the estimate says which.
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from functools import cache
 from importlib.resources import files
 
 from .budget import ASSUMED_MAX_ANSWER_TOKENS
+from .limits import START
 
 CHARS_PER_TOKEN = 4.0
 """English text averages about four characters per token in GPT and Llama tokenizers."""
@@ -24,7 +27,7 @@ LOCAL_SECONDS_PER_TOKEN = (0.001, 0.009)
 """(prompt, answer) seconds per token of the embedded model on two cores, measured on the
 demo workbook; it is CPU-bound, so time does not shrink with concurrency."""
 HOSTED_LATENCY_S = 1.0
-"""Typical time to a full short answer from a hosted API."""
+"""Typical time to a full short answer from a hosted API, when none was measured."""
 BATCH_API_PROVIDERS = frozenset({"openai", "anthropic"})
 """Providers whose Batch API answers within a day at half the realtime price."""
 BATCH_DISCOUNT = 0.5
@@ -100,6 +103,8 @@ class Estimate:
     batch_cost_usd: float | None = None
     """The same answers through the provider's Batch API; None where there is none."""
     basis: str = ""
+    time_basis: str = ""
+    """Where the time comes from: this model's last run here, or a guess."""
 
 
 @cache
@@ -162,23 +167,67 @@ def calibrate(model: str, history: History, system: bool = False) -> Calibration
                        f"per request + {chars_per_token:.1f} characters per token", answers)
 
 
-def estimate(model: str, prompts: list[str], max_tokens: int | None, concurrency: int, *,
-             system: bool = False, history: History = ()) -> Estimate:
-    """Tokens from calibrated text length, cost from the price table, time from rounds of
-    requests. ``prompts`` are the texts requests send, system prompts included; ``system``
-    says whether they carry one (the message framing differs)."""
+def local_seconds(prompt_tokens: float, completion_tokens: float) -> float:
+    """The embedded model's time at its default speed: it is CPU-bound, so it is the tokens'."""
+    return (prompt_tokens * LOCAL_SECONDS_PER_TOKEN[0]
+            + completion_tokens * LOCAL_SECONDS_PER_TOKEN[1])
+
+
+def timing(model: str, requests: int, prompt_tokens: int, completion_tokens: int,
+           concurrency: int | None, speed: dict[str, float] | None) -> tuple[float, str]:
+    """Seconds for ``requests`` requests, and what that figure rests on.
+
+    ``speed`` is what the model's last realtime run measured (``Limiter.measured`` plus its
+    requests, seconds and tokens). The embedded model is bound by this machine's CPU: its
+    time scales with the tokens, at the speed measured. A server is bound by its window and
+    limits: rows a second = window / latency (Little's law), at most what the limits allow.
+    """
+    provider = model.partition(":")[0]
+    if not requests:
+        return 0.0, "nothing to send"
+    if not speed or not speed.get("requests") or not speed.get("seconds"):
+        if provider == "local":
+            return (local_seconds(prompt_tokens, completion_tokens),
+                    "a guess: the embedded model's speed on two cores; a run measures yours")
+        in_flight = min(concurrency or START, START)
+        return (math.ceil(requests / in_flight) * HOSTED_LATENCY_S,
+                f"a guess: {in_flight} in flight, {HOSTED_LATENCY_S:g} s each; a run measures "
+                "the server's own speed and limits")
+    if provider == "local":
+        past = local_seconds(speed.get("prompt_tokens", 0), speed.get("completion_tokens", 0))
+        scale = speed["seconds"] / past if past else 1.0
+        return (local_seconds(prompt_tokens, completion_tokens) * scale,
+                f"your last run here: {speed.get('completion_tokens', 0) / speed['seconds']:,.1f}"
+                f" answer tokens a second at {speed.get('window', 1):.0f} at once")
+    latency = speed.get("latency") or speed["seconds"] / speed["requests"]
+    window = min(concurrency or math.inf, speed.get("window", 1.0))
+    rates = [window / latency]
+    if speed.get("rpm"):
+        rates.append(speed["rpm"] / 60)
+    per_request = (prompt_tokens + completion_tokens) / requests
+    if speed.get("tpm") and per_request:
+        rates.append(speed["tpm"] / 60 / per_request)
+    rate = min(rates)
+    return (requests / rate + latency,
+            f"your last run of {model}: {latency:.2f} s an answer, {rate:,.1f} a second")
+
+
+def estimate(model: str, prompts: list[str], max_tokens: int | None, concurrency: int | None,
+             *, system: bool = False, history: History = (),
+             speed: dict[str, float] | None = None) -> Estimate:
+    """Tokens from calibrated text length, cost from the price table, time from the speed
+    last measured (``timing``). ``prompts`` are the texts requests send, system prompts
+    included; ``system`` says whether they carry one (the message framing differs)."""
     provider = model.partition(":")[0]
     calibration = calibrate(model, history, system)
     prompt_tokens = round(sum(calibration.prompt_tokens(len(p)) for p in prompts))
     completion_tokens = round(calibration.answer(max_tokens) * len(prompts))
     completion_max = (max_tokens or ASSUMED_MAX_ANSWER_TOKENS) * len(prompts)
-    if provider == "local":
-        seconds = (prompt_tokens * LOCAL_SECONDS_PER_TOKEN[0]
-                   + completion_tokens * LOCAL_SECONDS_PER_TOKEN[1])
-    else:
-        seconds = math.ceil(len(prompts) / max(1, concurrency)) * HOSTED_LATENCY_S
+    seconds, time_basis = timing(model, len(prompts), prompt_tokens, completion_tokens,
+                                 concurrency, speed)
     realtime = cost(model, prompt_tokens, completion_tokens)
     batch = (realtime * BATCH_DISCOUNT
              if realtime is not None and provider in BATCH_API_PROVIDERS else None)
     return Estimate(prompt_tokens, completion_tokens, realtime, seconds, completion_max,
-                    cost(model, prompt_tokens, completion_max), batch, calibration.basis)
+                    cost(model, prompt_tokens, completion_max), batch, calibration.basis,
+                    time_basis)

@@ -1,29 +1,56 @@
-"""Rate limiting that finds the provider's ceiling instead of guessing it.
+"""The limiter: how many requests are in flight and how fast they go, so that a run finds the
+provider's ceiling by itself. ``--concurrency`` only caps the window (default ``CAP``).
 
-Three gates before each request: a concurrency window that grows while answers flow and halves
-on a 429 (AIMD), a request bucket and a token bucket. The buckets start from the user's caps
-(--rpm, --tpm) and learn the provider's own limits from its headers (OpenAI's
-``x-ratelimit-*``, Anthropic's ``anthropic-ratelimit-*``). Servers that send no headers
-(Ollama, vLLM, llama.cpp) are steered by 429/503 alone.
+Where the provider publishes its limits (OpenAI's ``x-ratelimit-*``, Anthropic's
+``anthropic-ratelimit-*``, or the user's ``--rpm``/``--tpm``), a request bucket and a token
+bucket pace the sends, and the window is sized by Little's law from those limits and the
+latency this run measures: in flight = rate x latency, taken at its 90th percentile for the
+spread, plus a square root of headroom (as Envoy's adaptive concurrency filter adds).
 
-The window starts at the whole concurrency. Waiting for a first answer's headers before
-opening it left most of the window idle for a model's latency at the start of every run; a
-server over its limit says so at once instead (a 429 comes back in a round trip, not after the
-model's latency, and carries the same headers), so at most the first wave beyond its allowance
-is refused, and the buckets pace everything after it.
+Where it does not (Ollama, vLLM, llama.cpp, LM Studio), the window looks for the knee of the
+server's latency against the requests in flight, as adaptive concurrency limiters do (TCP
+Vegas, Netflix's concurrency-limits Gradient2, Envoy's gradient controller), with one change:
+those compare each latency with the best seen, which a model's spread of answer times (one
+answer 0.3 s, the next 2 s) reads as queueing. Here every answer is filed by how many requests
+were in flight when it was sent (``Knee``): a server with free capacity answers as fast at 100
+as at 4; one with N slots and a queue answers in proportion to the requests beyond N, which a
+least-squares fit of a hinge finds, spread or not (the first wave is left out: it also waited
+for its connections). The window grows
+fast while no knee shows (slow start: ``GROWTH`` more for each answer), settles one step above
+a knee, and every ``PROBE_EVERY`` updates probes a quarter above it and a quarter below (as BBR
+probes for bandwidth), so that a knee that moved either way is found again from fresh answers.
+A 429 or 503 halves the window, once per burst, and growth past that point is by one per
+window of answers (TCP's slow-start threshold and AIMD).
+
+A 429 comes back in a round trip, not after the model's latency, and carries the limit
+headers, so a first wave beyond a provider's allowance is refused at once and paced after.
 """
 
 from __future__ import annotations
 
 import asyncio
+import itertools
+import math
 import re
+import statistics
 import time
+from collections import deque
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     import httpx
 
+CAP = 256
+"""Default ceiling of the window: the most requests in flight without ``--concurrency``."""
+START = 32
+"""The first wave with no ``--concurrency``: small enough that a first wave past a provider's
+allowance is mostly answered, large enough that a server without limits is near the cap within a
+second (each answer adds ``GROWTH``)."""
+GROWTH = 4
+"""Slow start: the window grows by this much per answer while latency shows no knee."""
+PROBE_EVERY = 8
+"""Window updates between probes above a knee."""
 ASSUMED_ANSWER_TOKENS = 256
 """Token-bucket charge for the answer when a request sets no max_tokens."""
 
@@ -35,6 +62,9 @@ def request_tokens(payload: dict[str, Any]) -> int:
     return chars // 4 + 1 + int(payload.get("max_tokens") or ASSUMED_ANSWER_TOKENS)
 
 
+PACE = 0.97
+"""Share of a published limit that is used: a limit met exactly is crossed by any jitter in
+when requests arrive, and each 429 costs a pause."""
 BURST_SECONDS = 0.2
 """A bucket holds this many seconds' worth: providers enforce per-minute limits in short
 slices, and a full second's burst landing late in one slice doubles up with the next."""
@@ -61,14 +91,25 @@ class Bucket:
         return 0.0 if self.level >= 0 else -self.level / rate
 
 
+MIN_PER_MINUTE = 1.0
+"""The lowest limit a header may teach: a server's ``limit-requests: 0.001`` would otherwise
+pace a run at one request every 17 hours."""
+MAX_RESET_PAUSE = 60.0
+"""The longest pause a ``reset`` header may order: providers' request limits reset within a
+minute, and ``reset-requests: 1000h`` must not stop a run for weeks."""
+
+
 def _limit(headers: httpx.Headers, *names: str) -> float | None:
+    """The first of ``names`` the headers hold, as a number no lower than
+    ``MIN_PER_MINUTE`` (a server's words, so bounded); None when absent or not a number."""
     for name in names:
         value = headers.get(name)
         if value:
             try:
-                return float(value)
+                number = float(value)
             except ValueError:
                 return None
+            return max(MIN_PER_MINUTE, number) if math.isfinite(number) else None
     return None
 
 
@@ -86,62 +127,284 @@ def reset_seconds(value: str | None) -> float | None:
     return sum(float(n) * _UNIT[u] for n, u in parts)
 
 
-class Limiter:
-    """Shared by every request of one provider and model in a run."""
+@dataclass
+class Ticket:
+    """One request on the wire: when it left, how many were in flight with it, and (once it
+    is back) how long it took."""
 
-    def __init__(self, max_concurrency: int, rpm: float | None = None,
-                 tpm: float | None = None) -> None:
-        self.max_concurrency = max_concurrency
-        self.window = float(max_concurrency)
+    sent: float
+    load: int
+    latency: float = 0.0
+
+
+LEVEL_SAMPLES = 32
+"""Latencies kept per level of load: enough to average a model's spread, few enough that a
+changed server shows within a window or two."""
+HORIZON = 256
+"""Answers the knee is judged on (at least 16 windows' worth): an older one may describe a
+server that has since changed."""
+MIN_SAMPLES = 8
+SIGNIFICANCE = 25.0
+"""How much better (in residual variances) a knee must fit than no knee: about a chi-square of
+one degree of freedom at 99.8%, for a fit that also picks where the knee is."""
+MIN_RISE = math.log(1.5)
+"""A knee counts only when latency beyond it has risen by half: noise at the top of the range
+is no knee."""
+
+
+def _level(load: int) -> int:
+    """Each load up to 8 is its own level; above, levels are 2**(1/4) apart."""
+    return load if load <= 8 else 8 + round(4 * math.log2(load / 8))
+
+
+class _Level:
+    """The last ``LEVEL_SAMPLES`` (log load, log latency, answer number) of one level, with
+    their sums."""
+
+    def __init__(self) -> None:
+        self.points: deque[tuple[float, float, int]] = deque()
+        self.sx = self.sy = self.syy = 0.0
+
+    def add(self, x: float, y: float, stamp: int) -> None:
+        if len(self.points) == LEVEL_SAMPLES:
+            self._drop()
+        self.points.append((x, y, stamp))
+        self.sx, self.sy, self.syy = self.sx + x, self.sy + y, self.syy + y * y
+
+    def trim(self, oldest: int) -> None:
+        while self.points and self.points[0][2] < oldest:
+            self._drop()
+
+    def _drop(self) -> None:
+        x, y, _ = self.points.popleft()
+        self.sx, self.sy, self.syy = self.sx - x, self.sy - y, self.syy - y * y
+
+
+class Knee:
+    """Latency against the requests in flight when each was sent, and where it starts to rise.
+
+    The model is a server with N slots: latency S up to N in flight, S x n / N beyond (a queue,
+    or slots sharing one processor). Fitted on log latency, where a model's spread is about the
+    same at every level, against the same level with no knee; the knee is kept when it fits
+    markedly better and latency beyond it has risen by at least ``MIN_RISE``.
+    """
+
+    def __init__(self) -> None:
+        self.levels: dict[int, _Level] = {}
+        self.count = 0
+        self.at_lowest = False
+        """Whether the last knee found lies at the least load kept: every answer was past it,
+        and the real knee may be lower still."""
+
+    def add(self, load: int, latency: float) -> None:
+        self.count += 1
+        level = self.levels.setdefault(_level(load), _Level())
+        level.add(math.log(max(1, load)), math.log(max(latency, 1e-4)), self.count)
+
+    def fit(self, horizon: int) -> float | None:
+        """The number of requests the server takes without queueing, judged on the last
+        ``horizon`` answers, or None if no knee shows."""
+        for level in self.levels.values():
+            level.trim(self.count - horizon)
+        levels = [v for _, v in sorted(self.levels.items()) if v.points]
+        counts = [len(v.points) for v in levels]
+        total = sum(counts)
+        if total < MIN_SAMPLES:
+            return None
+        xs = [v.sx / c for v, c in zip(levels, counts, strict=True)]
+        sy = sum(v.sy for v in levels)
+        syy = sum(v.syy for v in levels)
+        free = syy - sy * sy / total
+        best, knee = free, None
+        between = [(a + b) / 2 for a, b in itertools.pairwise(xs)]
+        for k in sorted(xs[:-1] + between):
+            hinge = [max(0.0, x - k) for x in xs]
+            a = (sy - sum(c * h for c, h in zip(counts, hinge, strict=True))) / total
+            sse = sum(v.syy - 2 * (a + h) * v.sy + c * (a + h) ** 2
+                      for v, c, h in zip(levels, counts, hinge, strict=True))
+            if sse < best:
+                best, knee = sse, k
+        if knee is None or xs[-1] - knee < MIN_RISE:
+            return None
+        self.at_lowest = knee == xs[0]
+        noise = max(best, 1e-9) / max(1, total - 2)
+        return math.exp(knee) if free - best >= SIGNIFICANCE * noise else None
+
+
+class Limiter:
+    """Shared by every request of one provider and model in a run.
+
+    ``cap`` is the most requests in flight; the window starts at ``start`` (the cap when
+    not given). With ``adaptive`` off the cap is the server's known capacity (the embedded
+    model's slots): the window stays there unless the server pushes back.
+    """
+
+    def __init__(self, cap: int = CAP, rpm: float | None = None, tpm: float | None = None,
+                 *, start: int | None = None, adaptive: bool = True) -> None:
+        self.cap = cap
+        self.adaptive = adaptive
+        self._window = float(min(cap, start or cap))
+        self.start = self.window
+        self.threshold = float(cap)
+        """Slow start stops here: half the window at the last 429 or 503, or the last knee."""
         self.in_flight = 0
         self.user_rpm, self.user_tpm = rpm, tpm
         self.requests = Bucket(rpm) if rpm else None
         self.tokens = Bucket(tpm) if tpm else None
+        self.limits_sent = 0.0
+        """When the request that told the limits in force was sent: an older answer's headers
+        describe limits that may since have changed."""
         self.paused_until = 0.0
+        self.pauses = 0
         self.last_cut = 0.0
-        self.throttled = 0
+        self.latencies: deque[float] = deque(maxlen=256)
+        self.knee = Knee()
+        self.knee_at: float | None = None
+        self.answered_load = 0
+        """The most requests in flight that one answer was sent with: slow start goes no
+        further than twice that (or twice the start), so it never outruns what the answers
+        have shown."""
+        self.first_answer: float | None = None
+        """When the first answer came: requests sent before it also waited for connections to
+        open, so their latency does not describe the server's queue."""
+        self.charged = 0.0
+        self.sent = 0
+        self.since_update = 0
+        self.updates = 0
         self._changed = asyncio.Condition()
 
-    async def acquire(self, tokens: int) -> None:
+    @property
+    def window(self) -> int:
+        """How many requests may be in flight now."""
+        return max(1, int(self._window))
+
+    @property
+    def published(self) -> bool:
+        """Whether the limits are known (headers or the user's caps): then the buckets pace."""
+        return self.requests is not None or self.tokens is not None
+
+    async def acquire(self, tokens: int) -> Ticket:
         """Wait for a place in the window, then for the buckets; never for long at once."""
         async with self._changed:
-            await self._changed.wait_for(lambda: self.in_flight < int(self.window))
+            await self._changed.wait_for(lambda: self.in_flight < self.window)
             self.in_flight += 1
-        now = time.monotonic()
-        wait = max(0.0, self.paused_until - now)
-        if self.requests is not None:
-            wait = max(wait, self.requests.wait_for(1, now))
-        if self.tokens is not None:
-            wait = max(wait, self.tokens.wait_for(tokens, now))
-        if wait > 0:
-            await asyncio.sleep(wait)
+            load = self.in_flight
+        self.sent += 1
+        self.charged += tokens
+        while True:
+            now = time.monotonic()
+            wait = max(0.0, self.paused_until - now)
+            if self.requests is not None:
+                wait = max(wait, self.requests.wait_for(1, now))
+            if self.tokens is not None:
+                wait = max(wait, self.tokens.wait_for(tokens, now))
+            pauses = self.pauses
+            if wait > 0:
+                await asyncio.sleep(wait)
+            if self.pauses == pauses:  # else a 429 came meanwhile: take a new place in line
+                return Ticket(time.monotonic(), load)
 
-    async def release(self) -> None:
+    async def release(self, ticket: Ticket | None = None) -> None:
+        if ticket is not None:
+            ticket.latency = time.monotonic() - ticket.sent
         async with self._changed:
             self.in_flight -= 1
             self._changed.notify_all()
 
-    def succeeded(self, headers: httpx.Headers) -> None:
-        """Learn limits from headers; grow a cut window back by one per window of answers
-        (AIMD)."""
-        self._learn(headers)
-        self.window = min(float(self.max_concurrency), self.window + 1.0 / self.window)
+    def succeeded(self, headers: httpx.Headers, ticket: Ticket | None = None) -> None:
+        """Learn limits from the headers, and the latency and load of one answer; move the
+        window."""
+        self._learn(headers, ticket)
+        if ticket is None:
+            return
+        self.latencies.append(ticket.latency)
+        if self.first_answer is None:
+            self.first_answer = ticket.sent + ticket.latency
+        if ticket.sent >= self.first_answer:  # the first wave also waited for connections
+            self.knee.add(ticket.load, ticket.latency)
+            self.answered_load = max(self.answered_load, ticket.load)
+        self.since_update += 1
+        busy = self.in_flight + 1 >= 0.75 * self._window  # else the run has too few rows left
+        starting = self._window < self.threshold  # look for a knee often while growing fast
+        if self.since_update >= (4 if starting else max(4, self.window // 4)):
+            self._update(busy)
+        elif busy and not self.published and self.knee_at is None:
+            self._grow()
 
-    def throttled_by_server(self, headers: httpx.Headers, wait: float | None) -> None:
+    def _update(self, busy: bool) -> None:
+        """Every few answers: the window from Little's law, or from the knee."""
+        self.since_update = 0
+        self.updates += 1
+        if self.published:
+            rate = self._rate()
+            if rate is not None:
+                self._window = min(self.cap, self._little(rate))
+            return
+        found = self.knee.fit(max(HORIZON, 16 * self.window)) if self.adaptive else None
+        self.knee_at = found
+        if found is None:
+            if busy:
+                self._grow()
+            return
+        if self.knee.at_lowest:  # every answer is past the knee: look lower
+            target = max(1, int(found / 2))
+        else:
+            target = int(found) + max(1, int(found / 8))
+        self.threshold = float(target)  # a knee is a limit too: past it, grow by one at a time
+        phase = self.updates % PROBE_EVERY
+        if phase == 0:  # probe above the knee, then below it, to find it again if it moved
+            target += max(1, target // 4)
+        elif phase == 1:
+            target -= max(1, target // 4)
+        self._window = float(max(1, min(self.cap, target)))
+
+    def _grow(self) -> None:
+        """Fast below the threshold (no 429 or 503 yet), by one per window above it."""
+        if self._window < self.threshold and self.adaptive:
+            seen = 2.0 * max(self.answered_load, self.start)
+            self._window = max(self._window, min(self.cap, self._window + GROWTH, seen))
+        else:
+            self._window = min(float(self.cap), self._window + 1 / self._window)
+
+    def _rate(self) -> float | None:
+        """Rows a second the buckets allow, at this run's tokens per request."""
+        rates = []
+        if self.requests is not None:
+            rates.append(self.requests.per_minute / 60)
+        if self.tokens is not None and self.sent:
+            rates.append(self.tokens.per_minute / 60 / (self.charged / self.sent))
+        return min(rates) if rates else None
+
+    def _little(self, rate: float) -> float:
+        """In flight = rate x latency (90th percentile of recent answers), plus headroom."""
+        if not self.latencies:
+            return self._window
+        ordered = sorted(self.latencies)
+        high = ordered[min(len(ordered) - 1, int(0.9 * len(ordered)))]
+        inflight = rate * high
+        return float(math.ceil(inflight + math.sqrt(inflight)) + 1)
+
+    def throttled_by_server(self, headers: httpx.Headers, wait: float | None,
+                            ticket: Ticket | None = None) -> None:
         """A 429 (or a headerless 503): pause everyone for the server's wait. Where the limits
         are known, the buckets set the pace, so they are emptied and refill only from the end
-        of the pause: a pause saved up as a burst would overrun the server's next slice. Where
-        the limits are not known, the window is halved, once per burst (AIMD)."""
-        self.throttled += 1
+        of the pause: a pause saved up as a burst would overrun the server's next slice; the
+        requests already waiting for the buckets take their places again after it. Where
+        the limits are not known, the window is halved, once for the requests sent under one
+        window (a 429 to a request sent before the last cut says nothing new), as TCP halves
+        once per round trip (AIMD)."""
         now = time.monotonic()
-        self._learn(headers)
+        self._learn(headers, ticket)
         if wait:
             self.paused_until = max(self.paused_until, now + wait)
         buckets = [b for b in (self.requests, self.tokens) if b is not None]
         for bucket in buckets:
-            bucket.level, bucket.stamp = min(bucket.level, 0.0), max(now, self.paused_until)
-        if not buckets and now - self.last_cut > 1.0:
-            self.window = max(1.0, self.window / 2)
+            bucket.level, bucket.stamp = 0.0, max(now, self.paused_until)
+        self.pauses += 1
+        sent = ticket.sent if ticket is not None else now - 1.0
+        if not buckets and sent > self.last_cut:  # once for the requests of one window
+            self._window = max(1.0, self._window / 2)
+            self.threshold = self._window
             self.last_cut = now
 
     def overloaded(self, wait: float | None) -> None:
@@ -149,20 +412,37 @@ class Limiter:
         if wait:
             self.paused_until = max(self.paused_until, time.monotonic() + wait)
 
-    def _learn(self, headers: httpx.Headers) -> None:
+    def measured(self) -> dict[str, float]:
+        """What this run learned, for the next estimate of this model's time."""
+        found: dict[str, float] = {"window": float(self.window)}
+        if self.latencies:
+            found["latency"] = statistics.median(self.latencies)
+        if self.requests is not None:
+            found["rpm"] = self.requests.per_minute
+        if self.tokens is not None:
+            found["tpm"] = self.tokens.per_minute
+        return found
+
+    def _learn(self, headers: httpx.Headers, ticket: Ticket | None) -> None:
+        sent = ticket.sent if ticket is not None else time.monotonic()
+        if sent < self.limits_sent:
+            return
         rpm = _limit(headers, "x-ratelimit-limit-requests",
                      "anthropic-ratelimit-requests-limit")
         tpm = _limit(headers, "x-ratelimit-limit-tokens", "anthropic-ratelimit-tokens-limit",
                      "anthropic-ratelimit-input-tokens-limit")
+        if rpm or tpm:
+            self.limits_sent = sent
         if rpm:
-            rpm = min(rpm, self.user_rpm or rpm)
+            rpm = min(rpm * PACE, self.user_rpm or rpm)
             if self.requests is None or self.requests.per_minute != rpm:
                 self.requests = Bucket(rpm)
         if tpm:
-            tpm = min(tpm, self.user_tpm or tpm)
+            tpm = min(tpm * PACE, self.user_tpm or tpm)
             if self.tokens is None or self.tokens.per_minute != tpm:
                 self.tokens = Bucket(tpm)
-        remaining = _limit(headers, "x-ratelimit-remaining-requests")
+        remaining = headers.get("x-ratelimit-remaining-requests", "").strip()
         reset = reset_seconds(headers.get("x-ratelimit-reset-requests"))
-        if remaining == 0 and reset:
-            self.paused_until = max(self.paused_until, time.monotonic() + reset)
+        if remaining == "0" and reset:
+            self.paused_until = max(self.paused_until,
+                                    time.monotonic() + min(reset, MAX_RESET_PAUSE))

@@ -41,7 +41,8 @@ class Options:
         "--output", "-o", help="Where to write (default: NAME.promptbatch.xlsx beside the "
         "input).")] = None
     concurrency: Annotated[int | None, typer.Option(
-        "--concurrency", help="Requests in flight (default 8).")] = None
+        "--concurrency", help="The most requests in flight (default: the window adapts, up "
+        "to 256).")] = None
     rerun: Annotated[Rerun | None, typer.Option(
         "--rerun", help="Rows to send: missing (empty or #ERROR, default), empty, failed, "
         "all.")] = None

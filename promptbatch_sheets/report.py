@@ -56,6 +56,7 @@ def _estimate_lines(est: Estimate, max_tokens: int | None) -> list[str]:
                      f"it would cost {_money(est.batch_cost_usd)}: add --via batch to send it "
                      "that way.")
     lines.append(f"Token counts estimated from {est.basis}.")
+    lines.append(f"Time from {est.time_basis}.")
     return lines
 
 

@@ -256,8 +256,10 @@ def forecast(prepared: Prepared, store: Store, jobs: list[RowJob]) -> Estimate:
     """The estimate for ``jobs``, calibrated by this model's past answers in the cache."""
     settings = prepared.settings
     prompts = [prepared.as_sent(job) for job in jobs]
+    label = prepared.spec.label
     return estimate(prepared.price_label, prompts, settings.max_tokens, settings.concurrency,
-                    system=prepared.has_system, history=store.history(prepared.spec.label))
+                    system=prepared.has_system, history=store.history(label),
+                    speed=store.speed(label))
 
 
 def later_prompts(prepared: Prepared, store: Store) -> list[RowJob]:
@@ -307,7 +309,8 @@ def api_key_for(spec: ModelSpec) -> str | None:
 
 
 def connector(
-    spec: ModelSpec, settings: Settings, on_retry: Callable[[str], None] | None = None
+    spec: ModelSpec, settings: Settings, on_retry: Callable[[str], None] | None = None,
+    on_measured: Callable[[dict[str, float]], None] | None = None,
 ) -> Callable[[], AbstractAsyncContextManager[Provider]]:
     """What ``engine.run_jobs`` calls to open the provider, only once a call is needed."""
 
@@ -315,7 +318,7 @@ def connector(
         return open_provider(spec, api_key=api_key_for(spec), concurrency=settings.concurrency,
                              timeout=settings.timeout,
                              policy=RetryPolicy(attempts=settings.retries), on_retry=on_retry,
-                             rpm=settings.rpm, tpm=settings.tpm)
+                             rpm=settings.rpm, tpm=settings.tpm, on_measured=on_measured)
 
     return connect
 
@@ -476,9 +479,11 @@ def run(prepared: Prepared, surface: Surface, store: Store,
         nonlocal guess  # taken before the new answers join the model's history
         guess = forecast(prepared, store, jobs + later_prompts(prepared, store))
 
+    measured: dict[str, float] = {}
     try:
         summary = asyncio.run(answer(
-            prepared, writer, store, connector(prepared.spec, prepared.settings, count_retry),
+            prepared, writer, store,
+            connector(prepared.spec, prepared.settings, count_retry, measured.update),
             on_result=delivered, budget=make_budget(prepared), on_plan=forecast_sent,
             cancelled=cancelled))
     except KeyboardInterrupt:  # the answers flushed below are the ones Interrupted counts
@@ -492,6 +497,11 @@ def run(prepared: Prepared, surface: Surface, store: Store,
     finally:
         writer.flush()
         surface.close()
+    if measured and summary.requests:  # what the next estimate of this model's time starts from
+        store.put_speed(prepared.spec.label, {
+            **measured, "requests": summary.requests, "seconds": summary.seconds,
+            "prompt_tokens": summary.prompt_tokens,
+            "completion_tokens": summary.completion_tokens})
     summary.retries = retries
     summary.estimate = guess
     summary.kept = prepared.plan.kept

@@ -30,7 +30,8 @@ class Settings:
     temperature: float | None = None
     max_tokens: int | None = None
     system: str | None = None
-    concurrency: int = 8
+    concurrency: int | None = None
+    """The most requests in flight; None: the limiter's window adapts up to ``limits.CAP``."""
     timeout: float = 120.0
     retries: int = 6
     rpm: float | None = None

@@ -104,3 +104,31 @@ def test_batch_mode_is_half_price_where_a_batch_api_exists() -> None:
     hosted = estimate("openai:gpt-4o-mini", ["hello"] * 10, 50, 8)
     assert hosted.cost_usd and hosted.batch_cost_usd == pytest.approx(hosted.cost_usd / 2)
     assert estimate("ollama:llama3.2", ["hello"], 50, 8).batch_cost_usd is None
+
+
+def preview_seconds(output: str) -> float:
+    found = re.search(r"about ([\d,.]+) s\.", " ".join(output.split()))
+    assert found, output
+    return float(found[1].replace(",", ""))
+
+
+def test_time_estimate_comes_from_the_last_run_once_there_is_one(tmp_path: Path) -> None:
+    """Before any run the time is a guess, and says so; after one it is this server's speed:
+    40 rows 4 at a time at 0.1 s each take about 1 s, not the guess's 10."""
+    from tests.conftest import fake_model
+    from tests.fakes.llm_server import FakeLLMConfig, FakeLLMServer
+
+    first, second = tmp_path / "a.csv", tmp_path / "b.csv"
+    first.write_text("n\n" + "".join(f"first {i}\n" for i in range(40)))
+    second.write_text("n\n" + "".join(f"second {i}\n" for i in range(40)))
+    with FakeLLMServer(FakeLLMConfig(latency_median_s=0.1)) as server:
+        args = ["--template", "Say {{ n }}", "--concurrency", "4", *fake_model(server)]
+        guess = cli("preview", str(second), *args)
+        assert guess.exit_code == 0, guess.output
+        assert "Time from a guess" in " ".join(guess.output.split())
+        assert preview_seconds(guess.output) == 10.0
+        assert cli("run", str(first), *args).exit_code == 0
+        measured = cli("preview", str(second), *args)
+    text = " ".join(measured.output.split())
+    assert "Time from your last run of openai-compatible:fake" in text, text
+    assert 0.5 <= preview_seconds(measured.output) <= 3.0

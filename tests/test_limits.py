@@ -1,54 +1,159 @@
-"""Adaptive limits: learn the provider's ceiling from its headers, back off on 429 and 529."""
+"""The limiter seeks the ceiling: the window grows to what the headers allow, backs off when
+latency rises at the server, follows a changed limit, and never fails a row on the way."""
 
 from __future__ import annotations
 
 import asyncio
 import csv
+import heapq
+import math
+import random
+import statistics
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import httpx
 import pytest
 
-from promptbatch_sheets.limits import Bucket, Limiter, reset_seconds
+from promptbatch_sheets.limits import CAP, PACE, Bucket, Knee, Limiter, Ticket, reset_seconds
 from tests.conftest import cli, fake_model
 from tests.fakes.llm_server import FakeLLMConfig, FakeLLMServer
 
 
-def test_rate_limited_server_is_paced_not_hammered(tmp_path: Path) -> None:
-    book = tmp_path / "b.csv"
-    with book.open("w", newline="") as handle:
-        csv.writer(handle).writerows([["n"]] + [[str(i)] for i in range(60)])
-    with FakeLLMServer(FakeLLMConfig(rpm=1200, latency_median_s=0.05)) as server:
-        started = time.monotonic()
-        result = cli("run", str(book), "--template", "Number {{ n }}", "--concurrency", "32",
-                     *fake_model(server))
-        elapsed = time.monotonic() - started
-        throttled, answered = server.count_429, server.count_ok
-    assert result.exit_code == 0, result.output
-    assert answered == 60
-    assert throttled <= 32 - 20  # the first wave past the server's 20 a second, then none
-    assert elapsed >= 2.0  # 20 requests a second: the run was paced to the server's limit
+def book(path: Path, rows: int) -> Path:
+    with path.open("w", newline="") as handle:
+        csv.writer(handle).writerows([["n"]] + [[str(i)] for i in range(rows)])
+    return path
 
 
-def test_window_halves_on_429_and_grows_back() -> None:
-    limiter = Limiter(max_concurrency=64)
-    assert limiter.window == 64  # the user's concurrency from the start
+def answers(out: Path) -> list[str]:
+    with out.open(newline="") as handle:
+        return [row[1] for row in list(csv.reader(handle))[1:]]
+
+
+def answer(limiter: Limiter, load: int, latency: float, headers: dict[str, str] | None = None,
+           sent: float = 0.0) -> None:
+    """One answer as the HTTP provider reports it: sent at ``load`` in flight."""
+    limiter.succeeded(httpx.Headers(headers or {}), Ticket(sent, load, latency))
+
+
+Server = Callable[[int, random.Random], float]
+"""Latency of a request sent with ``load`` requests in flight (itself included)."""
+
+
+def simulate(limiter: Limiter, server: Server, answers: int, seed: int = 1,
+             headers: dict[str, str] | None = None) -> list[int]:
+    """A run that keeps the window full, on a simulated clock: each answer is reported as the
+    HTTP provider reports it, then the window is filled again. The windows after each answer."""
+    rng = random.Random(seed)
+    now = 0.0
+    flying: list[tuple[float, float, int]] = []
+    windows = []
+
+    def fill() -> None:
+        while len(flying) < limiter.window:
+            load = len(flying) + 1
+            heapq.heappush(flying, (now + server(load, rng), now, load))
+
+    fill()
+    for _ in range(answers):
+        now, sent, load = heapq.heappop(flying)
+        limiter.in_flight = len(flying)
+        limiter.succeeded(httpx.Headers(headers or {}), Ticket(sent, load, now - sent))
+        fill()
+        windows.append(limiter.window)
+    return windows
+
+
+def spread(load: int, rng: random.Random) -> float:
+    """A server with room for everyone: answers take 0.3 s or 2 s, whatever the load."""
+    return rng.lognormvariate(math.log(0.8), 0.5)
+
+
+def slotted(slots: int) -> Server:
+    """A saturating server: ``slots`` answers at once (0.2 s each), a queue beyond."""
+    return lambda load, rng: 0.2 * max(1.0, load / slots) * rng.lognormvariate(0, 0.05)
+
+
+def test_window_grows_to_what_the_headers_allow() -> None:
+    limiter = Limiter(start=32)
+    assert limiter.window == 32
+    headers = {"x-ratelimit-limit-requests": "6000"}  # 100 a second
+    simulate(limiter, lambda load, rng: 0.5, 300, headers=headers)
+    assert 50 <= limiter.window <= 70  # Little's law: 100 a second x 0.5 s, plus headroom
+    assert limiter.requests is not None and limiter.requests.per_minute == 6000 * PACE
+    capped = Limiter(cap=20, start=8)
+    simulate(capped, lambda load, rng: 0.5, 300, headers=headers)
+    assert capped.window == 20  # --concurrency stays a hard cap
+
+
+def test_a_token_limit_sizes_the_window_by_tokens_per_request() -> None:
+    limiter = Limiter()
+    limiter.sent, limiter.charged = 100, 25_000  # 250 tokens a request
+    simulate(limiter, lambda load, rng: 0.1, 100, headers={"x-ratelimit-limit-tokens": "300000"})
+    assert limiter.window <= 6  # 20 a second x 0.1 s = 2 in flight, plus headroom
+
+
+def test_without_headers_a_free_server_is_driven_to_the_cap() -> None:
+    windows = simulate(Limiter(start=32), spread, 2000)
+    assert min(windows[500:]) == CAP  # latency spreads widely, but not with the load
+
+
+def test_window_backs_off_to_the_knee_when_latency_rises() -> None:
+    limiter = Limiter(start=32)
+    windows = simulate(limiter, slotted(4), 1000)
+    assert 4 <= statistics.median(windows[-200:]) <= 6  # the 4 slots, one queued at most
+    assert limiter.knee_at is not None and 3 <= limiter.knee_at <= 6
+
+
+def test_window_follows_a_knee_that_moves() -> None:
+    limiter = Limiter(start=32)
+    assert 8 <= statistics.median(simulate(limiter, slotted(8), 800)[-200:]) <= 10
+    # another job takes half the server's slots, then leaves: the probes find the room again
+    assert 4 <= statistics.median(simulate(limiter, slotted(4), 800)[-200:]) <= 6
+    assert 8 <= statistics.median(simulate(limiter, slotted(8), 1500)[-200:]) <= 10
+
+
+def test_knee_fit_ignores_spread_but_finds_slots() -> None:
+    rng = random.Random(2)
+    free, queued = Knee(), Knee()
+    for load in list(range(1, 65)) * 4:
+        free.add(load, rng.lognormvariate(math.log(0.8), 0.6))
+        queued.add(load, rng.lognormvariate(math.log(0.2), 0.3) * max(1, load / 8))
+    assert free.fit(1000) is None
+    knee = queued.fit(1000)
+    assert knee is not None and 5 <= knee <= 12
+
+
+def test_window_halves_on_429_and_grows_back_by_one_per_window() -> None:
+    limiter = Limiter(cap=64)
+    assert limiter.window == 64  # an explicit --concurrency is the first wave too
     limiter.throttled_by_server(httpx.Headers(), wait=0.01)  # a server with no limit headers
     assert limiter.window == 32
     limiter.throttled_by_server(httpx.Headers(), wait=0.01)  # same burst: not cut again
     assert limiter.window == 32
-    for _ in range(32):  # then one more per window of answers, up to the concurrency
-        limiter.succeeded(httpx.Headers())
-    assert 32.9 <= limiter.window < 34
-    for _ in range(10_000):
-        limiter.succeeded(httpx.Headers())
-    assert limiter.window == 64
+    windows = simulate(limiter, lambda load, rng: 0.1, 40)  # no knee, but past the last 429
+    assert 32 <= windows[-1] <= 35
+    assert simulate(limiter, lambda load, rng: 0.1, 5000)[-1] == 64
+
+
+def test_limits_that_change_are_followed_and_old_answers_do_not_undo_it() -> None:
+    limiter = Limiter()
+    before = time.monotonic()
+    answer(limiter, 10, 0.5, {"x-ratelimit-limit-requests": "3000"}, sent=before)
+    answer(limiter, 10, 0.5, {"x-ratelimit-limit-requests": "600"}, sent=before + 1)
+    assert limiter.requests is not None and limiter.requests.per_minute == 600 * PACE
+    # an answer to a request sent before the change still carries the old limit
+    answer(limiter, 10, 2.0, {"x-ratelimit-limit-requests": "3000"}, sent=before + 0.5)
+    assert limiter.requests.per_minute == 600 * PACE
+    limiter.throttled_by_server(httpx.Headers({"x-ratelimit-limit-requests": "300"}), 0.1,
+                                Ticket(before + 2, 10))
+    assert limiter.requests.per_minute == 300 * PACE  # a 429 says so in a round trip
 
 
 def test_429_under_known_limits_empties_the_buckets_not_the_window() -> None:
-    limiter = Limiter(max_concurrency=64, rpm=600)
-    limiter.succeeded(httpx.Headers())
+    limiter = Limiter(cap=64, rpm=600)
     window = limiter.window
     limiter.throttled_by_server(httpx.Headers(), wait=None)
     assert limiter.window == window
@@ -56,7 +161,7 @@ def test_429_under_known_limits_empties_the_buckets_not_the_window() -> None:
 
 
 def test_a_pause_is_not_saved_up_as_a_burst() -> None:
-    limiter = Limiter(max_concurrency=64, rpm=600)  # 10 a second, bursts of at most 2
+    limiter = Limiter(cap=64, rpm=600)  # 10 a second, bursts of at most 2
     limiter.throttled_by_server(httpx.Headers(), wait=1.0)
     assert limiter.requests is not None
     # When the pause ends the bucket starts refilling; it did not fill up during the pause.
@@ -64,28 +169,28 @@ def test_a_pause_is_not_saved_up_as_a_burst() -> None:
 
 
 def test_overload_pauses_without_lowering_the_rate() -> None:
-    limiter = Limiter(max_concurrency=16)
+    limiter = Limiter(cap=16)
     limiter.succeeded(httpx.Headers({"x-ratelimit-limit-requests": "600"}))
     window = limiter.window
     limiter.overloaded(wait=0.2)
     assert limiter.window == window and limiter.requests is not None
-    assert limiter.requests.per_minute == 600
+    assert limiter.requests.per_minute == 600 * PACE
 
     async def timed() -> float:
         started = time.monotonic()
-        await limiter.acquire(10)
-        await limiter.release()
+        ticket = await limiter.acquire(10)
+        await limiter.release(ticket)
         return time.monotonic() - started
 
     assert asyncio.run(timed()) >= 0.15
 
 
 def test_user_caps_win_over_learned_limits() -> None:
-    limiter = Limiter(max_concurrency=8, rpm=60)
+    limiter = Limiter(cap=8, rpm=60)
     limiter.succeeded(httpx.Headers({"x-ratelimit-limit-requests": "10000",
                                      "anthropic-ratelimit-tokens-limit": "90000"}))
     assert limiter.requests is not None and limiter.requests.per_minute == 60
-    assert limiter.tokens is not None and limiter.tokens.per_minute == 90000
+    assert limiter.tokens is not None and limiter.tokens.per_minute == 90000 * PACE
 
 
 def test_bucket_paces_evenly_from_the_start() -> None:
@@ -96,3 +201,71 @@ def test_bucket_paces_evenly_from_the_start() -> None:
     assert bucket.wait_for(1, now=101.0) == 0
     assert bucket.wait_for(1, now=101.0) == pytest.approx(0.1)
     assert reset_seconds("6m0s") == 360 and reset_seconds("120ms") == 0.12
+
+
+# End to end: the real CLI, no flags, against the fake server on 127.0.0.1.
+
+
+def test_rate_limited_server_is_paced_not_hammered(tmp_path: Path) -> None:
+    rows = book(tmp_path / "b.csv", 60)
+    with FakeLLMServer(FakeLLMConfig(rpm=1200, latency_median_s=0.05)) as server:
+        started = time.monotonic()
+        result = cli("run", str(rows), "--template", "Number {{ n }}", *fake_model(server))
+        elapsed = time.monotonic() - started
+        throttled, answered = server.count_429, server.count_ok
+    assert result.exit_code == 0, result.output
+    assert answered == 60
+    assert throttled <= 32 - 20  # the first wave past the server's 20 a second, then none
+    assert elapsed >= 2.0  # 20 requests a second: the run was paced to the server's limit
+
+
+def test_saturating_server_is_kept_full_without_a_queue(tmp_path: Path) -> None:
+    """4 slots and a queue beyond, no headers: after the first wave, requests hardly wait."""
+    rows = book(tmp_path / "b.csv", 800)
+    with FakeLLMServer(FakeLLMConfig(slots=4, latency_median_s=0.05)) as server:
+        result = cli("run", str(rows), "--template", "Number {{ n }}", *fake_model(server))
+        waits = server.queue_waits[400:]  # the first waves queue behind the 4 slots
+    assert result.exit_code == 0, result.output
+    assert len(answers(tmp_path / "b.promptbatch.csv")) == 800
+    assert statistics.median(waits) <= 0.05  # no longer than one service time
+
+
+def test_changed_limit_is_followed_with_few_429s(tmp_path: Path) -> None:
+    rows = book(tmp_path / "b.csv", 200)
+    config = FakeLLMConfig(rpm=6000, latency_median_s=0.05, change_after=(100, 1200, None))
+    with FakeLLMServer(config) as server:
+        result = cli("run", str(rows), "--template", "Number {{ n }}", *fake_model(server))
+        changed, arrivals, throttled = server.changed_at, server.arrivals, server.count_429
+    assert result.exit_code == 0, result.output
+    assert changed is not None
+    late = [t for t in arrivals if t >= changed + 1.0]  # a second to learn the new limit
+    assert len(late) <= 20 * (arrivals[-1] - changed - 1.0) + 25  # 20 a second, a burst
+    assert throttled <= 30
+
+
+def test_headerless_token_bound_server_fails_no_row_with_no_flags(tmp_path: Path) -> None:
+    """Only 429 + retry-after say there is a limit: 20 rows a second (time-scaled 10x)."""
+    rows = book(tmp_path / "b.csv", 300)
+    config = FakeLLMConfig(tpm=30_000, time_scale=10, latency_median_s=0.5,
+                           send_ratelimit_headers=False)
+    with FakeLLMServer(config) as server:
+        result = cli("run", str(rows), "--template", "Number {{ n }}", "--max-tokens", "150",
+                     *fake_model(server))
+        answered = server.count_ok
+    assert result.exit_code == 0, result.output
+    assert answered == 300
+    assert all(a.startswith("Answer:") for a in answers(tmp_path / "b.promptbatch.csv"))
+
+
+def test_hostile_limit_headers_are_bounded() -> None:
+    """A server's headers are its words: a limit of 0.001 requests a minute, or a reset of a
+    thousand hours with nothing remaining, must not hold a run for weeks."""
+    limiter = Limiter()
+    before = time.monotonic()
+    answer(limiter, 1, 0.1, {"x-ratelimit-limit-requests": "0.001",
+                             "x-ratelimit-remaining-requests": "0",
+                             "x-ratelimit-reset-requests": "1000h"}, sent=before)
+    assert limiter.requests is not None and limiter.requests.per_minute >= 0.9
+    assert limiter.paused_until - before <= 61
+    answer(limiter, 1, 0.1, {"x-ratelimit-limit-requests": "nan"}, sent=time.monotonic())
+    assert limiter.requests.per_minute >= 0.9

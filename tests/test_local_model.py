@@ -90,3 +90,7 @@ def test_demo_workbook_then_free_rerun(tmp_path: Path, samples: Path,
     assert [openpyxl.load_workbook(out).active.cell(r, 5).value for r in range(4, 16)] == answers
     preview = cli("preview", str(book), "--max-tokens", "40")
     assert preview.exit_code == 0 and "0 to send" in preview.output
+    other = tmp_path / "support_tickets.xlsx"  # the time of new rows: as fast as this machine was
+    shutil.copy(samples / "support_tickets.xlsx", other)
+    estimate = " ".join(cli("preview", str(other), "--max-tokens", "40").output.split())
+    assert "Time from your last run here:" in estimate, estimate

@@ -16,9 +16,9 @@ from typing import TYPE_CHECKING
 from urllib.parse import urlparse
 
 from ..errors import ConfigError
-from ..limits import Limiter
+from ..limits import CAP, START, Limiter
 from .base import Completion, Params, Provider, RetryPolicy, SchemaMode
-from .local import MODEL_NAME, EmbeddedServer, gguf_path
+from .local import MODEL_NAME, EmbeddedServer, gguf_path, slots
 
 if TYPE_CHECKING:
     from .batchapi import BatchAPI
@@ -34,6 +34,8 @@ class Kind:
     key_required: bool
     schema_mode: SchemaMode = "native"
     """How a structured answer is asked for (see ``base.SchemaMode``)."""
+    start: int = START
+    """The first wave without ``--concurrency``."""
 
 
 KINDS: dict[str, Kind] = {
@@ -43,7 +45,9 @@ KINDS: dict[str, Kind] = {
     # json_schema, but some ignore it and a grammar alone does not tell the model what the
     # fields mean: the schema also goes into the prompt (Ollama's own advice). A server that
     # ignores both still has every reply validated.
-    "ollama": Kind("http://127.0.0.1:11434/v1", None, False, "native+prompt"),
+    # Ollama serves OLLAMA_NUM_PARALLEL requests at once (1 or 4 by default) and queues the
+    # rest: a first wave of 32 slow answers would wait past the timeout.
+    "ollama": Kind("http://127.0.0.1:11434/v1", None, False, "native+prompt", start=4),
     "openai-compatible": Kind(None, "PROMPTBATCH_API_KEY", False, "native+prompt"),
     # llama.cpp turns response_format into a grammar, so the embedded model's replies keep
     # the schema's keys, types and enums; but SmolLM2-135M, not told what the fields are, can
@@ -184,37 +188,46 @@ def _ollama_url(host: str) -> str:
 
 @asynccontextmanager
 async def open_provider(
-    spec: ModelSpec, *, api_key: str | None, concurrency: int, timeout: float,
+    spec: ModelSpec, *, api_key: str | None, concurrency: int | None, timeout: float,
     policy: RetryPolicy, on_retry: Callable[[str], None] | None = None,
     rpm: float | None = None, tpm: float | None = None,
+    on_measured: Callable[[dict[str, float]], None] | None = None,
 ) -> AsyncIterator[Provider]:
     """A ready provider for one run: pooled HTTP clients, one limiter, the embedded server
-    if needed."""
+    if needed. ``concurrency`` caps the window (None: ``CAP``, starting lower); ``on_measured``
+    hears what the limiter measured, when the run is done."""
     # The HTTP stack is imported here: a run the cache answers whole never loads it.
     from .anthropic import AnthropicMessages
     from .http import HTTPProvider
     from .openai import OpenAICompatible
     from .pool import client_pool
 
-    limiter = Limiter(concurrency, rpm, tpm)
-    async with client_pool(concurrency, timeout) as clients:
+    if spec.provider == "local":
+        server = EmbeddedServer(slots(concurrency))
+        limiter = Limiter(server.parallel, rpm, tpm, adaptive=False)
+    else:
+        server = None
+        limiter = Limiter(concurrency or CAP, rpm, tpm,
+                          start=concurrency or KINDS[spec.provider].start)
+    async with client_pool(limiter.cap, timeout) as clients:
 
         def make(kind: type[HTTPProvider], base_url: str) -> HTTPProvider:
             return kind(clients, label=spec.label, base_url=base_url, model=spec.model,
                         api_key=api_key, policy=policy, on_retry=on_retry, limiter=limiter,
                         schema_mode=spec.schema_mode)
 
-        if spec.provider == "local":
-            server = EmbeddedServer(parallel=min(concurrency, 4))
+        if server is not None:
             base_url = await asyncio.to_thread(server.start)
             try:
                 yield make(OpenAICompatible, base_url)
             finally:
                 server.stop()
-            return
-        assert spec.base_url
-        yield make(AnthropicMessages if spec.provider == "anthropic" else OpenAICompatible,
-                   spec.base_url)
+        else:
+            assert spec.base_url
+            yield make(AnthropicMessages if spec.provider == "anthropic" else OpenAICompatible,
+                       spec.base_url)
+        if on_measured is not None:
+            on_measured(limiter.measured())
 
 
 BATCH_APIS = ("openai", "anthropic")

@@ -61,6 +61,11 @@ class Provider(Protocol):
     label: str
     """Identifies the model for the cache, e.g. ``openai:gpt-4o-mini``; never holds a key."""
 
+    @property
+    def window(self) -> int:
+        """How many requests may be in flight now (the limiter's window)."""
+        ...
+
     async def complete(self, prompt: str, params: Params) -> Completion:
         """Answer ``prompt`` or raise ProviderError."""
         ...

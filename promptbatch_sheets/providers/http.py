@@ -63,7 +63,7 @@ class HTTPProvider(ABC):
         self.label = label
         self.model = model
         self.schema_mode = schema_mode
-        self.limiter = limiter or Limiter(max_concurrency=64)
+        self.limiter = limiter or Limiter()
         self._clients = list(clients)
         self._busy = [0] * len(self._clients)
         self._url = base_url.rstrip("/") + self.path
@@ -73,6 +73,10 @@ class HTTPProvider(ABC):
         self._on_retry = on_retry
         self._deadline = self._clients[0].timeout.read or DEFAULT_DEADLINE
         self._breaker = Breaker(self._deadline)
+
+    @property
+    def window(self) -> int:
+        return self.limiter.window
 
     def auth_headers(self, api_key: str | None) -> dict[str, str]:
         """Headers that carry the key; never logged."""
@@ -122,7 +126,7 @@ class HTTPProvider(ABC):
         """Return the JSON body; raise Retryable for passing faults, ProviderError otherwise,
         Held when the breaker opened while the request waited its turn (unless it is the
         probe)."""
-        await self.limiter.acquire(request_tokens(payload))
+        ticket = await self.limiter.acquire(request_tokens(payload))
         try:
             if not probe:
                 self._breaker.hold()
@@ -137,7 +141,7 @@ class HTTPProvider(ABC):
             finally:
                 self._busy[pick] -= 1
         finally:
-            await self.limiter.release()
+            await self.limiter.release(ticket)
         if status in RETRY_STATUSES:
             reason = self._said(status, content)
             if status == 429 and QUOTA in content:
@@ -149,7 +153,7 @@ class HTTPProvider(ABC):
             if status == 529:
                 self.limiter.overloaded(pause)
             elif status in (429, 503):
-                self.limiter.throttled_by_server(headers, pause)
+                self.limiter.throttled_by_server(headers, pause, ticket)
             raise Retryable(f"HTTP {status}: {reason}", wait, rate_limited=status == 429)
         if status >= 400:
             refused = " (the server refused the API key)" if status in (401, 403) else ""
@@ -160,7 +164,7 @@ class HTTPProvider(ABC):
             raise Retryable("the server sent a body that is not JSON") from None
         if not isinstance(body, dict):
             raise Retryable("the server sent JSON that is not an object")
-        self.limiter.succeeded(headers)
+        self.limiter.succeeded(headers, ticket)
         return body
 
     async def _exchange(self, client: httpx.AsyncClient,

@@ -253,6 +253,22 @@ class Store:
             return []
         return [(int(c), int(p), int(a)) for c, p, a in rows]
 
+    def speed(self, model: str) -> dict[str, float] | None:
+        """What the model's last realtime run measured (see ``estimate.timing``), if any; a
+        cache that cannot say is no history."""
+        try:
+            row = self._db.execute("SELECT measured FROM speeds WHERE model = ?",
+                                   (model,)).fetchone()
+        except sqlite3.DatabaseError:
+            return None
+        return {k: float(v) for k, v in json.loads(row[0]).items()} if row else None
+
+    def put_speed(self, model: str, measured: dict[str, float]) -> None:
+        """Keep what a run measured; a cache that cannot take it loses only an estimate."""
+        with contextlib.suppress(sqlite3.DatabaseError):
+            self._db.execute("INSERT OR REPLACE INTO speeds VALUES (?, ?, ?)",
+                             (model, json.dumps(measured), time.time()))
+
     @property
     def db(self) -> sqlite3.Connection:
         """The connection, for the batch journal and the claims that share this file."""

@@ -99,6 +99,14 @@ def _m005_claims(db: sqlite3.Connection) -> None:
     db.execute("CREATE INDEX claims_by_owner ON claims (owner)")
 
 
+def _m006_speeds(db: sqlite3.Connection) -> None:
+    """What the last realtime run of each model measured (latency, window, limits, tokens
+    per second), as JSON: the next estimate of its time starts from it instead of a guess."""
+    db.execute("CREATE TABLE speeds (model TEXT PRIMARY KEY, measured TEXT NOT NULL, "
+               "updated REAL NOT NULL)")
+
+
 MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
-    _m001_answers, _m002_prompt_chars, _m003_batch_jobs, _m004_answers_by_server, _m005_claims]
+    _m001_answers, _m002_prompt_chars, _m003_batch_jobs, _m004_answers_by_server, _m005_claims,
+    _m006_speeds]
 """Numbered by position; ``PRAGMA user_version`` records how many have run."""

@@ -20,9 +20,14 @@ Request handling order for the two chat routes
 2. Faults: one entry of ``config.faults`` is popped (the list is consumed in place), then, if the
    script gave nothing, ``config.fault_for(prompt)`` is asked. Faulted requests bypass the rate
    limiter and the latency sleep (except ``hang``, which continues normally after its sleep).
-3. Rate limiting (only when ``rpm``/``tpm`` is set), see :class:`_WindowLimiter`.
+3. Rate limiting (only when ``rpm``/``tpm`` is set), see :class:`_WindowLimiter`. With
+   ``change_after=(n, rpm, tpm)`` the limits become ``rpm``/``tpm`` once ``n`` requests were
+   answered (a provider lowering a tier mid-run); the headers tell the new limits from then on.
 4. Latency: a seeded lognormal draw ``median * exp(sigma * N(0, 1))``, drawn in admission order,
    recorded unscaled in ``FakeLLMServer.latencies`` and slept for ``draw / time_scale`` seconds.
+   With ``slots=N`` the server is saturating, as llama.cpp or Ollama are: N requests are served
+   at once and the rest wait in a FIFO queue first; each wait is recorded in ``queue_waits``
+   (real seconds), and ``max_in_flight`` is the most requests the server held at once.
 5. The answer: ``config.answer(prompt)`` or ``"Answer: " + prompt[:60]``. A structured request
    (OpenAI ``response_format`` of type ``json_schema``, or Anthropic ``tools``) gets a JSON
    object instead: ``config.structured_answer(prompt, schema)`` or a deterministic value that
@@ -152,6 +157,10 @@ class FakeLLMConfig:
     """Under ``time_scale``, report ``x-ratelimit-limit-*`` per *real* minute
     (``rpm * time_scale``), consistent with the real-second ``reset`` and ``retry-after``
     values; off by default, when they carry the configured (simulated) ``rpm``/``tpm``."""
+    slots: int | None = None
+    """Requests served at once; the others queue (None: every request is served at once)."""
+    change_after: tuple[int, int | None, int | None] | None = None
+    """(answered, rpm, tpm): the limits from the moment ``answered`` requests were answered."""
 
 
 # --------------------------------------------------------------------------- helpers
@@ -389,6 +398,10 @@ class FakeLLMServer:
       (the ``malformed`` and ``empty`` faults are 200s too but are not listed).
     * ``count_ok`` (normal 200 answers), ``count_429`` (scripted and rate-limiter 429s).
     * ``latencies`` -- the unscaled latency draws, in draw order.
+    * ``arrivals`` -- when each chat request arrived, in seconds since the first; ``finishes``
+      -- when each normal 200 answer was sent, on the same clock;
+      ``changed_at`` -- when ``change_after`` took effect, on the same clock (None before).
+    * ``queue_waits``, ``max_in_flight`` -- see ``slots``.
     """
 
     def __init__(
@@ -400,8 +413,16 @@ class FakeLLMServer:
         self.requests: list[dict[str, Any]] = []
         self.prompts: list[str] = []
         self.latencies: list[float] = []
+        self.arrivals: list[float] = []
+        self.finishes: list[float] = []
+        self.queue_waits: list[float] = []
+        self.changed_at: float | None = None
+        self.in_flight = 0
+        self.max_in_flight = 0
         self.count_429 = 0
         self.count_ok = 0
+        self._origin: float | None = None
+        self._slots: asyncio.Semaphore | None = None
         self._lock = threading.Lock()
         self._rng = random.Random(self.config.seed)
         self._limiter: _WindowLimiter | None = None
@@ -484,6 +505,12 @@ class FakeLLMServer:
             self.requests.clear()
             self.prompts.clear()
             self.latencies.clear()
+            self.arrivals.clear()
+            self.finishes.clear()
+            self.queue_waits.clear()
+            self.changed_at = None
+            self.max_in_flight = 0
+            self._origin = None
             self.count_429 = 0
             self.count_ok = 0
             self._rng = random.Random(self.config.seed)
@@ -530,15 +557,52 @@ class FakeLLMServer:
             self.latencies.append(draw)
         return draw
 
-    def _admit(self, cost: int) -> _Admission | None:
+    def _clock(self) -> float:
+        """Seconds since the first chat request (``arrivals`` and ``changed_at``)."""
+        now = time.monotonic()
+        with self._lock:
+            if self._origin is None:
+                self._origin = now
+            return now - self._origin
+
+    def _limits(self) -> tuple[int | None, int | None]:
         cfg = self.config
-        if not cfg.rpm and not cfg.tpm:
+        change = cfg.change_after
+        if change is None or self.count_ok < change[0]:
+            return cfg.rpm, cfg.tpm
+        if self.changed_at is None:
+            self.changed_at = self._clock()
+        return change[1], change[2]
+
+    def _admit(self, cost: int) -> _Admission | None:
+        rpm, tpm = self._limits()
+        if not rpm and not tpm:
             return None
-        key = (cfg.rpm, cfg.tpm, cfg.time_scale)
+        key = (rpm, tpm, self.config.time_scale)
         with self._lock:
             if self._limiter is None or self._limiter.key != key:
-                self._limiter = _WindowLimiter(cfg.rpm, cfg.tpm, cfg.time_scale)
+                self._limiter = _WindowLimiter(rpm, tpm, self.config.time_scale)
             return self._limiter.admit(cost, time.monotonic())
+
+    async def _serve(self, seconds: float) -> None:
+        """Sleep ``seconds`` in one of ``slots`` places, queueing first when all are taken."""
+        self.in_flight += 1
+        self.max_in_flight = max(self.max_in_flight, self.in_flight)
+        try:
+            slots = self.config.slots
+            if slots is None:
+                if seconds > 0:
+                    await asyncio.sleep(seconds)
+                return
+            if self._slots is None:
+                self._slots = asyncio.Semaphore(slots)
+            queued = time.monotonic()
+            async with self._slots:
+                with self._lock:
+                    self.queue_waits.append(time.monotonic() - queued)
+                await asyncio.sleep(seconds)
+        finally:
+            self.in_flight -= 1
 
     def _answer(self, prompt: str, schema: dict[str, Any] | None, bad_json: bool) -> Any:
         """The reply: text (a ``str``) or, for a structured request, a JSON value."""
@@ -596,6 +660,9 @@ class FakeLLMServer:
         tool: str = "",
     ) -> Response:
         prompt = _last_user_text(messages)
+        arrived = self._clock()
+        with self._lock:
+            self.arrivals.append(arrived)
         fault = self._next_fault(prompt)
         bad_json = False
         if fault is not None:
@@ -627,9 +694,7 @@ class FakeLLMServer:
                     self.count_429 += 1
                 return self._rate_limited(admission, headers, model, anthropic)
 
-        draw = self._draw_latency()
-        if draw > 0:
-            await asyncio.sleep(draw / self.config.time_scale)
+        await self._serve(self._draw_latency() / self.config.time_scale)
 
         if reply is None:
             reply = self._answer(prompt, schema, bad_json)
@@ -639,9 +704,11 @@ class FakeLLMServer:
             reply = reply[:4 * max_tokens]
         payload = self._payload(anthropic, model, reply, tool, prompt_tokens,
                                 self._completion_tokens(reply), "length" if cut else "stop")
+        finished = self._clock()
         with self._lock:
             self.count_ok += 1
             self.prompts.append(prompt)
+            self.finishes.append(finished)
         return _json_response(payload, 200, headers)
 
     def _payload(self, anthropic: bool, model: str, reply: Any, tool: str,
@@ -972,6 +1039,11 @@ class FakeLLMServer:
                 "requests": len(self.requests),
                 "time_scale": self.config.time_scale,
                 "latencies": list(self.latencies),
+                "arrivals": list(self.arrivals),
+                "finishes": list(self.finishes),
+                "queue_waits": list(self.queue_waits),
+                "changed_at": self.changed_at,
+                "max_in_flight": self.max_in_flight,
             }
         return _json_response(payload)
 
@@ -1017,6 +1089,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--time-scale", type=float, default=1.0)
     parser.add_argument("--completion-tokens", type=int, default=None)
     parser.add_argument("--no-ratelimit-headers", action="store_true")
+    parser.add_argument("--slots", type=int, default=None,
+                        help="serve this many at once and queue the rest")
+    parser.add_argument("--change-after", type=int, default=None,
+                        help="after this many answers, the limits become --rpm-after/--tpm-after")
+    parser.add_argument("--rpm-after", type=int, default=None)
+    parser.add_argument("--tpm-after", type=int, default=None)
     parser.add_argument(
         "--scale-ratelimit-headers",
         action="store_true",
@@ -1033,6 +1111,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         completion_tokens=args.completion_tokens,
         send_ratelimit_headers=not args.no_ratelimit_headers,
         scale_ratelimit_headers=args.scale_ratelimit_headers,
+        slots=args.slots,
+        change_after=(None if args.change_after is None
+                      else (args.change_after, args.rpm_after, args.tpm_after)),
     )
     server = FakeLLMServer(config, host=args.host, port=args.port).start()
     done = threading.Event()
