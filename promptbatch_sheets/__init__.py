@@ -3,6 +3,17 @@
     from promptbatch_sheets import open_surface, prepare, run, Store
     surface = open_surface("book.xlsx")
     summary = run(prepare(surface), surface, Store())
+
+Imports point one way, so each layer can be read and tested without the ones above it::
+
+    cli, server/, surfaces/, udfs, addin      the ways in: a command, HTTP routes, a sheet
+      -> runner, formula, batchapi             read, plan, preview or run; flush answers
+        -> engine                              dedupe, cache, the worker pool, schema repair
+          -> plan, chain, template, table      the one path from rows to prompts (pure)
+          -> providers/, limits, store/        the wire, the window and pace, the cache
+
+Errors come in three families (errors.py draws them): mistakes a user can fix (one line,
+exit 2), row errors that land as ``#ERROR:`` cells, and a ``serve`` request's errors.
 """
 
 from .engine import RowResult, Summary

@@ -1,7 +1,10 @@
 """The answer cache on disk: SQLite, content-addressed, shared by every surface.
 
-A key is the SHA-256 of the model, the parameters and the rendered prompt, so the same
-question to the same model is paid for once, whichever sheet or tool asks it.
+A key is the SHA-256 of the model's label (which names its server, so that one server's
+answer is never served as another's), the parameters and the rendered prompt: the same
+question to the same model is paid for once, whichever sheet or tool asks it. Schema changes
+are numbered migrations (migrations.py); the Batch API journal (journal.py) and the claims
+that keep two processes from paying for one prompt (claims.py) live in the same file.
 """
 
 from __future__ import annotations
