@@ -19,8 +19,13 @@ for its connections). The window grows
 fast while no knee shows (slow start: ``GROWTH`` more for each answer), settles one step above
 a knee, and every ``PROBE_EVERY`` updates probes a quarter above it and a quarter below (as BBR
 probes for bandwidth), so that a knee that moved either way is found again from fresh answers.
-A 429 or 503 halves the window, once per burst, and growth past that point is by one per
-window of answers (TCP's slow-start threshold and AIMD).
+A 503 halves the window, once per burst, and growth past that point is by one per window of
+answers (TCP's slow-start threshold and AIMD). A 429 from a server that publishes no limits
+says there is one all the same: the rate of the answers it let through in the seconds before
+is that limit, so the run is paced at it from then on (a learned request bucket), a tenth
+slower at each later 429 and a little faster with each answer (AIMD on the rate: with answers
+in 0.04 s a window swings between 1 and 2 and cannot pace a rate; with too few answers yet to
+measure, the window is halved instead).
 
 A 429 comes back in a round trip, not after the model's latency, and carries the limit
 headers, so a first wave beyond a provider's allowance is refused at once and paced after.
@@ -51,6 +56,9 @@ GROWTH = 4
 """Slow start: the window grows by this much per answer while latency shows no knee."""
 PROBE_EVERY = 8
 """Window updates between probes above a knee."""
+DRAIN_CUT = 0.7
+"""A window cut below this share of itself is more than a probe: the answers sent in the next
+latency are not filed (they queued behind the old window's requests)."""
 ASSUMED_ANSWER_TOKENS = 256
 """Token-bucket charge for the answer when a request sets no max_tokens."""
 
@@ -89,6 +97,18 @@ class Bucket:
         self.stamp = now
         self.level -= units
         return 0.0 if self.level >= 0 else -self.level / rate
+
+
+RATE_SPAN = 5.0
+"""Seconds of answers a learned rate is measured over: a provider's minute limit is enforced
+in slices of a second or so, and older answers may predate a pause."""
+RATE_ANSWERS = 8
+"""Fewest answers in ``RATE_SPAN`` to measure a rate from; with fewer the window is halved."""
+RATE_CUT = 0.9
+"""A learned rate's step down at a later 429 (once per window of requests)."""
+RATE_GAIN = 0.003
+"""A learned rate's step up per answer: about one 429 in 35 answers at the limit, and twice the
+rate in some 230 answers where the limit was lifted."""
 
 
 MIN_PER_MINUTE = 1.0
@@ -216,19 +236,29 @@ class Knee:
         syy = sum(v.syy for v in levels)
         free = syy - sy * sy / total
         best, knee = free, None
+        lowest = free
+        """The fit of a knee below every load kept: all of them queue."""
         between = [(a + b) / 2 for a, b in itertools.pairwise(xs)]
         for k in sorted(xs[:-1] + between):
             hinge = [max(0.0, x - k) for x in xs]
             a = (sy - sum(c * h for c, h in zip(counts, hinge, strict=True))) / total
             sse = sum(v.syy - 2 * (a + h) * v.sy + c * (a + h) ** 2
                       for v, c, h in zip(levels, counts, hinge, strict=True))
+            if k == xs[0]:
+                lowest = sse
             if sse < best:
                 best, knee = sse, k
-        if knee is None or xs[-1] - knee < MIN_RISE:
-            return None
-        self.at_lowest = knee == xs[0]
-        noise = max(best, 1e-9) / max(1, total - 2)
-        return math.exp(knee) if free - best >= SIGNIFICANCE * noise else None
+        margin = SIGNIFICANCE * max(best, 1e-9) / max(1, total - 2)
+        if (knee is not None and xs[-1] - knee >= MIN_RISE and free - best >= margin
+                and (knee <= xs[1] or lowest - best >= margin)):
+            self.at_lowest = knee == xs[0]
+            return math.exp(knee)
+        # A knee above the lowest loads kept that fits no better than one below them all is
+        # noise on a queue (the answers to a probe below waited behind the window before it):
+        # if the knee below them all fits markedly better than none, every load kept queues,
+        # however narrow their range.
+        self.at_lowest = free - lowest >= margin
+        return math.exp(xs[0]) if self.at_lowest else None
 
 
 class Limiter:
@@ -258,6 +288,9 @@ class Limiter:
         self.pauses = 0
         self.last_cut = 0.0
         self.latencies: deque[float] = deque(maxlen=256)
+        self.answered_at: deque[float] = deque(maxlen=256)
+        self.learned = False
+        """Whether ``requests`` is a rate learned from headerless 429s, not a published one."""
         self.knee = Knee()
         self.knee_at: float | None = None
         self.answered_load = 0
@@ -267,6 +300,10 @@ class Limiter:
         self.first_answer: float | None = None
         """When the first answer came: requests sent before it also waited for connections to
         open, so their latency does not describe the server's queue."""
+        self.drained = 0.0
+        """After a cut of the window, when the queue the old window built at the server will
+        have drained (one latency later): requests sent before then waited in it, so their
+        latency is the old load's, not the one they were sent at, and would hide the knee."""
         self.charged = 0.0
         self.sent = 0
         self.since_update = 0
@@ -315,24 +352,28 @@ class Limiter:
         """Learn limits from the headers, and the latency and load of one answer; move the
         window."""
         self._learn(headers, ticket)
+        self.answered_at.append(time.monotonic())
+        if self.learned:
+            self._speed_up()
         if ticket is None:
             return
         self.latencies.append(ticket.latency)
         if self.first_answer is None:
             self.first_answer = ticket.sent + ticket.latency
-        if ticket.sent >= self.first_answer:  # the first wave also waited for connections
+        if ticket.sent >= max(self.first_answer, self.drained):
             self.knee.add(ticket.load, ticket.latency)
             self.answered_load = max(self.answered_load, ticket.load)
         self.since_update += 1
         busy = self.in_flight + 1 >= 0.75 * self._window  # else the run has too few rows left
         starting = self._window < self.threshold  # look for a knee often while growing fast
         if self.since_update >= (4 if starting else max(4, self.window // 4)):
-            self._update(busy)
+            self._update(busy, ticket.sent + ticket.latency)
         elif busy and not self.published and self.knee_at is None:
             self._grow()
 
-    def _update(self, busy: bool) -> None:
-        """Every few answers: the window from Little's law, or from the knee."""
+    def _update(self, busy: bool, now: float) -> None:
+        """Every few answers (``now`` the last one's arrival): the window from Little's law,
+        or from the knee."""
         self.since_update = 0
         self.updates += 1
         if self.published:
@@ -351,6 +392,8 @@ class Limiter:
         else:
             target = int(found) + max(1, int(found / 8))
         self.threshold = float(target)  # a knee is a limit too: past it, grow by one at a time
+        if target < DRAIN_CUT * self._window and self.latencies:  # not a probe: a real cut
+            self.drained = now + statistics.median(self.latencies)
         phase = self.updates % PROBE_EVERY
         if phase == 0:  # probe above the knee, then below it, to find it again if it moved
             target += max(1, target // 4)
@@ -385,27 +428,48 @@ class Limiter:
         return float(math.ceil(inflight + math.sqrt(inflight)) + 1)
 
     def throttled_by_server(self, headers: httpx.Headers, wait: float | None,
-                            ticket: Ticket | None = None) -> None:
-        """A 429 (or a headerless 503): pause everyone for the server's wait. Where the limits
-        are known, the buckets set the pace, so they are emptied and refill only from the end
-        of the pause: a pause saved up as a burst would overrun the server's next slice; the
-        requests already waiting for the buckets take their places again after it. Where
-        the limits are not known, the window is halved, once for the requests sent under one
-        window (a 429 to a request sent before the last cut says nothing new), as TCP halves
-        once per round trip (AIMD)."""
+                            ticket: Ticket | None = None, *, limited: bool = True) -> None:
+        """A 429 (``limited``) or a headerless 503: pause everyone for the server's wait.
+        Where the limits are known, the buckets set the pace, so they are emptied and refill
+        only from the end of the pause: a pause saved up as a burst would overrun the server's
+        next slice; the requests already waiting for the buckets take their places again after
+        it. Where they are not, a 429 teaches a rate and a 503 halves the window; either once
+        for the requests sent under one window (a 429 to a request sent before the last cut
+        says nothing new), as TCP cuts once per round trip (AIMD)."""
         now = time.monotonic()
         self._learn(headers, ticket)
         if wait:
             self.paused_until = max(self.paused_until, now + wait)
-        buckets = [b for b in (self.requests, self.tokens) if b is not None]
-        for bucket in buckets:
-            bucket.level, bucket.stamp = 0.0, max(now, self.paused_until)
-        self.pauses += 1
         sent = ticket.sent if ticket is not None else now - 1.0
-        if not buckets and sent > self.last_cut:  # once for the requests of one window
-            self._window = max(1.0, self._window / 2)
-            self.threshold = self._window
+        if sent > self.last_cut and (self.learned or not self.published):
             self.last_cut = now
+            self._slow_down(now, limited)
+        for bucket in (self.requests, self.tokens):
+            if bucket is not None:
+                bucket.level, bucket.stamp = 0.0, max(now, self.paused_until)
+        self.pauses += 1
+
+    def _slow_down(self, now: float, limited: bool) -> None:
+        """A headerless server refused: a tenth off a learned rate, else learn the rate of the
+        answers it let through, else (a 503, or too few answers yet) half the window."""
+        if self.learned and self.requests is not None:
+            self.requests.per_minute = max(MIN_PER_MINUTE, self.requests.per_minute * RATE_CUT)
+            return
+        recent = [t for t in self.answered_at if t >= now - RATE_SPAN]
+        if limited and len(recent) >= RATE_ANSWERS and now > recent[0]:
+            per_second = len(recent) / (now - recent[0])  # to now: a burst is no rate
+            self.requests, self.learned = Bucket(per_second * 60), True
+            return
+        self._window = max(1.0, self._window / 2)
+        self.threshold = self._window
+
+    def _speed_up(self) -> None:
+        """A learned rate creeps up with each answer, and is let go once the window would
+        not reach it: then it paces nothing, and the server may have lifted its limit."""
+        assert self.requests is not None
+        self.requests.per_minute *= 1 + RATE_GAIN
+        if self.latencies and self.requests.per_minute / 60 * min(self.latencies) > self.cap:
+            self.requests, self.learned = None, False
 
     def overloaded(self, wait: float | None) -> None:
         """Anthropic's 529 is everyone's overload: pause, but keep the learned rate."""
@@ -436,7 +500,7 @@ class Limiter:
         if rpm:
             rpm = min(rpm * PACE, self.user_rpm or rpm)
             if self.requests is None or self.requests.per_minute != rpm:
-                self.requests = Bucket(rpm)
+                self.requests, self.learned = Bucket(rpm), False
         if tpm:
             tpm = min(tpm * PACE, self.user_tpm or tpm)
             if self.tokens is None or self.tokens.per_minute != tpm:

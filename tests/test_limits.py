@@ -126,16 +126,64 @@ def test_knee_fit_ignores_spread_but_finds_slots() -> None:
     assert knee is not None and 5 <= knee <= 12
 
 
+def test_a_knee_below_every_load_kept_is_looked_for() -> None:
+    """After a first wave far past a 4-slot server, every load the window visits may queue,
+    over a range too narrow for a hinge: the knee lies below them all."""
+    rng = random.Random(3)
+    knee = Knee()
+    for load in list(range(30, 41)) * 8:
+        knee.add(load, 0.05 * load / 4 * rng.lognormvariate(0, 0.05))
+    found = knee.fit(1000)
+    assert found is not None and found <= 33 and knee.at_lowest  # the lowest level: 30-34
+
+
 def test_window_halves_on_429_and_grows_back_by_one_per_window() -> None:
     limiter = Limiter(cap=64)
     assert limiter.window == 64  # an explicit --concurrency is the first wave too
-    limiter.throttled_by_server(httpx.Headers(), wait=0.01)  # a server with no limit headers
+    # a server with no limit headers: a 503, or a 429 before answers have shown a rate
+    limiter.throttled_by_server(httpx.Headers(), wait=0.01, limited=False)
     assert limiter.window == 32
     limiter.throttled_by_server(httpx.Headers(), wait=0.01)  # same burst: not cut again
     assert limiter.window == 32
     windows = simulate(limiter, lambda load, rng: 0.1, 40)  # no knee, but past the last 429
     assert 32 <= windows[-1] <= 35
     assert simulate(limiter, lambda load, rng: 0.1, 5000)[-1] == 64
+
+
+def test_a_headerless_429_teaches_the_rate_the_server_let_through() -> None:
+    """Answers in 0.04 s and a limit of 40 a second: no window paces that (1 in flight is 25 a
+    second, 2 are 50), a rate does; it steps down at each later 429 and creeps up with each
+    answer, and published limits replace it."""
+    limiter = Limiter(start=32)
+    now = time.monotonic()
+    limiter.answered_at.extend(now - 1 + i / 40 for i in range(40))  # the last second's
+    limiter.throttled_by_server(httpx.Headers(), 0.01, Ticket(now - 0.04, 2))
+    assert limiter.learned and limiter.requests is not None
+    assert limiter.requests.per_minute == pytest.approx(40 * 60, rel=0.05)
+    assert limiter.window == 32  # the rate paces; the window is not cut as well
+    learned = limiter.requests.per_minute
+    limiter.throttled_by_server(httpx.Headers(), 0.01, Ticket(time.monotonic(), 2))
+    assert limiter.requests.per_minute == pytest.approx(learned * 0.9)
+    for _ in range(10):
+        answer(limiter, 2, 0.04, sent=time.monotonic())
+    assert learned * 0.9 < limiter.requests.per_minute < learned
+    answer(limiter, 2, 0.04, {"x-ratelimit-limit-requests": "600"}, sent=time.monotonic())
+    assert not limiter.learned and limiter.requests.per_minute == 600 * PACE
+
+
+def test_a_learned_rate_is_let_go_when_the_window_cannot_reach_it() -> None:
+    """One 429 from a server that then answers everything: the learned rate rises until the
+    window, not the rate, is what holds the run back, and then it paces nothing."""
+    limiter = Limiter(cap=16)
+    now = time.monotonic()
+    limiter.answered_at.extend(now - 1 + i / 10 for i in range(10))
+    limiter.throttled_by_server(httpx.Headers(), 0.01, Ticket(now, 2))
+    assert limiter.learned
+    for _ in range(2000):
+        answer(limiter, 8, 0.5, sent=time.monotonic())
+        if not limiter.learned:
+            break
+    assert not limiter.learned and limiter.requests is None  # 16 / 0.5 s = 32 a second
 
 
 def test_limits_that_change_are_followed_and_old_answers_do_not_undo_it() -> None:

@@ -153,7 +153,7 @@ class HTTPProvider(ABC):
             if status == 529:
                 self.limiter.overloaded(pause)
             elif status in (429, 503):
-                self.limiter.throttled_by_server(headers, pause, ticket)
+                self.limiter.throttled_by_server(headers, pause, ticket, limited=status == 429)
             raise Retryable(f"HTTP {status}: {reason}", wait, rate_limited=status == 429)
         if status >= 400:
             refused = " (the server refused the API key)" if status in (401, 403) else ""
