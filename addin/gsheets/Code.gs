@@ -200,7 +200,28 @@ function pbShareFormulaToken_(share) {
 
 // ----------------------------------------------------------------------------- HTTP
 
+/**
+ * An Error with what its catcher decides by: the backend's HTTP status, or that the backend
+ * could not be reached, or that a Google quota is used up.
+ * @typedef {Error & {status?: number, unreachable?: boolean, quota?: boolean}} PbError
+ */
+
+/**
+ * @param {string} message
+ * @param {{status?: number, unreachable?: boolean, quota?: boolean}} facts
+ * @return {PbError}
+ */
+function pbError_(message, facts) {
+  return Object.assign(new Error(message), facts);
+}
+
+/**
+ * @return {GoogleAppsScript.URL_Fetch.URLFetchRequest}
+ * @param {{url: string, token: string}} settings
+ * @param {string} path
+ */
 function pbRequest_(settings, path, payload) {
+  /** @type {GoogleAppsScript.URL_Fetch.URLFetchRequest} */
   var request = {
     url: settings.url + path,
     method: payload === undefined ? 'get' : 'post',
@@ -214,7 +235,11 @@ function pbRequest_(settings, path, payload) {
   return request;
 }
 
-/** The parsed JSON of a reply, or an Error that says what to do about it. */
+/**
+ * The parsed JSON of a reply, or an Error that says what to do about it.
+ * @param {GoogleAppsScript.URL_Fetch.HTTPResponse} response
+ * @return {any}
+ */
 function pbParse_(response) {
   var status = response.getResponseCode();
   var data = null;
@@ -225,13 +250,15 @@ function pbParse_(response) {
   }
   if (status === 200 && data) return data;
   var detail = data && data.error ? data.error : 'HTTP ' + status;
-  var err = new Error(status === 401
+  return pbError_(status === 401
     ? 'The backend refused the token: open PromptBatch > Settings.'
-    : 'The backend answered ' + status + ': ' + detail);
-  err.status = status;
-  return err;
+    : 'The backend answered ' + status + ': ' + detail, { status: status });
 }
 
+/**
+ * @param {{url: string, token: string}} settings
+ * @param {string} path
+ */
 function pbCall_(settings, path, payload) {
   var request = pbRequest_(settings, path, payload);
   var url = request.url;
@@ -251,13 +278,13 @@ function pbCall_(settings, path, payload) {
  * What a failed fetch means. Google's daily quotas (consumer accounts: 20,000 UrlFetch calls,
  * 90 minutes of trigger runtime; Workspace accounts more) end in "Service invoked too many
  * times" or "Service using too much computer time": nothing to retry until the quota resets.
+ * @param {{url: string, token: string}} settings
+ * @param {Error} err
  */
 function pbUnreachable_(settings, err) {
   var quota = pbQuota_(err);
   if (quota) return quota;
-  var out = new Error('Cannot reach the backend at ' + settings.url + ': ' + err.message);
-  out.unreachable = true;
-  return out;
+  return pbError_('Cannot reach the backend at ' + settings.url + ': ' + err.message, { unreachable: true });
 }
 
 /** Google's words for a used-up daily quota, as an Error that says what happened; else null. */
@@ -269,11 +296,9 @@ function pbQuota_(err) {
       ? 'the calls your account may make today (20,000 UrlFetch calls a day for a consumer account)'
       : '';
   if (!what) return null;
-  var out = new Error('Google stopped this run: it used up ' + what + ' (Google said: ' + text + '). ' +
+  return pbError_('Google stopped this run: it used up ' + what + ' (Google said: ' + text + '). ' +
     'The answers so far are in the sheet. Google resets the quota 24 hours after its first use, ' +
-    'so run again tomorrow: rows with answers are kept, nothing is paid twice.');
-  out.quota = true;
-  return out;
+    'so run again tomorrow: rows with answers are kept, nothing is paid twice.', { quota: true });
 }
 
 // ----------------------------------------------------------------------------- the sheet
@@ -282,6 +307,8 @@ function pbQuota_(err) {
  * The sheet as the backend reads it: rows from the first (`grid`), the promptbatch.conf rows,
  * the named template and the merged ranges. The backend finds the table, the rows to send and
  * the cells to write by the command line's rules; the script decides none of it.
+ * @param {GoogleAppsScript.Spreadsheet.Spreadsheet} spreadsheet
+ * @param {GoogleAppsScript.Spreadsheet.Sheet} sheet
  */
 function pbSheetPayload_(spreadsheet, sheet, grid, merged) {
   var payload = { sheet: sheet.getName(), grid: grid, conf: pbConfRows_(spreadsheet), merged: merged };
@@ -293,7 +320,10 @@ function pbSheetPayload_(spreadsheet, sheet, grid, merged) {
   return payload;
 }
 
-/** The key/value rows of a sheet named promptbatch.conf (any case). */
+/**
+ * The key/value rows of a sheet named promptbatch.conf (any case).
+ * @param {GoogleAppsScript.Spreadsheet.Spreadsheet} spreadsheet
+ */
 function pbConfRows_(spreadsheet) {
   var sheets = spreadsheet.getSheets();
   for (var i = 0; i < sheets.length; i++) {
@@ -304,7 +334,10 @@ function pbConfRows_(spreadsheet) {
   return [];
 }
 
-/** The sheet's merged ranges as [top, left, bottom, right, value], 0-based. */
+/**
+ * The sheet's merged ranges as [top, left, bottom, right, value], 0-based.
+ * @param {GoogleAppsScript.Spreadsheet.Sheet} sheet
+ */
 function pbMerged_(sheet) {
   return sheet.getDataRange().getMergedRanges().map(function (range) {
     return [range.getRow() - 1, range.getColumn() - 1, range.getLastRow() - 1,
@@ -312,7 +345,12 @@ function pbMerged_(sheet) {
   });
 }
 
-/** Display values of `count` rows from row `first` (0-based), every column of the sheet. */
+/**
+ * Display values of `count` rows from row `first` (0-based), every column of the sheet.
+ * @param {GoogleAppsScript.Spreadsheet.Sheet} sheet
+ * @param {number} first
+ * @param {number} count
+ */
 function pbRows_(sheet, first, count) {
   return sheet.getRange(first + 1, 1, Math.max(1, count), Math.max(1, sheet.getLastColumn())).getDisplayValues();
 }
@@ -324,7 +362,11 @@ function pbRowNumbers_(first, end) {
   return rows;
 }
 
-/** The rows among `rows` (0-based) that a person or a filter hides. */
+/**
+ * The rows among `rows` (0-based) that a person or a filter hides.
+ * @param {GoogleAppsScript.Spreadsheet.Sheet} sheet
+ * @param {Array<number>} rows
+ */
 function pbHidden_(sheet, rows) {
   return rows.filter(function (r) { return sheet.isRowHiddenByUser(r + 1) || sheet.isRowHiddenByFilter(r + 1); });
 }
@@ -332,6 +374,9 @@ function pbHidden_(sheet, rows) {
 /**
  * Where the table is, by the first rows: its header row, its prompt columns, and whether a run
  * leaves hidden rows out (then the script sends which of its rows are hidden).
+ * @param {{url: string, token: string}} settings
+ * @param {GoogleAppsScript.Spreadsheet.Spreadsheet} spreadsheet
+ * @param {GoogleAppsScript.Spreadsheet.Sheet} sheet
  */
 function pbLocate_(settings, spreadsheet, sheet, merged) {
   var head = pbRows_(sheet, 0, Math.min(PB.HEAD_ROWS, sheet.getLastRow()));
@@ -342,6 +387,8 @@ function pbLocate_(settings, spreadsheet, sheet, merged) {
  * [row, col, value] cells (0-based), as the backend returns them, column by column in blocks.
  * A sheet does not grow by itself (getRange beyond its last column throws "The coordinates of
  * the range are outside the dimensions of the sheet."), so a new answers column is inserted first.
+ * @param {GoogleAppsScript.Spreadsheet.Sheet} sheet
+ * @param {Array<Array<*>>} cells
  */
 function pbWriteCells_(sheet, cells) {
   var byColumn = {};
@@ -365,6 +412,9 @@ function pbWriteCells_(sheet, cells) {
  * with "=" is read as a formula, so such text gets Sheets' text prefix, an apostrophe, which the
  * cell does not show or hold. Numbers and booleans from structured answers land as values, so the
  * sheet can sum and filter them.
+ * @param {GoogleAppsScript.Spreadsheet.Sheet} sheet
+ * @param {number} column
+ * @param {Array<Array<*>>} cells
  */
 function pbWriteColumn_(sheet, column, cells) {
   cells.sort(function (a, b) { return a[0] - b[0]; });
@@ -391,6 +441,10 @@ function pbText_(value) {
   return /^[=']/.test(text) ? "'" + text : text;
 }
 
+/**
+ * @param {GoogleAppsScript.Spreadsheet.Spreadsheet} spreadsheet
+ * @param {number} id
+ */
 function pbSheetById_(spreadsheet, id) {
   var sheets = spreadsheet.getSheets();
   for (var i = 0; i < sheets.length; i++) {
@@ -570,7 +624,8 @@ function pbWork_(job, started, save) {
     chunks.forEach(function (chunk, k) {
       var data = pbParse_(responses[k]);
       if (data instanceof Error) {
-        if (data.status === 400 || data.status === 401 || data.status === 413) throw data;
+        var status = /** @type {PbError} */ (data).status;
+        if (status === 400 || status === 401 || status === 413) throw data;
         failure = data.message;
         Array.prototype.push.apply(chunk.resent ? job.again : job.retry, chunk.rows);
         return;
@@ -641,7 +696,11 @@ function pbSelected_(ranges, row) {
   return !ranges || ranges.some(function (span) { return row >= span[0] && row <= span[1]; });
 }
 
-/** The /v1/run request for a window: the rows down to the header row, then the window's rows. */
+/**
+ * The /v1/run request for a window: the rows down to the header row, then the window's rows.
+ * @param {Object} head
+ * @param {GoogleAppsScript.Spreadsheet.Sheet} sheet
+ */
 function pbWindow_(head, sheet, chunk, skipHidden) {
   var rows = chunk.rows.slice().sort(function (a, b) { return a - b; });
   var values = pbRows_(sheet, rows[0], rows[rows.length - 1] - rows[0] + 1);
@@ -747,7 +806,7 @@ function pbPreviewLines_(data) {
  *
  * @param {string} template The prompt template, e.g. "Describe {{ product }} in one line."
  * @param {Array<Array<*>>} table The table with its header row first; or data rows, with headers.
- * @param {Array<Array<*>>} [headers] The header row, when the second argument holds data rows only.
+ * @param {Array<Array<*>>|string} [headers] The header row, when the second argument holds data rows only.
  * @param {string|Array<Array<string>>} [fields] Answer in columns, e.g.
  *   "sentiment (positive|negative), score (number), reason"; or a range of such header cells.
  * @return One answer per data row, as a column (one answer for one row with headers); with

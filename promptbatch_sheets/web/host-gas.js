@@ -18,10 +18,7 @@
   /* One server-side function: a promise of what it returns; an Error with its message. */
   function call(name, args) {
     return new Promise(function (resolve, reject) {
-      var runner = global.google.script.run.withSuccessHandler(resolve)
-        .withFailureHandler(function (err) {
-          reject(err instanceof Error ? err : new Error(String(err && err.message || err)));
-        });
+      var runner = global.google.script.run.withSuccessHandler(resolve).withFailureHandler(reject);
       runner[name].apply(runner, args);
     });
   }
