@@ -26,8 +26,9 @@ def sidebar_html(web: Path = WEB) -> str:
         return text.rstrip("\n")
 
     scripts = "".join(f"<script>\n{part(name)}\n</script>\n" for name in SCRIPTS)
-    return ("<!doctype html>\n<!-- Written by addin/gsheets/build_sidebar.py from promptbatch_sheets/web/:"
-            " do not edit. -->\n<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
+    return ("<!doctype html>\n<!-- Written by addin/gsheets/build_sidebar.py from"
+            " promptbatch_sheets/web/: do not edit. -->\n"
+            "<html lang=\"en\">\n<head>\n<meta charset=\"utf-8\">\n"
             "<base target=\"_top\">\n<style>\n" + part("panel.css") + "\n"
             ".pb-panel { padding: 4px 10px; }\n</style>\n</head>\n<body>\n"
             "<main id=\"panel\" class=\"pb-panel\">Loading...</main>\n" + scripts +
