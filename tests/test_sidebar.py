@@ -20,7 +20,7 @@ from typing import Any
 
 import pytest
 
-from tests.test_app_browser import CHROMIUM, DRIVER, wait
+from tests.test_app_browser import CHROMIUM, DRIVER, chromium_options, stats, wait
 
 ROOT = Path(__file__).resolve().parent.parent
 ADDIN = ROOT / "addin" / "gsheets"
@@ -74,15 +74,9 @@ def sidebar() -> Iterator[str]:
 
 @pytest.fixture
 def browser(tmp_path: Path) -> Iterator[webdriver.Chrome]:
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
     # a sidebar is 300 px wide
-    for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
-                 "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--window-size=320,1300",
-                 f"--user-data-dir={tmp_path / 'chromium'}"):
-        options.add_argument(flag)
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=str(DRIVER)))
+    driver = webdriver.Chrome(options=chromium_options(tmp_path / "chromium", "320,1300"),
+                              service=Service(executable_path=str(DRIVER)))
     try:
         yield driver
     finally:
@@ -93,11 +87,6 @@ def state(url: str) -> dict[str, Any]:
     with urllib.request.urlopen(url + "state", timeout=30) as reply:
         result: dict[str, Any] = json.load(reply)
         return result
-
-
-def stats(driver: webdriver.Chrome) -> dict[str, str]:
-    node = driver.find_element(By.ID, "stats")
-    return {k: node.get_attribute(f"data-{k}") or "" for k in ("state", "done", "total")}
 
 
 WATCH = """

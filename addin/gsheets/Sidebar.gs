@@ -70,15 +70,20 @@ function pbPanelRun(selected) {
 
 /**
  * One pass of this user's run, when no other execution (a trigger, another sidebar) is running
- * one; then the progress. The sidebar calls it again while the run goes on.
+ * one; then the progress, and whether this call made the pass (`worked`: if not, the sidebar
+ * waits a little before it asks again). The sidebar calls it again while the run goes on.
  */
 function pbPanelWork() {
   var raw = PropertiesService.getUserProperties().getProperty(PB.KEY_JOB);
+  var worked = false;
   if (raw && LockService.getDocumentLock().tryLock(0)) {
     LockService.getDocumentLock().releaseLock();
     pbPass_(JSON.parse(raw), false);
+    worked = true;
   }
-  return pbProgress_();
+  var progress = pbProgress_();
+  progress.worked = worked;
+  return progress;
 }
 
 /** The progress of this user's run. */

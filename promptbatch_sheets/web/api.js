@@ -12,6 +12,7 @@
       canUpload: Boolean(host.send),
       canDownload: Boolean(host.download),
       sheet: Boolean(host.sheet),
+      pollMs: host.pollMs,
       settings: function () { return host.request("GET", "/api/settings"); },
       saveSettings: function (form) { return host.request("POST", "/api/settings", form); },
       submit: function () { return host.request("POST", "/api/submit", {}); },

@@ -32,7 +32,7 @@
       working = true;
       call("pbPanelWork", []).then(function (p) {
         working = false;
-        if (p.state === "running") { work(); }
+        if (p.state === "running") { setTimeout(work, p.worked ? 0 : RETRY_MS); }
       }, function () {
         working = false;
         setTimeout(work, RETRY_MS);
@@ -41,6 +41,7 @@
 
     return {
       sheet: true,
+      pollMs: 1000,
       request: function (method, path, body) {
         var route = method + " " + path.split("?")[0];
         var name = FUNCTIONS[route];

@@ -34,6 +34,7 @@
   function mount(root, api) {
     var state = { preview: null, next: 0, timer: null, debounce: null };
     var inSheet = api.sheet;
+    var pollMs = api.pollMs || POLL_MS; // each poll of a sidebar is an Apps Script execution
     clear(root);
 
     var file = el("input", { id: "file", type: "file", accept: ".xlsx,.xlsm,.csv" });
@@ -243,7 +244,7 @@
           cancel.disabled = false;
           run.disabled = true;
           runSelected.disabled = true;
-          state.timer = setTimeout(poll, POLL_MS);
+          state.timer = setTimeout(poll, pollMs);
         } else {
           run.disabled = false;
           runSelected.disabled = false;
@@ -252,7 +253,7 @@
         }
       }, function (err) {
         stats.textContent = err.message;
-        state.timer = setTimeout(poll, POLL_MS * 5);
+        state.timer = setTimeout(poll, pollMs * 5);
       });
     }
 

@@ -27,7 +27,12 @@ test('the sidebar drives a run pass by pass; progress counts prompts, cost and t
   assert.deepEqual([progress.state, progress.done, progress.total, progress.passes], ['running', 200, 600, 1]);
   assert.ok(progress.eta > 0 && progress.prompt_tokens > 0 && progress.completion_tokens > 0);
   assert.equal(progress.cost_usd, null, 'a model without a price has no cost');
+  assert.equal(progress.worked, true, 'this call made the pass');
+  delete progress.worked;
   assert.deepEqual(plain(app.gs.pbPanelProgress()), progress, 'progress reads the saved job');
+  app.lock.held = true;
+  assert.equal(app.gs.pbPanelWork().worked, false, 'another execution holds the run: the sidebar waits');
+  app.lock.held = false;
   assert.throws(() => app.gs.pbPanelRun(false), /Your run is still going/);
 
   progress = plain(app.gs.pbPanelCancel());
