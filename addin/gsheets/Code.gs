@@ -57,10 +57,12 @@ var PB = {
   CONTINUE: 'pbContinue',
   /** Document property: the backend every editor uses. */
   KEY_URL: 'PB_BACKEND_URL',
-  /** User property: this editor's token. */
+  /** User properties: this editor's token, and the backend URL it was given for. */
   KEY_TOKEN: 'PB_TOKEN',
-  /** Document property: a token an editor shared so =PROMPTBATCH can call the backend. */
+  KEY_TOKEN_URL: 'PB_TOKEN_URL',
+  /** Document properties: a token an editor shared so =PROMPTBATCH can call the backend, and its URL. */
   KEY_FORMULA_TOKEN: 'PB_FORMULA_TOKEN',
+  KEY_FORMULA_URL: 'PB_FORMULA_URL',
   /** User properties: this editor's run, the last run's outcome, and a cancel request. */
   KEY_JOB: 'PB_JOB',
   KEY_LAST: 'PB_LAST',
@@ -144,6 +146,7 @@ function pbSaveSettings_(newUrl, newToken) {
   if (!token) throw new Error('Your token is needed: ask the person who runs `promptbatch serve` for it.');
   doc.setProperty(PB.KEY_URL, url);
   user.setProperty(PB.KEY_TOKEN, token);
+  user.setProperty(PB.KEY_TOKEN_URL, url);
   var model = null;
   var message;
   try {
@@ -162,10 +165,17 @@ function pbSaveSettings_(newUrl, newToken) {
 function pbSettings_() {
   var url = pbBackendUrl_();
   if (!url) throw new Error('No backend is set up for this spreadsheet yet: open PromptBatch > Settings.');
-  var token = PropertiesService.getUserProperties().getProperty(PB.KEY_TOKEN);
+  var user = PropertiesService.getUserProperties();
+  var token = user.getProperty(PB.KEY_TOKEN);
   if (!token) {
     throw new Error('You have no token for the backend at ' + url + ' yet: ask the person who runs ' +
       '`promptbatch serve` for it and paste it in PromptBatch > Settings (it is kept for you alone).');
+  }
+  // Any editor may change the spreadsheet's URL: a token goes only where its owner saved it for.
+  if (user.getProperty(PB.KEY_TOKEN_URL) !== url) {
+    throw new Error('The backend of this spreadsheet is now ' + url + ', and your token was saved for ' +
+      user.getProperty(PB.KEY_TOKEN_URL) + ': if you trust the new backend, paste your token for it in ' +
+      'PromptBatch > Settings.');
   }
   return { url: url, token: token };
 }
@@ -179,7 +189,7 @@ function pbFormulaSettings_() {
   var url = doc.getProperty(PB.KEY_URL);
   if (!url) throw new Error('No backend is set up for this spreadsheet yet: open PromptBatch > Settings.');
   var token = doc.getProperty(PB.KEY_FORMULA_TOKEN);
-  if (!token) {
+  if (!token || doc.getProperty(PB.KEY_FORMULA_URL) !== url) {
     throw new Error('no answer in the cache, and =PROMPTBATCH may not call the backend in this ' +
       'spreadsheet: Google runs formulas without knowing who you are, so they cannot use your token. ' +
       'Use PromptBatch > Run batch (it uses yours), or ask an editor with a token to tick ' +
@@ -193,9 +203,11 @@ function pbShareFormulaToken_(share) {
   var doc = PropertiesService.getDocumentProperties();
   if (!share) {
     doc.deleteProperty(PB.KEY_FORMULA_TOKEN);
+    doc.deleteProperty(PB.KEY_FORMULA_URL);
     return;
   }
-  doc.setProperty(PB.KEY_FORMULA_TOKEN, pbSettings_().token);
+  var settings = pbSettings_();
+  doc.setProperties({ PB_FORMULA_TOKEN: settings.token, PB_FORMULA_URL: settings.url });
 }
 
 // ----------------------------------------------------------------------------- HTTP

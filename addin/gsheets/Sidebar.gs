@@ -20,12 +20,15 @@ function pbSidebar() {
 function pbPanelSettings() {
   var url = pbBackendUrl_();
   var token = PropertiesService.getUserProperties().getProperty(PB.KEY_TOKEN);
-  var shared = PropertiesService.getDocumentProperties().getProperty(PB.KEY_FORMULA_TOKEN);
+  var doc = PropertiesService.getDocumentProperties();
+  var shared = doc.getProperty(PB.KEY_FORMULA_URL) === url ? doc.getProperty(PB.KEY_FORMULA_TOKEN) : null;
   var state = {
     url: url, has_token: Boolean(token), formulas: Boolean(shared), formulas_mine: Boolean(token && shared === token),
     model: null, sheet: SpreadsheetApp.getActiveSpreadsheet().getActiveSheet().getName(), error: ''
   };
-  if (url && token) {
+  if (url && token && PropertiesService.getUserProperties().getProperty(PB.KEY_TOKEN_URL) !== url) {
+    state.has_token = false; // saved for another backend: never sent to this one
+  } else if (url && token) {
     try {
       state.model = pbCall_({ url: url, token: token }, '/v1/health').model;
     } catch (err) {

@@ -81,5 +81,18 @@ test('owner, editor with a token, editor without: each run uses its own user\'s 
     [['Answer: Describe kettle.'], ['Answer: Describe lamp.']], 'from the document cache');
   assert.match(app.gs.PROMPTBATCH(TEMPLATE, [['Product'], ['vase']]), /^#ERROR: no answer in the cache/);
   assert.equal(app.log.fetches.length, 0);
-  assert.ok(!app.log.fetches.some((f) => f.token === OWNER_TOKEN));
+
+  // Bo points the spreadsheet at another server: no one's token follows the URL there.
+  app.as(ANA);
+  app.gs.pbPanelSave({ url: '', token: '', formulas: true });
+  app.as(BO);
+  app.gs.PropertiesService.getDocumentProperties().setProperty('PB_BACKEND_URL', 'https://elsewhere.example');
+  app.log.fetches.length = 0;
+  app.as(ANA);
+  app.gs.pbRunBatch();
+  assert.match(app.log.alerts.at(-1).message, /^The run stopped: The backend of this spreadsheet is now https:\/\/elsewhere\.example, and your token was saved for http:\/\/127\.0\.0\.1:\d+: if you trust the new backend, paste your token/);
+  assert.equal(app.gs.pbPanelSettings().has_token, false);
+  app.as(BO);
+  assert.match(app.gs.PROMPTBATCH(TEMPLATE, [['Product'], ['cup']]), /^#ERROR: no answer in the cache/);
+  assert.equal(app.log.fetches.length, 0, 'nothing went to the new address');
 });

@@ -340,8 +340,8 @@ function loadScript({ sheets, settings, fetchAllMs = 0, owner = 'owner@example.c
   const docProps = fakeProperties(readOnly);
   if (settings) {
     docProps.setProperty('PB_BACKEND_URL', settings.url);
-    userStore(owner).setProperty('PB_TOKEN', settings.token);
-    if (formulas) docProps.setProperty('PB_FORMULA_TOKEN', settings.token);
+    userStore(owner).setProperties({ PB_TOKEN: settings.token, PB_TOKEN_URL: settings.url });
+    if (formulas) docProps.setProperties({ PB_FORMULA_TOKEN: settings.token, PB_FORMULA_URL: settings.url });
   }
   const lock = { held: false };
   const triggers = [];
