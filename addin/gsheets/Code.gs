@@ -909,7 +909,8 @@ function pbAnswerRows_(template, head, rows, fields) {
   try {
     data = pbCall_(settings, '/v1/complete', payload);
   } catch (err) {
-    if (!err.unreachable) throw err;
+    // unreachable, or a tunnel's gateway without its backend: worth one more try
+    if (!err.unreachable && [502, 503, 504].indexOf(err.status) < 0) throw err;
     Utilities.sleep(PB.RETRY_MS);
     data = pbCall_(settings, '/v1/complete', payload);
   }

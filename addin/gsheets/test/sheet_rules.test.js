@@ -46,6 +46,11 @@ test('=PROMPTBATCH answers although the cache dropped them and the backend was d
   app.http.intercept = (request) => (request.url.endsWith('/v1/complete') && !down++ ? { error: 'connection reset' } : null);
   assert.deepEqual(plain(app.gs.PROMPTBATCH('Sell {{ product }}.', table)), first);
   assert.equal(down, 2, 'asked again after the failure');
+  app.cache.dropAll();
+  let gateway = 0;
+  app.http.intercept = (request) => (request.url.endsWith('/v1/complete') && !gateway++
+    ? { status: 502, body: '<html>Bad gateway</html>' } : null);
+  assert.deepEqual(plain(app.gs.PROMPTBATCH('Sell {{ product }}.', table)), first, 'a tunnel\'s 502 too');
   app.http.intercept = null;
 
   // a table over 500 rows does not go through CacheService (its ~1,000 items would evict themselves)
