@@ -509,10 +509,9 @@ function pbStart_(ranges, interactive) {
   if (!interactive) {
     props.setProperty(PB.KEY_JOB, JSON.stringify(job));
     pbSchedule_(PB.CONTINUE_MS);
-    return job;
+    return;
   }
   pbPass_(job, true);
-  return job;
 }
 
 /** The time-based trigger's entry point: the next pass of a long run. */
