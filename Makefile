@@ -4,6 +4,9 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 WHEELS := $(VENV)/wheels
+# TypeScript and Google's Apps Script types, exact versions from addin/gsheets/package-lock.json
+# (its download addresses stripped: npm ci asks the configured registry for each name@version).
+GS_TYPES := addin/gsheets/node_modules/.installed-stamp
 
 .PHONY: demo test browser lint bench clean
 
@@ -23,7 +26,7 @@ $(STAMP): pyproject.toml constraints.txt
 demo: $(STAMP)
 	$(BIN)/promptbatch run sample_workbooks/product_descriptions.xlsx --max-tokens 80 -o out/product_descriptions.answers.xlsx
 
-test: $(STAMP) browser
+test: $(STAMP) browser $(GS_TYPES)
 	$(BIN)/ruff check .
 	$(BIN)/mypy
 	$(BIN)/pytest -q
@@ -38,6 +41,10 @@ browser:
 	      DEBIAN_FRONTEND=noninteractive apt-get install -y -q chromium chromium-driver >/dev/null; }; }; } || \
 	  echo "No chromium and chromedriver here: tests/test_app_browser.py will skip."
 
+$(GS_TYPES): addin/gsheets/package.json addin/gsheets/package-lock.json
+	cd addin/gsheets && npm ci --no-audit --no-fund --loglevel=error
+	touch $(GS_TYPES)
+
 bench: $(STAMP)
 	$(BIN)/pip install --quiet -c constraints.txt -e '.[bench]'
 	@# promptfoo, a peer, from npm at the exact version in bench/promptfoo/package.json (no lock
@@ -51,4 +58,4 @@ bench: $(STAMP)
 	$(BIN)/python -m bench
 
 clean:
-	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) out .pytest_cache .mypy_cache .ruff_cache addin/gsheets/node_modules

@@ -84,15 +84,21 @@ def app(slow_llm: FakeLLMServer, isolated_home: Path) -> Iterator[str]:
         proc.wait(10)
 
 
-@pytest.fixture
-def browser(tmp_path: Path) -> Iterator[webdriver.Chrome]:
+def chromium_options(profile: Path, window: str) -> webdriver.ChromeOptions:
+    """Headless Debian chromium, nothing fetched from the network, its own profile."""
     options = webdriver.ChromeOptions()
     options.binary_location = str(CHROMIUM)
     for flag in ("--headless", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage",
                  "--disable-background-networking", "--disable-component-update",
-                 "--disable-sync", "--no-first-run", "--window-size=1280,2000",
-                 f"--user-data-dir={tmp_path / 'chromium'}"):
+                 "--disable-sync", "--no-first-run", f"--window-size={window}",
+                 f"--user-data-dir={profile}"):
         options.add_argument(flag)
+    return options
+
+
+@pytest.fixture
+def browser(tmp_path: Path) -> Iterator[webdriver.Chrome]:
+    options = chromium_options(tmp_path / "chromium", "1280,2000")
     downloads = tmp_path / "downloads"
     downloads.mkdir()
     options.add_experimental_option("prefs", {"download.default_directory": str(downloads),

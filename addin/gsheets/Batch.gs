@@ -11,40 +11,54 @@
 
 /** Menu: collect what is done, then send what neither the cache nor a running job holds. */
 function pbSubmitBatch() {
-  pbBatchCall_('/v1/batch/submit', function (data) {
-    var lines = [];
-    if (data.sent) {
-      lines.push('Sent ' + data.sent + ' requests in batch job ' + data.new_jobs.join(', ') +
-        ' (estimated ' + (data.estimate_usd === null ? 'cost unknown' : '$' + data.estimate_usd.toFixed(4)) +
-        ' at half the realtime price).',
-      'Answers come within 24 hours: then use PromptBatch > Collect batch results.');
-    } else {
-      lines.push('Nothing new to send: every prompt is answered or in a running job.');
-    }
-    return lines.concat(pbBatchCounts_(data));
-  });
+  pbBatchCall_('/v1/batch/submit', pbSubmitLines_);
 }
 
 /** Menu: write the answers of finished jobs; rows of running jobs stay as they are. */
 function pbCollectBatch() {
-  pbBatchCall_('/v1/batch/collect', function (data) {
-    var lines = pbBatchCounts_(data);
-    if (!data.answered && !data.failed && data.waiting) lines.unshift('No answer has come back yet.');
-    data.jobs.forEach(function (job) {
-      lines.push(job.id + ': ' + job.status + (job.collected ? ', collected' : '') + ', ' + job.progress + '.');
-    });
-    if (!data.jobs.length) lines.push('No batch job holds this sheet\'s prompts: use PromptBatch > Submit as batch.');
-    return lines;
+  pbBatchCall_('/v1/batch/collect', pbCollectLines_);
+}
+
+/** What a submit did. */
+function pbSubmitLines_(data) {
+  var lines = [];
+  if (data.sent) {
+    lines.push('Sent ' + data.sent + ' requests in batch job ' + data.new_jobs.join(', ') +
+      ' (estimated ' + (data.estimate_usd === null ? 'cost unknown' : '$' + data.estimate_usd.toFixed(4)) +
+      ' at half the realtime price).',
+    'Answers come within 24 hours: then use PromptBatch > Collect batch results.');
+  } else {
+    lines.push('Nothing new to send: every prompt is answered or in a running job.');
+  }
+  return lines.concat(pbBatchCounts_(data));
+}
+
+/** What a collect wrote, and each job's state. */
+function pbCollectLines_(data) {
+  var lines = pbBatchCounts_(data);
+  if (!data.answered && !data.failed && data.waiting) lines.unshift('No answer has come back yet.');
+  data.jobs.forEach(function (job) {
+    lines.push(job.id + ': ' + job.status + (job.collected ? ', collected' : '') + ', ' + job.progress + '.');
   });
+  if (!data.jobs.length) lines.push('No batch job holds this sheet\'s prompts: use PromptBatch > Submit as batch.');
+  return lines;
+}
+
+/** A batch route from the menu: its lines in a dialog. */
+function pbBatchCall_(path, report) {
+  var ui = SpreadsheetApp.getUi();
+  try {
+    ui.alert('PromptBatch batch', pbBatchRun_(path, report).join('\n'), ui.ButtonSet.OK);
+  } catch (err) {
+    ui.alert('PromptBatch', err.message, ui.ButtonSet.OK);
+  }
 }
 
 /** Sends the active sheet to a batch route under the document lock, writes the cells back. */
-function pbBatchCall_(path, report) {
-  var ui = SpreadsheetApp.getUi();
+function pbBatchRun_(path, report) {
   var lock = LockService.getDocumentLock();
   if (!lock.tryLock(5000)) {
-    ui.alert('PromptBatch', 'Another PromptBatch run is writing to this spreadsheet. Try again when it ends.', ui.ButtonSet.OK);
-    return;
+    throw new Error('Another PromptBatch run is writing to this spreadsheet. Try again when it ends.');
   }
   try {
     var spreadsheet = SpreadsheetApp.getActiveSpreadsheet();
@@ -56,9 +70,7 @@ function pbBatchCall_(path, report) {
     if (layout.skip_hidden) payload.hidden = pbHidden_(sheet, pbRowNumbers_(layout.header_row + 1, sheet.getLastRow()));
     var data = pbCall_(settings, path, payload);
     pbWriteCells_(sheet, data.cells);
-    ui.alert('PromptBatch batch', report(data).join('\n'), ui.ButtonSet.OK);
-  } catch (err) {
-    ui.alert('PromptBatch', err.message, ui.ButtonSet.OK);
+    return report(data);
   } finally {
     lock.releaseLock();
   }

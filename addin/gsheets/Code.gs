@@ -5,8 +5,15 @@
  * windows to a `promptbatch serve` backend (which holds the model, the API keys and the answer
  * cache, and plans each window by the command line's rules) and writes the cells it returns.
  * It decides nothing about rows or answers itself. Long runs continue through a time-based
- * trigger before Apps Script's 6-minute limit. Settings (backend URL and token) are user properties:
- * other editors of the spreadsheet never see your token.
+ * trigger before Apps Script's 6-minute limit.
+ *
+ * Who sets up what: the backend URL is a document property (every editor of the spreadsheet uses
+ * the same backend); each editor's token is that editor's user property, and no other editor's
+ * execution can read it. Custom functions run anonymously and, inside them, getUserProperties()
+ * returns the spreadsheet owner's store (the custom functions guide, "Using Apps Script
+ * services"), so =PROMPTBATCH never reads user properties: it calls the backend only with a token
+ * an editor chose to share for formulas (PB_FORMULA_TOKEN, a document property), and otherwise
+ * says so.
  */
 
 var PB = {
@@ -32,29 +39,50 @@ var PB = {
   HEAD_ROWS: 50,
   /** Rows a preview sends (the request stays under the backend's 5 MB); counts are scaled to the rest. */
   PREVIEW_ROWS: 2000,
-  /** CacheService keeps values at most 6 hours and 100 KB. */
+  /**
+   * CacheService keeps values at most 6 hours and 100 KB, about 1,000 items, and may drop any
+   * sooner ("expiry is only a suggestion"): it only spares backend calls, the backend's cache is
+   * where answers live. A formula over more rows than CACHE_ROWS skips it (it would evict itself).
+   */
   CACHE_SECONDS: 6 * 60 * 60,
+  CACHE_ROWS: 500,
+  /** How long the backend's model name is trusted for the formula's cache key. */
+  MODEL_SECONDS: 5 * 60,
+  /** A formula asks again after this when the backend cannot be reached (a tunnel's hiccup). */
+  RETRY_MS: 2000,
   CACHE_MAX_CHARS: 25000,
   CACHE_BATCH: 100,
   ERROR: '#ERROR:',
   TITLE: 'PromptBatch',
   CONTINUE: 'pbContinue',
+  /** Document property: the backend every editor uses. */
   KEY_URL: 'PB_BACKEND_URL',
+  /** User properties: this editor's token, and the backend URL it was given for. */
   KEY_TOKEN: 'PB_TOKEN',
+  KEY_TOKEN_URL: 'PB_TOKEN_URL',
+  /** Document properties: a token an editor shared so =PROMPTBATCH can call the backend, and its URL. */
+  KEY_FORMULA_TOKEN: 'PB_FORMULA_TOKEN',
+  KEY_FORMULA_URL: 'PB_FORMULA_URL',
+  /** User properties: this editor's run, the last run's outcome, and a cancel request. */
   KEY_JOB: 'PB_JOB',
+  KEY_LAST: 'PB_LAST',
+  KEY_CANCEL: 'PB_CANCEL',
   CONF_SHEET: 'promptbatch.conf'
 };
 
-/** Adds the PromptBatch menu. */
+/** Adds the PromptBatch menu; its first item opens the sidebar, the default way in. */
 function onOpen() {
   SpreadsheetApp.getUi()
     .createMenu(PB.TITLE)
+    .addItem('Open sidebar', 'pbSidebar')
+    .addSeparator()
     .addItem('Run batch', 'pbRunBatch')
     .addItem('Run selected rows', 'pbRunSelected')
     .addItem('Preview', 'pbPreview')
     .addSeparator()
     .addItem('Submit as batch (half price)', 'pbSubmitBatch')
     .addItem('Collect batch results', 'pbCollectBatch')
+    .addItem('Freeze answers in the selection', 'pbFreeze')
     .addSeparator()
     .addItem('Settings', 'pbSettings')
     .addToUi();
@@ -71,64 +99,141 @@ function pbNow_() {
 
 // ----------------------------------------------------------------------------- settings
 
-/** Asks for the backend URL and token, keeps them in user properties, then checks them. */
+/**
+ * Asks for the backend URL (kept for every editor of this spreadsheet) and this editor's token
+ * (kept for them alone), then checks them.
+ */
 function pbSettings() {
   var ui = SpreadsheetApp.getUi();
-  var props = PropertiesService.getUserProperties();
-  var url = props.getProperty(PB.KEY_URL) || '';
-  var token = props.getProperty(PB.KEY_TOKEN) || '';
+  var url = pbBackendUrl_();
+  var token = PropertiesService.getUserProperties().getProperty(PB.KEY_TOKEN) || '';
   var answer = ui.prompt('PromptBatch settings (1 of 2)',
-    'Backend URL, the HTTPS address of `promptbatch serve`' +
+    'Backend URL, the HTTPS address of `promptbatch serve`, for every editor of this spreadsheet' +
     (url ? '.\nNow: ' + url + ' (leave empty to keep it)' : ', e.g. https://example.trycloudflare.com'),
     ui.ButtonSet.OK_CANCEL);
   if (answer.getSelectedButton() !== ui.Button.OK) return;
-  var newUrl = answer.getResponseText().trim().replace(/\/+$/, '');
-  if (newUrl) {
-    if (!/^https?:\/\/[^\s/]+/i.test(newUrl)) {
-      ui.alert('PromptBatch', 'That is not an http(s) address: ' + newUrl, ui.ButtonSet.OK);
-      return;
-    }
-    url = newUrl;
-  }
+  var newUrl = answer.getResponseText();
   answer = ui.prompt('PromptBatch settings (2 of 2)',
-    'Bearer token (printed by `promptbatch serve` on its first start; kept in its ' +
-    'serve-token file)' + (token ? '.\nA token is saved: leave empty to keep it.' : '.'),
+    'Your bearer token (the person who runs `promptbatch serve` has it: it prints it on its first ' +
+    'start and keeps it in its serve-token file). It is kept for you alone' +
+    (token ? '.\nA token is saved: leave empty to keep it.' : '.'),
     ui.ButtonSet.OK_CANCEL);
   if (answer.getSelectedButton() !== ui.Button.OK) return;
-  token = answer.getResponseText().trim() || token;
-  if (!url || !token) {
-    ui.alert('PromptBatch', 'Both the URL and the token are needed.', ui.ButtonSet.OK);
-    return;
+  try {
+    ui.alert('PromptBatch', pbSaveSettings_(newUrl, answer.getResponseText()).message, ui.ButtonSet.OK);
+  } catch (err) {
+    ui.alert('PromptBatch', err.message, ui.ButtonSet.OK);
   }
-  var values = {};
-  values[PB.KEY_URL] = url;
-  values[PB.KEY_TOKEN] = token;
-  props.setProperties(values);
+}
+
+/** The spreadsheet's backend URL, or ''. */
+function pbBackendUrl_() {
+  return PropertiesService.getDocumentProperties().getProperty(PB.KEY_URL) || '';
+}
+
+/**
+ * Keeps a new URL (empty keeps the old one) as the document's and a new token (empty keeps the
+ * old one) as this user's, then asks the backend for its model. Throws on a mistake.
+ */
+function pbSaveSettings_(newUrl, newToken) {
+  var doc = PropertiesService.getDocumentProperties();
+  var user = PropertiesService.getUserProperties();
+  var url = String(newUrl || '').trim().replace(/\/+$/, '') || pbBackendUrl_();
+  if (!/^https?:\/\/[^\s/]+/i.test(url)) {
+    throw new Error(url ? 'That is not an http(s) address: ' + url : 'The backend URL is needed.');
+  }
+  var token = String(newToken || '').trim() || user.getProperty(PB.KEY_TOKEN) || '';
+  if (!token) throw new Error('Your token is needed: ask the person who runs `promptbatch serve` for it.');
+  doc.setProperty(PB.KEY_URL, url);
+  user.setProperty(PB.KEY_TOKEN, token);
+  user.setProperty(PB.KEY_TOKEN_URL, url);
+  var model = null;
   var message;
   try {
-    message = 'Connected. The backend answers with ' + pbCall_(pbSettings_(), '/v1/health').model + '.';
+    model = pbCall_({ url: url, token: token }, '/v1/health').model;
+    message = 'Connected. The backend answers with ' + model + '.';
   } catch (err) {
     message = 'Saved, but the backend did not answer: ' + err.message;
   }
   if (!/^https:/i.test(url)) {
     message += '\nWarning: the address is not HTTPS, so the token travels in clear text.';
   }
-  ui.alert('PromptBatch', message, ui.ButtonSet.OK);
+  return { message: message, model: model };
 }
 
+/** The backend and this editor's token, for the menu, the sidebar and their triggers. */
 function pbSettings_() {
-  var props = PropertiesService.getUserProperties();
-  var url = props.getProperty(PB.KEY_URL);
-  var token = props.getProperty(PB.KEY_TOKEN);
-  if (!url || !token) {
-    throw new Error('No backend set up yet: open PromptBatch > Settings.');
+  var url = pbBackendUrl_();
+  if (!url) throw new Error('No backend is set up for this spreadsheet yet: open PromptBatch > Settings.');
+  var user = PropertiesService.getUserProperties();
+  var token = user.getProperty(PB.KEY_TOKEN);
+  if (!token) {
+    throw new Error('You have no token for the backend at ' + url + ' yet: ask the person who runs ' +
+      '`promptbatch serve` for it and paste it in PromptBatch > Settings (it is kept for you alone).');
+  }
+  // Any editor may change the spreadsheet's URL: a token goes only where its owner saved it for.
+  if (user.getProperty(PB.KEY_TOKEN_URL) !== url) {
+    throw new Error('The backend of this spreadsheet is now ' + url + ', and your token was saved for ' +
+      user.getProperty(PB.KEY_TOKEN_URL) + ': if you trust the new backend, paste your token for it in ' +
+      'PromptBatch > Settings.');
   }
   return { url: url, token: token };
 }
 
+/**
+ * The backend for =PROMPTBATCH: document properties only, as a custom function runs without
+ * knowing who you are and sees the owner's user properties (custom functions guide).
+ */
+function pbFormulaSettings_() {
+  var doc = PropertiesService.getDocumentProperties();
+  var url = doc.getProperty(PB.KEY_URL);
+  if (!url) throw new Error('No backend is set up for this spreadsheet yet: open PromptBatch > Settings.');
+  var token = doc.getProperty(PB.KEY_FORMULA_TOKEN);
+  if (!token || doc.getProperty(PB.KEY_FORMULA_URL) !== url) {
+    throw new Error('no answer in the cache, and =PROMPTBATCH may not call the backend in this ' +
+      'spreadsheet: Google runs formulas without knowing who you are, so they cannot use your token. ' +
+      'Use PromptBatch > Run batch (it uses yours), or ask an editor with a token to tick ' +
+      '"Let =PROMPTBATCH use my token for every editor" in the sidebar\'s settings.');
+  }
+  return { url: url, token: token };
+}
+
+/** Lets every editor's formulas use this user's token (shared: editors can read document properties). */
+function pbShareFormulaToken_(share) {
+  var doc = PropertiesService.getDocumentProperties();
+  if (!share) {
+    doc.deleteProperty(PB.KEY_FORMULA_TOKEN);
+    doc.deleteProperty(PB.KEY_FORMULA_URL);
+    return;
+  }
+  var settings = pbSettings_();
+  doc.setProperties({ PB_FORMULA_TOKEN: settings.token, PB_FORMULA_URL: settings.url });
+}
+
 // ----------------------------------------------------------------------------- HTTP
 
+/**
+ * An Error with what its catcher decides by: the backend's HTTP status, or that the backend
+ * could not be reached, or that a Google quota is used up.
+ * @typedef {Error & {status?: number, unreachable?: boolean, quota?: boolean}} PbError
+ */
+
+/**
+ * @param {string} message
+ * @param {{status?: number, unreachable?: boolean, quota?: boolean}} facts
+ * @return {PbError}
+ */
+function pbError_(message, facts) {
+  return Object.assign(new Error(message), facts);
+}
+
+/**
+ * @return {GoogleAppsScript.URL_Fetch.URLFetchRequest}
+ * @param {{url: string, token: string}} settings
+ * @param {string} path
+ */
 function pbRequest_(settings, path, payload) {
+  /** @type {GoogleAppsScript.URL_Fetch.URLFetchRequest} */
   var request = {
     url: settings.url + path,
     method: payload === undefined ? 'get' : 'post',
@@ -142,7 +247,11 @@ function pbRequest_(settings, path, payload) {
   return request;
 }
 
-/** The parsed JSON of a reply, or an Error that says what to do about it. */
+/**
+ * The parsed JSON of a reply, or an Error that says what to do about it.
+ * @param {GoogleAppsScript.URL_Fetch.HTTPResponse} response
+ * @return {any}
+ */
 function pbParse_(response) {
   var status = response.getResponseCode();
   var data = null;
@@ -153,13 +262,15 @@ function pbParse_(response) {
   }
   if (status === 200 && data) return data;
   var detail = data && data.error ? data.error : 'HTTP ' + status;
-  var err = new Error(status === 401
+  return pbError_(status === 401
     ? 'The backend refused the token: open PromptBatch > Settings.'
-    : 'The backend answered ' + status + ': ' + detail);
-  err.status = status;
-  return err;
+    : 'The backend answered ' + status + ': ' + detail, { status: status });
 }
 
+/**
+ * @param {{url: string, token: string}} settings
+ * @param {string} path
+ */
 function pbCall_(settings, path, payload) {
   var request = pbRequest_(settings, path, payload);
   var url = request.url;
@@ -168,11 +279,38 @@ function pbCall_(settings, path, payload) {
   try {
     response = UrlFetchApp.fetch(url, request);
   } catch (err) {
-    throw new Error('Cannot reach the backend at ' + settings.url + ': ' + err.message);
+    throw pbUnreachable_(settings, err);
   }
   var data = pbParse_(response);
   if (data instanceof Error) throw data;
   return data;
+}
+
+/**
+ * What a failed fetch means. Google's daily quotas (consumer accounts: 20,000 UrlFetch calls,
+ * 90 minutes of trigger runtime; Workspace accounts more) end in "Service invoked too many
+ * times" or "Service using too much computer time": nothing to retry until the quota resets.
+ * @param {{url: string, token: string}} settings
+ * @param {Error} err
+ */
+function pbUnreachable_(settings, err) {
+  var quota = pbQuota_(err);
+  if (quota) return quota;
+  return pbError_('Cannot reach the backend at ' + settings.url + ': ' + err.message, { unreachable: true });
+}
+
+/** Google's words for a used-up daily quota, as an Error that says what happened; else null. */
+function pbQuota_(err) {
+  var text = String(err && err.message);
+  var what = /too much computer time/i.test(text)
+    ? 'the time triggers of your account may run today (90 minutes a day for a consumer account)'
+    : /too many times/i.test(text)
+      ? 'the calls your account may make today (20,000 UrlFetch calls a day for a consumer account)'
+      : '';
+  if (!what) return null;
+  return pbError_('Google stopped this run: it used up ' + what + ' (Google said: ' + text + '). ' +
+    'The answers so far are in the sheet. Google resets the quota 24 hours after its first use, ' +
+    'so run again tomorrow: rows with answers are kept, nothing is paid twice.', { quota: true });
 }
 
 // ----------------------------------------------------------------------------- the sheet
@@ -181,6 +319,8 @@ function pbCall_(settings, path, payload) {
  * The sheet as the backend reads it: rows from the first (`grid`), the promptbatch.conf rows,
  * the named template and the merged ranges. The backend finds the table, the rows to send and
  * the cells to write by the command line's rules; the script decides none of it.
+ * @param {GoogleAppsScript.Spreadsheet.Spreadsheet} spreadsheet
+ * @param {GoogleAppsScript.Spreadsheet.Sheet} sheet
  */
 function pbSheetPayload_(spreadsheet, sheet, grid, merged) {
   var payload = { sheet: sheet.getName(), grid: grid, conf: pbConfRows_(spreadsheet), merged: merged };
@@ -192,7 +332,10 @@ function pbSheetPayload_(spreadsheet, sheet, grid, merged) {
   return payload;
 }
 
-/** The key/value rows of a sheet named promptbatch.conf (any case). */
+/**
+ * The key/value rows of a sheet named promptbatch.conf (any case).
+ * @param {GoogleAppsScript.Spreadsheet.Spreadsheet} spreadsheet
+ */
 function pbConfRows_(spreadsheet) {
   var sheets = spreadsheet.getSheets();
   for (var i = 0; i < sheets.length; i++) {
@@ -203,7 +346,10 @@ function pbConfRows_(spreadsheet) {
   return [];
 }
 
-/** The sheet's merged ranges as [top, left, bottom, right, value], 0-based. */
+/**
+ * The sheet's merged ranges as [top, left, bottom, right, value], 0-based.
+ * @param {GoogleAppsScript.Spreadsheet.Sheet} sheet
+ */
 function pbMerged_(sheet) {
   return sheet.getDataRange().getMergedRanges().map(function (range) {
     return [range.getRow() - 1, range.getColumn() - 1, range.getLastRow() - 1,
@@ -211,7 +357,12 @@ function pbMerged_(sheet) {
   });
 }
 
-/** Display values of `count` rows from row `first` (0-based), every column of the sheet. */
+/**
+ * Display values of `count` rows from row `first` (0-based), every column of the sheet.
+ * @param {GoogleAppsScript.Spreadsheet.Sheet} sheet
+ * @param {number} first
+ * @param {number} count
+ */
 function pbRows_(sheet, first, count) {
   return sheet.getRange(first + 1, 1, Math.max(1, count), Math.max(1, sheet.getLastColumn())).getDisplayValues();
 }
@@ -223,7 +374,11 @@ function pbRowNumbers_(first, end) {
   return rows;
 }
 
-/** The rows among `rows` (0-based) that a person or a filter hides. */
+/**
+ * The rows among `rows` (0-based) that a person or a filter hides.
+ * @param {GoogleAppsScript.Spreadsheet.Sheet} sheet
+ * @param {Array<number>} rows
+ */
 function pbHidden_(sheet, rows) {
   return rows.filter(function (r) { return sheet.isRowHiddenByUser(r + 1) || sheet.isRowHiddenByFilter(r + 1); });
 }
@@ -231,25 +386,47 @@ function pbHidden_(sheet, rows) {
 /**
  * Where the table is, by the first rows: its header row, its prompt columns, and whether a run
  * leaves hidden rows out (then the script sends which of its rows are hidden).
+ * @param {{url: string, token: string}} settings
+ * @param {GoogleAppsScript.Spreadsheet.Spreadsheet} spreadsheet
+ * @param {GoogleAppsScript.Spreadsheet.Sheet} sheet
  */
 function pbLocate_(settings, spreadsheet, sheet, merged) {
   var head = pbRows_(sheet, 0, Math.min(PB.HEAD_ROWS, sheet.getLastRow()));
   return pbCall_(settings, '/v1/locate', pbSheetPayload_(spreadsheet, sheet, head, merged));
 }
 
-/** [row, col, value] cells (0-based), as the backend returns them, column by column in blocks. */
+/**
+ * [row, col, value] cells (0-based), as the backend returns them, column by column in blocks.
+ * A sheet does not grow by itself (getRange beyond its last column throws "The coordinates of
+ * the range are outside the dimensions of the sheet."), so a new answers column is inserted first.
+ * @param {GoogleAppsScript.Spreadsheet.Sheet} sheet
+ * @param {Array<Array<*>>} cells
+ */
 function pbWriteCells_(sheet, cells) {
   var byColumn = {};
+  var width = 0;
+  var height = 0;
   cells.forEach(function (cell) {
     (byColumn[cell[1]] = byColumn[cell[1]] || []).push([cell[0], cell[2]]);
+    width = Math.max(width, cell[1] + 1);
+    height = Math.max(height, cell[0] + 1);
   });
+  if (width > sheet.getMaxColumns()) sheet.insertColumnsAfter(sheet.getMaxColumns(), width - sheet.getMaxColumns());
+  if (height > sheet.getMaxRows()) sheet.insertRowsAfter(sheet.getMaxRows(), height - sheet.getMaxRows());
   Object.keys(byColumn).forEach(function (col) { pbWriteColumn_(sheet, Number(col), byColumn[col]); });
 }
 
 /**
- * Writes [row, value] cells of one column in blocks of neighbouring rows. Text goes in as rich
- * text, so `=...` or `12` lands as text, never as a formula or number; numbers and booleans
- * from structured answers go in as values, so the sheet can sum and filter them.
+ * Writes [row, value] cells of one column in blocks of neighbouring rows. Text lands as text:
+ * its cells get the plain-text number format "@" first (Range.setNumberFormat; "@" is the text
+ * pattern of the Sheets API's number formats, developers.google.com/sheets/api/guides/formats),
+ * so `12`, `TRUE` or `2025-01-01` stay text; and Range.setValue documents that a value starting
+ * with "=" is read as a formula, so such text gets Sheets' text prefix, an apostrophe, which the
+ * cell does not show or hold. Numbers and booleans from structured answers land as values, so the
+ * sheet can sum and filter them.
+ * @param {GoogleAppsScript.Spreadsheet.Sheet} sheet
+ * @param {number} column
+ * @param {Array<Array<*>>} cells
  */
 function pbWriteColumn_(sheet, column, cells) {
   cells.sort(function (a, b) { return a[0] - b[0]; });
@@ -262,16 +439,24 @@ function pbWriteColumn_(sheet, column, cells) {
     var block = cells.slice(i, j + 1);
     var range = sheet.getRange(cells[i][0] + 1, column + 1, block.length, 1);
     if (text) {
-      range.setRichTextValues(block.map(function (cell) {
-        return [SpreadsheetApp.newRichTextValue().setText(cell[1] === null || cell[1] === undefined ? '' : cell[1]).build()];
-      }));
+      range.setNumberFormat('@').setValues(block.map(function (cell) { return [pbText_(cell[1])]; }));
     } else {
-      range.setValues(block.map(function (cell) { return [cell[1]]; }));
+      range.setNumberFormat('General').setValues(block.map(function (cell) { return [cell[1]]; }));
     }
     i = j + 1;
   }
 }
 
+/** A text as a cell keeps it: never a formula. */
+function pbText_(value) {
+  var text = value === null || value === undefined ? '' : String(value);
+  return /^[=']/.test(text) ? "'" + text : text;
+}
+
+/**
+ * @param {GoogleAppsScript.Spreadsheet.Spreadsheet} spreadsheet
+ * @param {number} id
+ */
 function pbSheetById_(spreadsheet, id) {
   var sheets = spreadsheet.getSheets();
   for (var i = 0; i < sheets.length; i++) {
@@ -284,32 +469,48 @@ function pbSheetById_(spreadsheet, id) {
 
 /** Menu: answer every row of the active sheet that has no answer yet. */
 function pbRunBatch() {
-  pbStart_(null);
+  pbStart_(null, true);
 }
 
 /** Menu: the same, limited to the rows of the current selection. */
 function pbRunSelected() {
-  var list = SpreadsheetApp.getActiveSpreadsheet().getActiveRangeList();
-  var ranges = list ? list.getRanges() : [];
+  var ranges = pbSelection_();
   if (!ranges.length) {
     SpreadsheetApp.getUi().alert('PromptBatch', 'Select the rows to run first.',
       SpreadsheetApp.getUi().ButtonSet.OK);
     return;
   }
-  pbStart_(ranges.map(function (range) { return [range.getRow() - 1, range.getLastRow() - 1]; }));
+  pbStart_(ranges, true);
+}
+
+/** The selected rows as [first, last] spans, 0-based. */
+function pbSelection_() {
+  var list = SpreadsheetApp.getActiveSpreadsheet().getActiveRangeList();
+  var ranges = list ? list.getRanges() : [];
+  return ranges.map(function (range) { return [range.getRow() - 1, range.getLastRow() - 1]; });
 }
 
 /**
  * A run's state between passes: the next row to send (`cursor`), rows whose answers came in
  * part (`again`, sent again as such), rows of requests that failed (`retry`, sent again as
- * new), the rows a new window takes (`window`) and the counts so far.
+ * new), the rows a new window takes (`window`) and the counts so far, which the sidebar shows.
+ * The menu runs the first pass at once; the sidebar saves the job and drives the passes itself.
  */
-function pbStart_(ranges) {
+function pbStart_(ranges, interactive) {
   var sheet = SpreadsheetApp.getActiveSpreadsheet().getActiveSheet();
   var job = {
-    sheetId: sheet.getSheetId(), ranges: ranges, cursor: -1, again: [], retry: [],
-    window: PB.CHUNK_ROWS, stalls: 0, passes: 0, answered: 0, cached: 0, failed: 0
+    sheetId: sheet.getSheetId(), sheet: sheet.getName(), ranges: ranges, cursor: -1, again: [], retry: [],
+    window: PB.CHUNK_ROWS, stalls: 0, passes: 0, answered: 0, cached: 0, failed: 0, kept: 0, total: 0,
+    prompt_tokens: 0, completion_tokens: 0, cost_usd: 0, started: pbNow_()
   };
+  var props = PropertiesService.getUserProperties();
+  props.deleteProperty(PB.KEY_CANCEL);
+  props.deleteProperty(PB.KEY_LAST);
+  if (!interactive) {
+    props.setProperty(PB.KEY_JOB, JSON.stringify(job));
+    pbSchedule_(PB.CONTINUE_MS);
+    return;
+  }
   pbPass_(job, true);
 }
 
@@ -340,23 +541,61 @@ function pbPass_(job, interactive) {
     pbSchedule_(PB.RESCUE_MS);
     props.setProperty(PB.KEY_JOB, JSON.stringify(job));
     if (pbWork_(job, pbNow_(), function () { props.setProperty(PB.KEY_JOB, JSON.stringify(job)); })) {
-      props.deleteProperty(PB.KEY_JOB);
-      pbUnschedule_();
-      pbTell_('Done: ' + job.answered + ' new answers, ' + job.cached + ' from the cache, ' +
-        job.failed + ' errors' + (job.failed ? ' (cells starting with #ERROR:; run again to retry them)' : '') +
-        '.', false);
+      pbEnd_(job, props.getProperty(PB.KEY_CANCEL) ? 'cancelled' : 'done', '');
+      pbTell_(props.getProperty(PB.KEY_CANCEL) ? 'Cancelled.' : 'Done: ' + job.answered + ' new answers, ' +
+        job.cached + ' from the cache, ' + job.failed + ' errors' +
+        (job.failed ? ' (cells starting with #ERROR:; run again to retry them)' : '') + '.', false);
     } else {
       pbSchedule_(PB.CONTINUE_MS);
-      pbTell_('Answered ' + (job.answered + job.cached + job.failed) + ' answers so far; ' +
-        'the run continues by itself in a minute.', false);
+      pbTell_('Answered ' + (job.answered + job.cached + job.failed) + ' answers so far. The run ' +
+        'continues through a trigger, which Apps Script starts a minute or more from now (it may run ' +
+        'later, and triggers count against your daily quota); PromptBatch > Open sidebar shows its progress.', false);
     }
   } catch (err) {
-    props.deleteProperty(PB.KEY_JOB);
-    pbUnschedule_();
-    pbTell_('The run stopped: ' + err.message, interactive);
+    var message = (pbQuota_(err) || err).message;
+    pbEnd_(job, 'failed', message);
+    pbTell_('The run stopped: ' + message, interactive);
   } finally {
     lock.releaseLock();
   }
+}
+
+/** Ends a run: the job is forgotten, its outcome kept for the sidebar, its trigger deleted. */
+function pbEnd_(job, state, error) {
+  var props = PropertiesService.getUserProperties();
+  props.deleteProperty(PB.KEY_JOB);
+  props.deleteProperty(PB.KEY_CANCEL);
+  pbUnschedule_();
+  props.setProperty(PB.KEY_LAST, JSON.stringify(pbReport_(job, state, error)));
+}
+
+/**
+ * A job as the panel's progress: prompts done of the total, from cache, failed, tokens, cost so
+ * far and time left at the pace so far (trigger waits included).
+ */
+function pbReport_(job, state, error) {
+  var fresh = job.answered + job.cached + job.failed;
+  var done = fresh + job.kept;
+  var total = state === 'done' ? done : Math.max(job.total, done);
+  var elapsed = (pbNow_() - job.started) / 1000;
+  return {
+    state: state, sheet: job.sheet, total: total, done: done, cached: job.cached, failed: job.failed,
+    kept: job.kept, unsent: state === 'cancelled' ? total - done : 0, passes: job.passes,
+    prompt_tokens: job.prompt_tokens, completion_tokens: job.completion_tokens, cost_usd: job.cost_usd,
+    elapsed: elapsed, eta: state === 'running' && fresh ? elapsed / fresh * (total - done) : null,
+    error: error, results: [], next: 0
+  };
+}
+
+/** This user's run as the panel shows it: running, or how the last one ended, or idle. */
+function pbProgress_() {
+  var props = PropertiesService.getUserProperties();
+  var raw = props.getProperty(PB.KEY_JOB);
+  if (raw) return pbReport_(JSON.parse(raw), 'running', '');
+  var last = props.getProperty(PB.KEY_LAST);
+  if (last) return JSON.parse(last);
+  return pbReport_({ answered: 0, cached: 0, failed: 0, kept: 0, total: 0, passes: 0, prompt_tokens: 0,
+    completion_tokens: 0, cost_usd: 0, started: pbNow_(), sheet: '' }, 'idle', '');
 }
 
 /**
@@ -372,10 +611,12 @@ function pbWork_(job, started, save) {
   var merged = pbMerged_(sheet);
   var layout = pbLocate_(settings, spreadsheet, sheet, merged);
   if (job.cursor < 0) job.cursor = layout.header_row + 1;
+  var props = PropertiesService.getUserProperties();
   var failure = '';
   for (;;) {
     var lastRow = sheet.getLastRow();
-    if (!pbMore_(job, lastRow)) return true;
+    job.total = pbPrompts_(job, layout, lastRow);
+    if (!pbMore_(job, lastRow) || props.getProperty(PB.KEY_CANCEL)) return true;
     if (pbNow_() - started > PB.RUN_BUDGET_MS) return false;
     var chunks = pbChunks_(job, lastRow);
     // the rows down to the header row, read again: a new answers header is there now
@@ -387,14 +628,15 @@ function pbWork_(job, started, save) {
     try {
       responses = UrlFetchApp.fetchAll(requests);
     } catch (err) {
-      throw new Error('Cannot reach the backend at ' + settings.url + ': ' + err.message);
+      throw pbUnreachable_(settings, err);
     }
     var progressed = false;
     var work = 0;
     chunks.forEach(function (chunk, k) {
       var data = pbParse_(responses[k]);
       if (data instanceof Error) {
-        if (data.status === 400 || data.status === 401 || data.status === 413) throw data;
+        var status = /** @type {PbError} */ (data).status;
+        if (status === 400 || status === 401 || status === 413) throw data;
         failure = data.message;
         Array.prototype.push.apply(chunk.resent ? job.again : job.retry, chunk.rows);
         return;
@@ -403,6 +645,10 @@ function pbWork_(job, started, save) {
       job.answered += data.answered;
       job.cached += data.cached;
       job.failed += data.failed;
+      if (!chunk.resent) job.kept += data.kept;
+      job.prompt_tokens += data.prompt_tokens || 0;
+      job.completion_tokens += data.completion_tokens || 0;
+      job.cost_usd = job.cost_usd === null || data.cost_usd === null ? null : job.cost_usd + (data.cost_usd || 0);
       progressed = progressed || data.pending.length < chunk.rows.length;
       Array.prototype.push.apply(job.again, data.pending);
       work = Math.max(work, data.answered + data.failed + data.pending.length);
@@ -442,6 +688,15 @@ function pbChunks_(job, lastRow) {
   return chunks;
 }
 
+/** The prompts of the run's rows: one per row and prompt column (blank rows included). */
+function pbPrompts_(job, layout, lastRow) {
+  var first = layout.header_row + 1;
+  var rows = !job.ranges ? lastRow - first : job.ranges.reduce(function (n, span) {
+    return n + Math.max(0, Math.min(span[1], lastRow - 1) - Math.max(span[0], first) + 1);
+  }, 0);
+  return Math.max(0, rows) * layout.steps.length;
+}
+
 /** Whether any row is left to send. */
 function pbMore_(job, lastRow) {
   return job.retry.length > 0 || job.again.length > 0 || (job.cursor < lastRow &&
@@ -452,7 +707,11 @@ function pbSelected_(ranges, row) {
   return !ranges || ranges.some(function (span) { return row >= span[0] && row <= span[1]; });
 }
 
-/** The /v1/run request for a window: the rows down to the header row, then the window's rows. */
+/**
+ * The /v1/run request for a window: the rows down to the header row, then the window's rows.
+ * @param {Object} head
+ * @param {GoogleAppsScript.Spreadsheet.Sheet} sheet
+ */
 function pbWindow_(head, sheet, chunk, skipHidden) {
   var rows = chunk.rows.slice().sort(function (a, b) { return a - b; });
   var values = pbRows_(sheet, rows[0], rows[rows.length - 1] - rows[0] + 1);
@@ -495,20 +754,25 @@ function pbTell_(message, interactive) {
 function pbPreview() {
   var ui = SpreadsheetApp.getUi();
   try {
-    var spreadsheet = SpreadsheetApp.getActiveSpreadsheet();
-    var sheet = spreadsheet.getActiveSheet();
-    var settings = pbSettings_();
-    var merged = pbMerged_(sheet);
-    var layout = pbLocate_(settings, spreadsheet, sheet, merged);
-    var count = Math.min(sheet.getLastRow(), PB.PREVIEW_ROWS);
-    var payload = pbSheetPayload_(spreadsheet, sheet, pbRows_(sheet, 0, count), merged);
-    payload.last_row = sheet.getLastRow() - 1;
-    payload.first = 3;
-    if (layout.skip_hidden) payload.hidden = pbHidden_(sheet, pbRowNumbers_(layout.header_row + 1, count));
-    ui.alert('PromptBatch preview', pbPreviewLines_(pbCall_(settings, '/v1/preview', payload)).join('\n'), ui.ButtonSet.OK);
+    ui.alert('PromptBatch preview', pbPreviewLines_(pbPreviewData_()).join('\n'), ui.ButtonSet.OK);
   } catch (err) {
     ui.alert('PromptBatch', err.message, ui.ButtonSet.OK);
   }
+}
+
+/** The backend's preview of the active sheet (/v1/preview). */
+function pbPreviewData_() {
+  var spreadsheet = SpreadsheetApp.getActiveSpreadsheet();
+  var sheet = spreadsheet.getActiveSheet();
+  var settings = pbSettings_();
+  var merged = pbMerged_(sheet);
+  var layout = pbLocate_(settings, spreadsheet, sheet, merged);
+  var count = Math.min(sheet.getLastRow(), PB.PREVIEW_ROWS);
+  var payload = pbSheetPayload_(spreadsheet, sheet, pbRows_(sheet, 0, count), merged);
+  payload.last_row = sheet.getLastRow() - 1;
+  payload.first = 3;
+  if (layout.skip_hidden) payload.hidden = pbHidden_(sheet, pbRowNumbers_(layout.header_row + 1, count));
+  return pbCall_(settings, '/v1/preview', payload);
 }
 
 /** The preview's lines, in the order `promptbatch preview` prints them. */
@@ -553,7 +817,7 @@ function pbPreviewLines_(data) {
  *
  * @param {string} template The prompt template, e.g. "Describe {{ product }} in one line."
  * @param {Array<Array<*>>} table The table with its header row first; or data rows, with headers.
- * @param {Array<Array<*>>} [headers] The header row, when the second argument holds data rows only.
+ * @param {Array<Array<*>>|string} [headers] The header row, when the second argument holds data rows only.
  * @param {string|Array<Array<string>>} [fields] Answer in columns, e.g.
  *   "sentiment (positive|negative), score (number), reason"; or a range of such header cells.
  * @return One answer per data row, as a column (one answer for one row with headers); with
@@ -570,7 +834,7 @@ function PROMPTBATCH(template, table, headers, fields) {
     var head = (withHeaders ? pbGrid_(headers)[0] : grid[0]).map(function (h) { return String(pbCell_(h)); });
     var rows = withHeaders ? grid : grid.slice(1);
     var spec = pbFieldsSpec_(fields);
-    var answers = pbAnswerRows_(pbSettings_(), template, head, rows, spec);
+    var answers = pbAnswerRows_(template, head, rows, spec);
     if (spec) return answers.length ? answers : '';
     if (withHeaders && answers.length === 1) return answers[0];
     return answers.length ? answers.map(function (a) { return [a]; }) : '';
@@ -602,26 +866,35 @@ function pbCell_(value) {
 }
 
 /**
- * Answers from the script cache first, then one backend call for the rest (within 30 s): the
+ * Answers from the document cache first, then one backend call for the rest (within 30 s): the
  * backend plans the rows by the command line's rules (blank rows, #N/A cells, fields) and
  * returns each row's cells. With `fields` an answer is a list of typed values (the reason in
- * the first when it failed), kept in the cache as JSON; failures are not kept.
+ * the first when it failed), kept in the cache as JSON; failures are not kept. The cache key
+ * holds the backend's URL, model and model server, so a backend restarted with another model
+ * answers anew. CacheService may drop any answer at any time: the backend's own cache has them
+ * all, and a backend that cannot be reached is asked once more before the formula says so.
  */
-function pbAnswerRows_(settings, template, head, rows, fields) {
-  var cache = CacheService.getDocumentCache() || CacheService.getScriptCache();
+function pbAnswerRows_(template, head, rows, fields) {
+  var cache = rows.length <= PB.CACHE_ROWS ? CacheService.getDocumentCache() : null;
+  var url = pbBackendUrl_();
+  var model = cache && url ? cache.get('pbmodel:' + url) : null;
   var cells = rows.map(function (row) { return row.map(pbCell_); });
-  var keys = cells.map(function (row) {
-    var question = fields ? [settings.url, template, head, row, fields] : [settings.url, template, head, row];
+  var keyOf = function (row, backend) {
+    var question = [url, backend, template, head, row].concat(fields ? [fields] : []);
     var digest = Utilities.computeDigest(Utilities.DigestAlgorithm.SHA_256,
       JSON.stringify(question), Utilities.Charset.UTF_8);
-    return 'pb1:' + Utilities.base64EncodeWebSafe(digest);
-  });
-  var hits = {};
-  for (var i = 0; i < keys.length; i += PB.CACHE_BATCH) {
-    var found = cache.getAll(keys.slice(i, i + PB.CACHE_BATCH));
-    Object.keys(found).forEach(function (k) { hits[k] = fields ? JSON.parse(found[k]) : found[k]; });
+    return 'pb2:' + Utilities.base64EncodeWebSafe(digest);
+  };
+  var answers = cells.map(function () { return null; });
+  if (model) {
+    var keys = cells.map(function (row) { return keyOf(row, model); });
+    for (var i = 0; i < keys.length; i += PB.CACHE_BATCH) {
+      var found = cache.getAll(keys.slice(i, i + PB.CACHE_BATCH));
+      keys.slice(i, i + PB.CACHE_BATCH).forEach(function (k, j) {
+        if (Object.prototype.hasOwnProperty.call(found, k)) answers[i + j] = fields ? JSON.parse(found[k]) : found[k];
+      });
+    }
   }
-  var answers = keys.map(function (k) { return Object.prototype.hasOwnProperty.call(hits, k) ? hits[k] : null; });
   var missing = [];
   answers.forEach(function (a, n) { if (a === null) missing.push(n); });
   if (!missing.length) return answers;
@@ -630,7 +903,17 @@ function pbAnswerRows_(settings, template, head, rows, fields) {
     rows: missing.map(function (n) { return cells[n]; }), wait_seconds: PB.FORMULA_WAIT_S
   };
   if (fields) payload.fields = fields;
-  var data = pbCall_(settings, '/v1/complete', payload);
+  var settings = pbFormulaSettings_();
+  var data;
+  try {
+    data = pbCall_(settings, '/v1/complete', payload);
+  } catch (err) {
+    // unreachable, or a tunnel's gateway without its backend: worth one more try
+    if (!err.unreachable && [502, 503, 504].indexOf(err.status) < 0) throw err;
+    Utilities.sleep(PB.RETRY_MS);
+    data = pbCall_(settings, '/v1/complete', payload);
+  }
+  var backend = data.model + ' at ' + data.server;
   var late = PB.ERROR + ' no answer within ' + PB.FORMULA_WAIT_S + ' s (answers so far are saved: ' +
     're-enter the formula to continue, or use PromptBatch > Run batch for a big table).';
   var fresh = {};
@@ -641,15 +924,18 @@ function pbAnswerRows_(settings, template, head, rows, fields) {
     } else {
       var first = String(Array.isArray(answer) ? answer[0] : answer);
       var kept = fields ? JSON.stringify(answer) : answer;
-      if (first.indexOf(PB.ERROR) !== 0 && kept.length <= PB.CACHE_MAX_CHARS) fresh[keys[n]] = kept;
+      if (first.indexOf(PB.ERROR) !== 0 && kept.length <= PB.CACHE_MAX_CHARS) fresh[keyOf(cells[n], backend)] = kept;
     }
     answers[n] = answer;
   });
-  var freshKeys = Object.keys(fresh);
-  for (var m = 0; m < freshKeys.length; m += PB.CACHE_BATCH) {
-    var batch = {};
-    freshKeys.slice(m, m + PB.CACHE_BATCH).forEach(function (k) { batch[k] = fresh[k]; });
-    cache.putAll(batch, PB.CACHE_SECONDS);
+  if (cache) {
+    cache.put('pbmodel:' + url, backend, PB.MODEL_SECONDS);
+    var freshKeys = Object.keys(fresh);
+    for (var m = 0; m < freshKeys.length; m += PB.CACHE_BATCH) {
+      var batch = {};
+      freshKeys.slice(m, m + PB.CACHE_BATCH).forEach(function (k) { batch[k] = fresh[k]; });
+      cache.putAll(batch, PB.CACHE_SECONDS);
+    }
   }
   return answers;
 }

@@ -55,7 +55,7 @@ async def batch_collect(backend: Backend, body: Any) -> dict[str, Any]:
 
 
 async def health(backend: Backend, body: Any) -> dict[str, Any]:
-    return {"ok": True, "model": backend.model}
+    return {"ok": True, "model": backend.model, "server": backend.spec.server}
 
 
 # --------------------------------------------------------------------------- the app

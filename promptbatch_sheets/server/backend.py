@@ -56,11 +56,17 @@ class Tally:
     answered: int = 0
     cached: int = 0
     failed: int = 0
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    """Tokens of the answers the model gave for this request (none for cached ones)."""
     settled: set[tuple[int, int]] = field(default_factory=set)
     """(row, step) of every prompt settled, with an answer or an error."""
 
     def add(self, result: RowResult) -> None:
         self.settled.add((result.row, result.step))
+        if result.completion is not None and not result.cached:
+            self.prompt_tokens += result.completion.prompt_tokens
+            self.completion_tokens += result.completion.completion_tokens
         if result.cached:
             self.cached += 1
         elif result.ok:

@@ -43,7 +43,7 @@ async def complete(backend: Backend, body: Any) -> dict[str, Any]:
     rows = formula.row_values(ready, caught.cells)
     return {"answers": [row if row is None or schema else row[0] for row in rows],
             "fields": None if schema is None else [f.name for f in schema.fields],
-            "model": backend.model, **tally.counts(ready.plan),
+            "model": backend.model, "server": backend.spec.server, **tally.counts(ready.plan),
             "pending": sum(1 for row in rows if row is None)}
 
 

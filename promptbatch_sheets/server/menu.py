@@ -18,7 +18,7 @@ from typing import Any
 
 from ..cells import GOOGLE_CELL_LIMIT
 from ..errors import BadRequest
-from ..estimate import Estimate
+from ..estimate import Estimate, cost
 from ..plan import Rerun
 from ..runner import Prepared, Preview
 from ..runner import preview as dry_run
@@ -51,7 +51,10 @@ async def run_rows(backend: Backend, body: Any) -> dict[str, Any]:
     tally = await backend.answer(ready, caught, wait)
     return {"model": backend.model, "cells": [list(cell) for cell in caught.cells],
             **tally.counts(ready.plan), "kept": ready.plan.kept,
-            "pending": tally.pending(ready.plan)}
+            "pending": tally.pending(ready.plan),
+            # the sidebar's cost so far: this window's tokens, priced as the preview prices them
+            "prompt_tokens": tally.prompt_tokens, "completion_tokens": tally.completion_tokens,
+            "cost_usd": cost(ready.price_label, tally.prompt_tokens, tally.completion_tokens)}
 
 
 def _resent(sent: SentSheet) -> SentSheet:

@@ -18,6 +18,7 @@
     return {
       /* JSON in, JSON out; an error's message is the backend's own words. */
       request: function (method, path, body) {
+        /** @type {RequestInit & {headers: Object<string, string>}} */
         var init = { method: method, credentials: "same-origin", headers: {} };
         if (method !== "GET") {
           init.headers["content-type"] = "application/json";

@@ -1,6 +1,8 @@
 /* The PromptBatch panel: choose a table, see how its columns meet the template, preview the
  * prompts and the cost, run with live progress, watch the answers arrive, download.
- * It talks only to the api object it is given (api.js) and knows nothing of its host. */
+ * It talks only to the api object it is given (api.js) and knows nothing of its host. In a
+ * sheet host (api.sheet, the Google Sheets sidebar) the table is the active sheet, answers land
+ * in it, and the panel adds settings, Run selected rows, the Batch API and Freeze answers. */
 (function (global) {
   "use strict";
 
@@ -31,6 +33,8 @@
 
   function mount(root, api) {
     var state = { preview: null, next: 0, timer: null, debounce: null };
+    var inSheet = api.sheet;
+    var pollMs = api.pollMs || POLL_MS; // each poll of a sidebar is an Apps Script execution
     clear(root);
 
     var file = el("input", { id: "file", type: "file", accept: ".xlsx,.xlsm,.csv" });
@@ -41,12 +45,30 @@
     var pasteTable = el("textarea", { id: "paste-table", rows: "4",
       placeholder: "Paste cells from a spreadsheet here, header row first." });
     var pasteUse = el("button", { id: "paste-use", type: "button", text: "Use pasted table" });
-    var source = el("section", { "class": "pb-source" }, [
-      el("h2", { text: "1. Your table" }),
-      api.canUpload ? drop : null,
-      el("details", {}, [el("summary", { text: "or paste a template and a table" }),
-        pasteTemplate, pasteTable, pasteUse]),
-      el("p", { id: "source-name", "class": "pb-muted" })]);
+    var previewButton = el("button", { id: "preview", type: "button", text: "Preview" });
+    var source = inSheet ? el("section", { "class": "pb-source" }, [
+      el("h2", { text: "1. Your sheet" }),
+      el("p", { id: "source-name", "class": "pb-muted" }), previewButton])
+      : el("section", { "class": "pb-source" }, [
+        el("h2", { text: "1. Your table" }),
+        api.canUpload ? drop : null,
+        el("details", {}, [el("summary", { text: "or paste a template and a table" }),
+          pasteTemplate, pasteTable, pasteUse]),
+        el("p", { id: "source-name", "class": "pb-muted" })]);
+
+    var backendUrl = el("input", { id: "backend-url", type: "url",
+      placeholder: "https://....trycloudflare.com" });
+    var token = el("input", { id: "token", type: "password", autocomplete: "off" });
+    var formulas = el("input", { id: "formulas", type: "checkbox" });
+    var save = el("button", { id: "save", type: "button", text: "Save" });
+    var settingsState = el("p", { id: "settings-state", "class": "pb-muted" });
+    var settings = el("section", { "class": "pb-settings" }, [
+      el("h2", { text: "Settings" }),
+      el("label", {}, [document.createTextNode("Backend URL (for every editor) "), backendUrl]),
+      el("label", {}, [document.createTextNode("Your token (kept for you alone) "), token]),
+      el("label", {}, [formulas,
+        document.createTextNode(" Let =PROMPTBATCH use my token for every editor")]),
+      save, settingsState]);
 
     var variations = el("input", { id: "variations", type: "number", min: "1", max: "100",
       value: "1" });
@@ -60,9 +82,10 @@
     var variables = el("table", { id: "variables", "class": "pb-grid" });
     var prompts = el("div", { id: "prompts" });
     var estimate = el("p", { id: "estimate" });
+    var lines = el("pre", { id: "preview-lines", "class": "pb-lines" });
     var preview = el("section", { "class": "pb-preview" }, [
-      el("h2", { text: "3. Preview (no model is called)" }), error, variables, prompts,
-      estimate]);
+      el("h2", { text: (inSheet ? "2" : "3") + ". Preview (no model is called)" }), error,
+      inSheet ? lines : variables, prompts, estimate]);
 
     var run = el("button", { id: "run", type: "button", disabled: "", text: "Run" });
     var cancel = el("button", { id: "cancel", type: "button", disabled: "", text: "Cancel" });
@@ -71,23 +94,34 @@
     var bar = el("progress", { id: "bar", max: "1", value: "0" });
     var stats = el("p", { id: "stats", "data-state": "idle" });
     var answers = el("table", { id: "answers", "class": "pb-grid pb-answers" });
+    var runSelected = el("button", { id: "run-selected", type: "button", disabled: "",
+      text: "Run selected rows" });
+    var submit = el("button", { id: "submit", type: "button", text: "Submit as batch" });
+    var collect = el("button", { id: "collect", type: "button", text: "Collect" });
+    var freeze = el("button", { id: "freeze", type: "button", text: "Freeze answers" });
+    var message = el("pre", { id: "message", "class": "pb-lines" });
     var running = el("section", { "class": "pb-run" }, [
-      el("h2", { text: "4. Run" }), el("div", { "class": "pb-buttons" },
-        [run, cancel, api.canDownload ? download : null]), bar, stats, answers]);
+      el("h2", { text: (inSheet ? "3" : "4") + ". Run" }), el("div", { "class": "pb-buttons" },
+        inSheet ? [run, runSelected, cancel] : [run, cancel, api.canDownload ? download : null]),
+      bar, stats, inSheet ? el("div", { "class": "pb-buttons" }, [submit, collect, freeze]) : null,
+      inSheet ? message : answers]);
 
-    [source, options, preview, running].forEach(function (part) { root.appendChild(part); });
+    (inSheet ? [settings, source, preview, running] : [source, options, preview, running])
+      .forEach(function (part) { root.appendChild(part); });
 
     function choices() {
       return { variations: Math.max(1, parseInt(variations.value, 10) || 1),
                output_column: column.value.trim() || "response" };
     }
 
-    function fail(message) {
-      error.textContent = message;
+    function fail(text) {
+      error.textContent = text;
       clear(variables);
       clear(prompts);
+      lines.textContent = "";
       estimate.textContent = "";
       run.disabled = true;
+      runSelected.disabled = true;
     }
 
     function showVariables(data) {
@@ -140,10 +174,15 @@
       error.textContent = "";
       return api.preview(choices()).then(function (data) {
         state.preview = data;
-        showVariables(data);
+        if (inSheet) {
+          lines.textContent = data.lines.join("\n");
+        } else {
+          showVariables(data);
+          showAnswerTable(data);
+        }
         showPrompts(data);
-        showAnswerTable(data);
         run.disabled = false;
+        runSelected.disabled = false;
       }, function (err) { fail(err.message); });
     }
 
@@ -202,15 +241,19 @@
         state.next = p.next;
         showProgress(p);
         if (p.state === "running") {
-          state.timer = setTimeout(poll, POLL_MS);
+          cancel.disabled = false;
+          run.disabled = true;
+          runSelected.disabled = true;
+          state.timer = setTimeout(poll, pollMs);
         } else {
           run.disabled = false;
+          runSelected.disabled = false;
           cancel.disabled = true;
           download.disabled = p.done === 0;
         }
       }, function (err) {
         stats.textContent = err.message;
-        state.timer = setTimeout(poll, POLL_MS * 5);
+        state.timer = setTimeout(poll, pollMs * 5);
       });
     }
 
@@ -225,19 +268,63 @@
     });
     variations.addEventListener("input", later);
     column.addEventListener("input", later);
-    run.addEventListener("click", function () {
+    function start(options) {
       run.disabled = true;
+      runSelected.disabled = true;
       download.disabled = true;
       error.textContent = "";
-      if (state.preview) { showAnswerTable(state.preview); }
+      if (state.preview && !inSheet) { showAnswerTable(state.preview); }
       showProgress({ state: "starting", total: 0, done: 0, cached: 0, failed: 0,
                      prompt_tokens: 0, completion_tokens: 0, cost_usd: 0, eta: null });
-      api.run(choices()).then(function () {
+      api.run(options).then(function () {
         cancel.disabled = false;
         state.next = 0;
         poll();
-      }, function (err) { run.disabled = false; error.textContent = err.message; });
+      }, function (err) {
+        run.disabled = false;
+        runSelected.disabled = false;
+        error.textContent = err.message;
+      });
+    }
+
+    /* A sheet host's one-shot actions: their lines, or the reason they failed. */
+    function act(work) {
+      message.textContent = "...";
+      work().then(function (data) { message.textContent = data.lines.join("\n"); },
+        function (err) { message.textContent = err.message; });
+    }
+
+    function showSettings(data) {
+      backendUrl.value = data.url || "";
+      token.value = "";
+      token.placeholder = data.has_token ? "saved: leave empty to keep it" : "from whoever runs the backend";
+      formulas.checked = Boolean(data.formulas_mine);
+      document.getElementById("source-name").textContent = "Sheet: " + data.sheet;
+      settingsState.textContent = data.message || (data.error ? data.error
+        : data.model ? "Connected: the backend answers with " + data.model + "."
+          : "No backend yet: paste its URL and your token.");
+      settingsState.setAttribute("data-model", data.model || "");
+      return data.url && data.has_token && !data.error;
+    }
+
+    run.addEventListener("click", function () { start(inSheet ? { selected: false } : choices()); });
+    runSelected.addEventListener("click", function () { start({ selected: true }); });
+    previewButton.addEventListener("click", refresh);
+    submit.addEventListener("click", function () { act(api.submit); });
+    collect.addEventListener("click", function () { act(api.collect); });
+    freeze.addEventListener("click", function () { act(api.freeze); });
+    save.addEventListener("click", function () {
+      settingsState.textContent = "...";
+      api.saveSettings({ url: backendUrl.value, token: token.value, formulas: formulas.checked })
+        .then(function (data) { if (showSettings(data)) { refresh(); } },
+          function (err) { settingsState.textContent = err.message; });
     });
+    if (inSheet) {
+      api.settings().then(function (data) {
+        if (showSettings(data)) { refresh(); }
+        poll(); // a run this user started earlier shows, and goes on
+      }, function (err) { settingsState.textContent = err.message; });
+    }
     cancel.addEventListener("click", function () {
       cancel.disabled = true;
       api.cancel();

@@ -58,3 +58,16 @@ test('a backend whose model has no Batch API says so and writes nothing', () => 
   assert.deepEqual(sheet.grid, [['template', '{{ q }}'], ['q'], ['a']]);
   assert.equal(app.lock.held, false);
 });
+
+test('Submit as batch and Collect from the sidebar: the same lines, for the panel to show', async () => {
+  const sheet = new FakeSheet('Side', [['Product'], ['teapot'], ['cup']]);
+  const app = loadScript({ sheets: [sheet], settings: batchBackend });
+  app.named.prompt_template = { getValue: () => 'Sum up {{ product }}' };
+  const sent = JSON.parse(JSON.stringify(app.gs.pbPanelSubmit()));
+  assert.match(sent.lines[0], /^Sent 2 requests in batch job batch_\d+/);
+  await batchBackend.ask('finish');
+  const collected = JSON.parse(JSON.stringify(app.gs.pbPanelCollect()));
+  assert.equal(collected.lines[0], 'Written: 2 answers, 0 errors.');
+  assert.equal(sheet.getMaxColumns(), 2, 'a new column, inserted');
+  assert.deepEqual(sheet.column(1), ['response', 'ANS Sum up teapot', 'ANS Sum up cup']);
+});

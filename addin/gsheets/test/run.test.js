@@ -16,7 +16,7 @@ function productSheet(rows, name = 'Products') {
   return new FakeSheet(name, grid);
 }
 
-test('Run batch answers 2,000 rows over several trigger continuations', async () => {
+test('Run batch answers 2,000 rows over several trigger continuations', async (t) => {
   const sheet = productSheet(2000);
   const answeredBefore = new Map();
   for (let i = 0; i < 2000; i += 20) {
@@ -37,6 +37,11 @@ test('Run batch answers 2,000 rows over several trigger continuations', async ()
   const passes = 1 + drainTriggers(app);
 
   assert.ok(passes >= 3, `expected several passes, got ${passes}`);
+  // what the run costs of Google's daily quotas (consumer accounts: 20,000 UrlFetch calls, 90
+  // minutes of trigger runtime): each request of a fetchAll counts as one call
+  const urlFetches = app.log.fetches.length;
+  assert.ok(urlFetches < 100, `${urlFetches} UrlFetch calls`);
+  t.diagnostic(`2,000 rows: ${urlFetches} UrlFetch calls, ${passes} passes (${passes - 1} trigger continuations)`);
   assert.equal(app.userProps.getProperty('PB_JOB'), null, 'the finished job is forgotten');
   const out = sheet.column(2);
   for (let r = 3; r < 2003; r++) {

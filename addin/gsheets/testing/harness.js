@@ -121,24 +121,64 @@ class FakeRange {
   getDisplayValues() { return this.getValues().map((line) => line.map((v) => String(v))); }
   getValue() { return this.getValues()[0][0]; }
   getDisplayValue() { return this.getDisplayValues()[0][0]; }
-  setValues(values) { this.write(values); return this; }
-  setRichTextValues(values) { this.write(values.map((line) => line.map((v) => v.getText()))); return this; }
-  write(values) {
+  /** A formula cell's formula, '' for a value, as Range.getFormulas. */
+  getFormulas() {
+    return this.getValues().map((line, r) => line.map((_, c) => this.sheet.formulas.get(`${this.row + r - 1},${this.col + c - 1}`) || ''));
+  }
+  getNumberFormats() {
+    return this.getValues().map((line, r) => line.map((_, c) => this.sheet.formats.get(`${this.row + r - 1},${this.col + c - 1}`) || 'General'));
+  }
+  setNumberFormat(format) {
+    this.sheet.editable('setNumberFormat');
+    for (let r = 0; r < this.rows; r++) {
+      for (let c = 0; c < this.cols; c++) this.sheet.formats.set(`${this.row + r - 1},${this.col + c - 1}`, format);
+    }
+    return this;
+  }
+  /**
+   * As Sheets stores what setValues writes: a string starting with "=" becomes a formula
+   * (Range.setValue), a leading apostrophe marks text and is not kept, and unless the cell's
+   * format is plain text ("@") a string that reads as a number or boolean becomes one.
+   */
+  setValues(values) {
+    this.sheet.editable('setValues');
     assert.equal(values.length, this.rows, 'row count of the range');
     values.forEach((line, r) => {
       assert.equal(line.length, this.cols, 'column count of the range');
-      line.forEach((v, c) => this.sheet.set(this.row + r - 1, this.col + c - 1, v));
+      line.forEach((v, c) => {
+        const key = `${this.row + r - 1},${this.col + c - 1}`;
+        this.sheet.formulas.delete(key);
+        let value = v;
+        if (typeof v === 'string' && v.startsWith("'")) value = v.slice(1);
+        else if (typeof v === 'string' && v.startsWith('=')) { this.sheet.formulas.set(key, v); value = '#FORMULA'; }
+        else if (typeof v === 'string' && this.sheet.formats.get(key) !== '@') {
+          if (/^-?\d+(\.\d+)?$/.test(v.trim())) value = Number(v);
+          else if (/^(true|false)$/i.test(v.trim())) value = v.trim().toLowerCase() === 'true';
+        }
+        this.sheet.set(this.row + r - 1, this.col + c - 1, value);
+      });
     });
     this.sheet.writes++;
+    return this;
   }
 }
 
+const OUTSIDE = 'The coordinates of the range are outside the dimensions of the sheet.';
+
 class FakeSheet {
-  constructor(name, grid, id = 1) {
+  /** A sheet as big as its grid (Sheets' own new sheet is 1000 x 26: pass `size` for that). */
+  constructor(name, grid, id = 1, size = null) {
     this.name = name;
     this.grid = grid.map((line) => line.slice());
     this.id = id;
     this.writes = 0;
+    this.maxRows = size ? size[0] : Math.max(1, this.grid.length);
+    this.maxColumns = size ? size[1] : Math.max(1, ...this.grid.map((line) => line.length));
+    /** 'row,col' (0-based) -> formula text; and -> number format. */
+    this.formulas = new Map();
+    this.formats = new Map();
+    /** Set by the harness while a custom function runs: Spreadsheet is read only there. */
+    this.readOnly = false;
     /** 1-based rows hidden by a person, and by a filter. */
     this.hiddenByUser = new Set();
     this.hiddenByFilter = new Set();
@@ -159,9 +199,37 @@ class FakeSheet {
     for (let r = this.grid.length - 1; r >= 0; r--) if (this.grid[r].some((v) => v !== '')) return r + 1;
     return 0;
   }
-  getLastColumn() { return Math.max(0, ...this.grid.map((line) => line.length)); }
+  getLastColumn() {
+    let last = 0;
+    this.grid.forEach((line) => line.forEach((v, c) => { if (v !== '') last = Math.max(last, c + 1); }));
+    return last;
+  }
+  getMaxRows() { return this.maxRows; }
+  getMaxColumns() { return this.maxColumns; }
+  insertColumnsAfter(after, howMany) {
+    this.editable('insertColumnsAfter');
+    assert.ok(after >= 1 && after <= this.maxColumns && howMany >= 1, 'insertColumnsAfter arguments');
+    this.grid.forEach((line) => { if (line.length > after) line.splice(after, 0, ...Array(howMany).fill('')); });
+    this.maxColumns += howMany;
+    return this;
+  }
+  insertRowsAfter(after, howMany) {
+    this.editable('insertRowsAfter');
+    assert.ok(after >= 1 && after <= this.maxRows && howMany >= 1, 'insertRowsAfter arguments');
+    this.maxRows += howMany;
+    return this;
+  }
+  editable(method) {
+    if (this.readOnly) throw new Error(`You do not have permission to call ${method}`);
+  }
   getDataRange() { return new FakeRange(this, 1, 1, Math.max(1, this.getLastRow()), Math.max(1, this.getLastColumn())); }
-  getRange(row, col, rows = 1, cols = 1) { return new FakeRange(this, row, col, rows, cols); }
+  /** Sheets does not grow a sheet for a range beyond it: it throws. */
+  getRange(row, col, rows = 1, cols = 1) {
+    if (row < 1 || col < 1 || rows < 1 || cols < 1 || row + rows - 1 > this.maxRows || col + cols - 1 > this.maxColumns) {
+      throw new Error(OUTSIDE);
+    }
+    return new FakeRange(this, row, col, rows, cols);
+  }
   column(c) { return this.grid.map((line) => (line[c] === undefined ? '' : line[c])); }
 }
 
@@ -191,19 +259,25 @@ function fakeUi(log) {
   };
 }
 
-function fakeProperties() {
+/** A property store; `readOnly()` says whether a write is refused (inside a custom function). */
+function fakeProperties(readOnly = () => false) {
   const data = new Map();
+  const write = (method) => { if (readOnly()) throw new Error(`You do not have permission to call ${method}`); };
   return {
     data,
     getProperty: (k) => (data.has(k) ? data.get(k) : null),
-    setProperty(k, v) { data.set(k, String(v)); return this; },
-    setProperties(values) { Object.entries(values).forEach(([k, v]) => data.set(k, String(v))); return this; },
-    deleteProperty(k) { data.delete(k); return this; },
+    setProperty(k, v) { write('setProperty'); data.set(k, String(v)); return this; },
+    setProperties(values) { write('setProperties'); Object.entries(values).forEach(([k, v]) => data.set(k, String(v))); return this; },
+    deleteProperty(k) { write('deleteProperty'); data.delete(k); return this; },
     getProperties: () => Object.fromEntries(data)
   };
 }
 
-/** CacheService's document cache, with its limits on keys and values. */
+/**
+ * CacheService's document cache as Google documents it: keys up to 250 characters, values up
+ * to 100 KB, about 1,000 items (beyond that it drops the oldest down to 900), and expiry "only
+ * a suggestion": `dropAll()` forgets everything, as Google may at any time.
+ */
 function fakeCache() {
   const data = new Map();
   const check = (k, v) => {
@@ -211,20 +285,34 @@ function fakeCache() {
     assert.ok(Buffer.byteLength(v) <= 100 * 1024, 'cache value too large');
     assert.equal(typeof v, 'string');
   };
+  const store = (k, v) => {
+    check(k, v);
+    data.delete(k);
+    data.set(k, v);
+    if (data.size > 1000) for (const old of Array.from(data.keys()).slice(0, data.size - 900)) data.delete(old);
+  };
   return {
     data,
     get: (k) => (data.has(k) ? data.get(k) : null),
     getAll: (keys) => Object.fromEntries(keys.filter((k) => data.has(k)).map((k) => [k, data.get(k)])),
-    put(k, v) { check(k, v); data.set(k, v); },
-    putAll(values) { Object.entries(values).forEach(([k, v]) => { check(k, v); data.set(k, v); }); }
+    put(k, v) { store(k, v); },
+    putAll(values) { Object.entries(values).forEach(([k, v]) => store(k, v)); },
+    dropAll() { data.clear(); }
   };
 }
 
 /**
  * Everything the script may touch, loaded with the script itself. `clock.now` replaces pbNow_; each
  * UrlFetchApp.fetchAll advances it by `fetchAllMs` (a simulated round trip).
+ *
+ * Users: `owner` owns the spreadsheet; `app.as(user)` makes another editor the one at the
+ * keyboard. Each user has their own user properties; document properties are shared. As Google
+ * documents for custom functions, =PROMPTBATCH runs anonymously (Session gives no email), its
+ * getUserProperties() is the owner's store, and it may not write to properties or the sheet.
+ * A time-based trigger runs as the user who created it. `settings` sets the backend URL, the
+ * owner's token and (unless `formulas: false`) the token shared for formulas.
  */
-function loadScript({ sheets, settings, fetchAllMs = 0 } = {}) {
+function loadScript({ sheets, settings, fetchAllMs = 0, owner = 'owner@example.com', formulas = true } = {}) {
   const log = { menus: [], alerts: [], prompts: [], toasts: [], fetches: [] };
   const clock = { now: 1700000000000 };
   const ui = fakeUi(log);
@@ -242,9 +330,18 @@ function loadScript({ sheets, settings, fetchAllMs = 0 } = {}) {
     getSpreadsheetTimeZone: () => 'Etc/UTC',
     toast(message) { log.toasts.push(message); }
   };
-  const userProps = fakeProperties();
+  const who = { user: owner, custom: false };
+  const readOnly = () => who.custom;
+  const stores = new Map();
+  const userStore = (user) => {
+    if (!stores.has(user)) stores.set(user, fakeProperties(readOnly));
+    return stores.get(user);
+  };
+  const docProps = fakeProperties(readOnly);
   if (settings) {
-    userProps.setProperties({ PB_BACKEND_URL: settings.url, PB_TOKEN: settings.token });
+    docProps.setProperty('PB_BACKEND_URL', settings.url);
+    userStore(owner).setProperties({ PB_TOKEN: settings.token, PB_TOKEN_URL: settings.url });
+    if (formulas) docProps.setProperties({ PB_FORMULA_TOKEN: settings.token, PB_FORMULA_URL: settings.url });
   }
   const lock = { held: false };
   const triggers = [];
@@ -259,13 +356,17 @@ function loadScript({ sheets, settings, fetchAllMs = 0 } = {}) {
       headers: { ...(r.headers || {}), ...(r.contentType ? { 'Content-Type': r.contentType } : {}) },
       body: r.payload
     }));
-    plain.forEach((r) => log.fetches.push({ path: new URL(r.url).pathname, body: r.body ? JSON.parse(r.body) : null }));
+    plain.forEach((r) => log.fetches.push({
+      path: new URL(r.url).pathname, body: r.body ? JSON.parse(r.body) : null,
+      user: who.custom ? null : who.user, token: (r.headers.Authorization || '').replace(/^Bearer /, '')
+    }));
     const out = execFileSync(process.execPath, [FETCH_SYNC],
       { input: JSON.stringify(plain), maxBuffer: 1 << 28 });
     return JSON.parse(out).map((reply, i) => {
       const forced = http.intercept && http.intercept(plain[i], i);
       if (forced) reply = forced;
       if (reply.error) throw new Error(`Address unavailable: ${plain[i].url} (${reply.error})`);
+      if (reply.quota) throw new Error(reply.quota);
       return {
         getResponseCode: () => reply.status,
         getContentText: () => reply.body,
@@ -279,12 +380,18 @@ function loadScript({ sheets, settings, fetchAllMs = 0 } = {}) {
     SpreadsheetApp: {
       getActiveSpreadsheet: () => spreadsheet,
       getActive: () => spreadsheet,
-      getUi: () => ui,
-      newRichTextValue() {
-        let text = '';
-        const builder = { setText(t) { text = t; return builder; }, build: () => ({ getText: () => text }) };
-        return builder;
+      getUi: () => ui
+    },
+    HtmlService: {
+      createHtmlOutputFromFile(name) {
+        const content = fs.readFileSync(path.join(ADDIN, `${name}.html`), 'utf8');
+        const output = { name, title: '', getContent: () => content, setTitle(t) { output.title = t; return output; } };
+        return output;
       }
+    },
+    Session: {
+      getActiveUser: () => ({ getEmail: () => (who.custom ? '' : who.user) }),
+      getEffectiveUser: () => ({ getEmail: () => (who.custom ? '' : who.user) })
     },
     UrlFetchApp: {
       fetch(url, params) { return fetchAll([{ ...params, url }])[0]; },
@@ -294,7 +401,10 @@ function loadScript({ sheets, settings, fetchAllMs = 0 } = {}) {
         return replies;
       }
     },
-    PropertiesService: { getUserProperties: () => userProps, getDocumentProperties: () => fakeProperties() },
+    PropertiesService: {
+      getUserProperties: () => userStore(who.custom ? owner : who.user),
+      getDocumentProperties: () => docProps
+    },
     LockService: {
       getDocumentLock: () => ({
         tryLock() { if (lock.held) return false; lock.held = true; return true; },
@@ -309,14 +419,15 @@ function loadScript({ sheets, settings, fetchAllMs = 0 } = {}) {
           timeBased: () => builder,
           after(ms) { at = clock.now + ms; return builder; },
           create() {
-            const trigger = { handler, at, id: ++triggerIds, getHandlerFunction: () => handler, getUniqueId: () => String(trigger.id) };
+            const trigger = { handler, at, user: who.user, id: ++triggerIds, getHandlerFunction: () => handler, getUniqueId: () => String(trigger.id) };
             triggers.push(trigger);
             return trigger;
           }
         };
         return builder;
       },
-      getProjectTriggers: () => triggers.slice(),
+      /** The triggers of this project that the user at the keyboard made. */
+      getProjectTriggers: () => triggers.filter((t) => t.user === who.user),
       deleteTrigger(trigger) {
         const i = triggers.indexOf(trigger);
         if (i >= 0) triggers.splice(i, 1);
@@ -327,6 +438,7 @@ function loadScript({ sheets, settings, fetchAllMs = 0 } = {}) {
       DigestAlgorithm: { SHA_256: 'sha256' },
       Charset: { UTF_8: 'utf8' },
       computeDigest: (alg, text) => Array.from(crypto.createHash(alg).update(text, 'utf8').digest(), (b) => (b > 127 ? b - 256 : b)),
+      sleep: (ms) => { clock.now += ms; },
       base64EncodeWebSafe: (bytes) => Buffer.from(bytes.map((b) => b & 255)).toString('base64').replace(/\+/g, '-').replace(/\//g, '_'),
       formatDate(date, zone, format) {
         assert.equal(format, 'yyyy-MM-dd HH:mm:ss');
@@ -340,6 +452,18 @@ function loadScript({ sheets, settings, fetchAllMs = 0 } = {}) {
     vm.runInContext(fs.readFileSync(path.join(ADDIN, name), 'utf8'), context, { filename: name });
   });
   context.pbNow_ = () => clock.now;
+  // Sheets calls PROMPTBATCH only as a custom function: anonymously, read only.
+  const formula = context.PROMPTBATCH;
+  context.PROMPTBATCH = (...args) => {
+    who.custom = true;
+    sheetList.forEach((sheet) => { sheet.readOnly = true; });
+    try {
+      return formula(...args);
+    } finally {
+      who.custom = false;
+      sheetList.forEach((sheet) => { sheet.readOnly = false; });
+    }
+  };
   return {
     gs: context,
     ui,
@@ -348,7 +472,13 @@ function loadScript({ sheets, settings, fetchAllMs = 0 } = {}) {
     lock,
     triggers,
     spreadsheet,
-    userProps,
+    docProps,
+    /** The user properties of the user at the keyboard. */
+    get userProps() { return userStore(who.user); },
+    propsOf: userStore,
+    /** Makes `user` the one at the keyboard (an editor of the spreadsheet). */
+    as(user) { who.user = user; return this; },
+    get user() { return who.user; },
     named,
     http,
     get cache() { return cache; },
@@ -369,6 +499,7 @@ function drainTriggers(app) {
     assert.equal(app.triggers.length, 1, 'one continuation at a time');
     const trigger = app.triggers[0];
     assert.equal(trigger.handler, 'pbContinue');
+    app.as(trigger.user);
     app.clock.now = Math.max(app.clock.now, trigger.at);
     const start = app.clock.now;
     app.gs[trigger.handler]();
