@@ -49,9 +49,10 @@ def main(argv: list[str] | None = None) -> int:
     print(f"\nAll done in {time.monotonic() - started:.0f} s; work folder {work}\n")
     print(report.table(fresh) + "\n\n" + report.targets_table(fresh))
     if not args.no_write:
-        merged = report.merge(fresh)
+        merged = report.merge(fresh, ORDER)
         given = sys.argv[1:] if argv is None else argv
-        report.write_markdown(merged, shlex.join([".venv/bin/python", "-m", "bench", *given]))
+        report.write_markdown(merged, shlex.join([".venv/bin/python", "-m", "bench", *given]),
+                              None if names == ORDER else names)
         print(f"\nWritten to {report.RESULTS_MD}")
     if not args.keep:
         shutil.rmtree(work, ignore_errors=True)

@@ -169,20 +169,27 @@ def machine() -> str:
             f"Python {sys.version.split()[0]}")
 
 
-def merge(new: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """The latest results of every scenario: ``new`` over what results.json held."""
+def merge(new: list[dict[str, Any]], order: list[str]) -> list[dict[str, Any]]:
+    """The latest results of every scenario: ``new`` over what results.json held, in the
+    scenarios' ``order``."""
     old = json.loads(RESULTS_JSON.read_text()) if RESULTS_JSON.exists() else []
     names = {r["scenario"] for r in new}
     merged = [r for r in old if r.get("client") and r["scenario"] not in names] + new
+    merged.sort(key=lambda r: order.index(r["scenario"]) if r["scenario"] in order else len(order))
     RESULTS_JSON.write_text(json.dumps(merged, indent=1) + "\n")
     return merged
 
 
-def write_markdown(results: list[dict[str, Any]], command: str) -> None:
+def write_markdown(results: list[dict[str, Any]], command: str, some: list[str] | None) -> None:
+    """Rewrite the generated part of RESULTS.md; ``some`` are the scenarios this command ran
+    when it ran only some (the others' figures are from an earlier run)."""
+    ran = (f"Command: `{command}` for {', '.join(some)}; the other scenarios are from an "
+           "earlier `make bench` (`.venv/bin/python -m bench`)." if some else
+           f"Command: `{command}` (what `make bench` runs).")
     generated = "\n".join([
         BEGIN, "", f"Machine: {machine()}.",
         f"Date: {time.strftime('%Y-%m-%d %H:%M %Z')} (each run's own time and load are below).",
-        f"Command: `{command}` (what `make bench` runs).",
+        ran,
         "Rates are rows per real second, from the server's first arrival to its last answer; "
         "a time-scaled scenario runs `scale` times faster than its limits and latency say, and "
         "its ceiling is scaled alike (the ratio is the same in its own units).", "",
