@@ -236,8 +236,7 @@ class Knee:
         syy = sum(v.syy for v in levels)
         free = syy - sy * sy / total
         best, knee = free, None
-        lowest = free
-        """The fit of a knee below every load kept: all of them queue."""
+        lowest = free  # the fit of a knee below every load kept: all of them queue
         between = [(a + b) / 2 for a, b in itertools.pairwise(xs)]
         for k in sorted(xs[:-1] + between):
             hinge = [max(0.0, x - k) for x in xs]
