@@ -142,8 +142,14 @@ function pbSaveSettings_(newUrl, newToken) {
   if (!/^https?:\/\/[^\s/]+/i.test(url)) {
     throw new Error(url ? 'That is not an http(s) address: ' + url : 'The backend URL is needed.');
   }
-  var token = String(newToken || '').trim() || user.getProperty(PB.KEY_TOKEN) || '';
-  if (!token) throw new Error('Your token is needed: ask the person who runs `promptbatch serve` for it.');
+  // A token kept goes on only to the backend it was saved for: another editor may have put a new
+  // URL here, and clicking OK must not hand them the token unasked.
+  var kept = user.getProperty(PB.KEY_TOKEN_URL) === url ? user.getProperty(PB.KEY_TOKEN) : '';
+  var token = String(newToken || '').trim() || kept || '';
+  if (!token) {
+    throw new Error('Your token for ' + url + ' is needed: ask the person who runs `promptbatch serve` ' +
+      'there for it.');
+  }
   doc.setProperty(PB.KEY_URL, url);
   user.setProperty(PB.KEY_TOKEN, token);
   user.setProperty(PB.KEY_TOKEN_URL, url);

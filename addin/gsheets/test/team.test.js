@@ -95,4 +95,10 @@ test('owner, editor with a token, editor without: each run uses its own user\'s 
   app.as(BO);
   assert.match(app.gs.PROMPTBATCH(TEMPLATE, [['Product'], ['cup']]), /^#ERROR: no answer in the cache/);
   assert.equal(app.log.fetches.length, 0, 'nothing went to the new address');
+
+  // Ana opens Settings and clicks OK without pasting a token: hers is not handed to the new URL.
+  app.as(ANA);
+  assert.throws(() => app.gs.pbPanelSave({ url: '', token: '', formulas: false }),
+    /Your token for https:\/\/elsewhere\.example is needed/);
+  assert.equal(app.log.fetches.length, 0, 'her token did not go to the new address');
 });
