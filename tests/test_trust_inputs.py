@@ -357,6 +357,42 @@ def test_serve_answers_others_while_a_hostile_template_renders_and_still_stops(
             assert proc.wait(20) is not None  # the render ends within half a second, so it stops
 
 
+def test_serve_answers_others_while_a_chained_column_renders_a_hostile_template(
+        llm: FakeLLMServer) -> None:
+    """A later column's prompts are rendered once the answers they use are back, in the
+    middle of a run: off the event loop too, so four hostile columns (half a second of
+    rendering each) stall no other request."""
+    hostile = LOOPS.replace("x", "{{ summary }}")
+    grid = [["Templates", "", "Summarize {{ feedback }}", hostile, hostile, hostile, hostile],
+            ["Customer", "Feedback", "summary", "a", "b", "c", "d"]]
+    body = {"sheet": "Feedback", "grid": grid, "row_numbers": [3], "wait_seconds": 60,
+            "rows": [["Ana", "logs me out", "", "", "", "", ""]]}
+    with serve_process(llm) as (_, url, token):
+        headers = {"authorization": f"Bearer {token}"}
+
+        def timed(call: Callable[[], httpx.Response]) -> tuple[float, httpx.Response]:
+            started = time.monotonic()
+            response = call()
+            return time.monotonic() - started, response
+
+        with ThreadPoolExecutor(2) as pool:
+            slow = pool.submit(timed, lambda: httpx.post(f"{url}/v1/run", json=body,
+                                                         headers=headers, timeout=60))
+            time.sleep(0.3)
+            health_s, health = timed(lambda: httpx.get(f"{url}/v1/health", headers=headers,
+                                                       timeout=60))
+            slow_s, reply = slow.result()
+    assert health.json()["ok"] is True
+    assert slow_s >= 2.0, "four renders of half a second each"
+    assert health_s < 1.0, "the health check did not wait for the renders"
+    cells = {(r, c): v for r, c, v in reply.json()["cells"]}
+    assert cells[3, 2] == "Answer: Summarize logs me out"
+    assert cells[3, 3] == (
+        "#ERROR: The template in 'Feedback'!D1 was stopped on row 4 ('Feedback'!D4): it ran "
+        "longer than 0.5 s. A template only formats a row's values; simplify it.")
+    assert chat_requests(llm) == [chat_requests(llm)[0]], "only the summary was asked"
+
+
 # --- 7. workbooks: zip bombs are refused before anything is inflated ---------------------------
 
 
