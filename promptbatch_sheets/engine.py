@@ -102,8 +102,27 @@ class Answer:
 
 
 class Engine:
-    """One run: the jobs it was given and those ``follow`` adds, answered through one
-    provider. See ``run_jobs`` for what each hook means."""
+    """One run: ``run(jobs)`` answers every job, and every job ``follow`` adds;
+    ``on_result`` is called once per job, in completion order.
+
+    ``on_plan`` hears one job per distinct prompt the cache cannot answer, before the first
+    request (prompts ``follow`` adds later are not among them).
+
+    ``connect`` opens the provider for ``label``; it is not called when the cache holds
+    every answer, so a rerun starts no server and needs no key.
+
+    ``schemas`` are the structured steps' schemas: their answers are checked on arrival, a
+    reply that does not fit is asked again once with the reason, and only answers that fit
+    are stored.
+
+    ``shared`` are the prompts in flight that this run shares with others (a server's
+    requests); without it the run shares only with other processes, through the store. A
+    prompt someone else is getting is waited for, never sent twice.
+
+    ``cancelled`` is asked before each request: once it says True no request starts, the
+    ones in flight finish (their answers are paid for, so kept), and the rest count as
+    unsent, as a budget's do.
+    """
 
     def __init__(
         self,
@@ -414,50 +433,6 @@ class Engine:
         if self.budget is not None:
             self.budget.settle(reservation, result if isinstance(result, Completion) else None)
         return result
-
-
-async def run_jobs(
-    jobs: Sequence[RowJob],
-    label: str,
-    connect: Callable[[], AbstractAsyncContextManager[Provider]],
-    params: Params,
-    store: Store,
-    *,
-    concurrency: int | None,
-    on_result: Callable[[RowResult], None],
-    use_cache: bool = True,
-    budget: Budget | None = None,
-    on_plan: Callable[[list[RowJob]], None] | None = None,
-    follow: Follow | None = None,
-    schemas: Mapping[int, Schema] | None = None,
-    shared: InFlight | None = None,
-    cancelled: Callable[[], bool] | None = None,
-) -> Summary:
-    """Answer every job, and every job ``follow`` adds; ``on_result`` is called once per job,
-    in completion order.
-
-    ``on_plan`` hears one job per distinct prompt the cache cannot answer, before the first request
-    (prompts ``follow`` adds later are not among them).
-
-    ``connect`` opens the provider for ``label``; it is not called when the cache holds
-    every answer, so a rerun starts no server and needs no key.
-
-    ``schemas`` are the structured steps' schemas: their answers are checked on arrival, a
-    reply that does not fit is asked again once with the reason, and only answers that fit
-    are stored.
-
-    ``shared`` are the prompts in flight that this run shares with others (a server's
-    requests); without it the run shares only with other processes, through the store. A
-    prompt someone else is getting is waited for, never sent twice.
-
-    ``cancelled`` is asked before each request: once it says True no request starts, the
-    ones in flight finish (their answers are paid for, so kept), and the rest count as
-    unsent, as a budget's do.
-    """
-    engine = Engine(label, connect, params, store, concurrency=concurrency,
-                    on_result=on_result, use_cache=use_cache, budget=budget, on_plan=on_plan,
-                    follow=follow, schemas=schemas, shared=shared, cancelled=cancelled)
-    return await engine.run(jobs)
 
 
 def _followed_by(follow: Follow, results: list[RowResult]) -> list[RowJob | RowResult]:

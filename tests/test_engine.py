@@ -16,7 +16,7 @@ import httpx
 import pytest
 
 from promptbatch_sheets.budget import Budget
-from promptbatch_sheets.engine import Engine, RowResult, Summary, error_text, run_jobs
+from promptbatch_sheets.engine import Engine, RowResult, Summary, error_text
 from promptbatch_sheets.inflight import InFlight
 from promptbatch_sheets.plan import RowJob
 from promptbatch_sheets.providers import (
@@ -75,7 +75,7 @@ class Model:
 
     def connect(self, concurrency: int | None = None,
                 ) -> Callable[[], AbstractAsyncContextManager[Provider]]:
-        """``run_jobs``'s ``connect``: the real provider, its requests carried in process."""
+        """The engine's ``connect``: the real provider, its requests carried in process."""
 
         def opened() -> AbstractAsyncContextManager[Provider]:
             self.connected += 1
@@ -97,9 +97,9 @@ def run(model: Model, store: Store, jobs: list[RowJob], concurrency: int | None 
         **hooks: Any) -> tuple[Summary, list[RowResult]]:
     """Run ``jobs`` to the end: the summary, and every result in the order it came."""
     results: list[RowResult] = []
-    summary = asyncio.run(run_jobs(jobs, model.spec.label, model.connect(concurrency),
-                                   Params(), store, concurrency=concurrency,
-                                   on_result=results.append, **hooks))
+    engine = Engine(model.spec.label, model.connect(concurrency), Params(), store,
+                    concurrency=concurrency, on_result=results.append, **hooks)
+    summary = asyncio.run(engine.run(jobs))
     return summary, results
 
 
