@@ -88,7 +88,7 @@ Result = Completion | str
 
 
 @dataclass(slots=True)
-class Answer:
+class Question:
     """One distinct prompt of a run, by its answer key, from the moment it is queued."""
 
     job: RowJob
@@ -156,7 +156,7 @@ class Engine:
         self.requests = Requests(label, params, self.schemas)
         self.flight = shared if shared is not None else InFlight(store)
         self.summary = Summary()
-        self.answers: dict[str, Answer] = {}
+        self.questions: dict[str, Question] = {}
         """This run's prompts by key, queued or answered (a cache hit is not kept)."""
         self.queue: deque[str] = deque()
         """Keys to send, in order."""
@@ -182,13 +182,14 @@ class Engine:
         """The task handing ``heard`` to the follow hook, while it has any."""
 
     async def run(self, jobs: Sequence[RowJob]) -> Summary:
+        """Answer ``jobs`` (and what ``follow`` adds); what it cost and came to."""
         started = time.perf_counter()
         summary = self.summary
         try:
             self.admit(jobs)
             await self.followed()
             if self.on_plan is not None:
-                self.on_plan([self.answers[k].job for k in self.queue])
+                self.on_plan([self.questions[k].job for k in self.queue])
             if self.queue:
                 async with self.connect() as provider:
                     cap = self.concurrency or CAP
@@ -207,21 +208,21 @@ class Engine:
                 future.remove_done_callback(arrived)
             if self.shared is None:
                 self.flight.close()
-        summary.unsent = sum(len(self.answers[k].waiting) for k in self.queue)
+        summary.unsent = sum(len(self.questions[k].waiting) for k in self.queue)
         summary.rows = summary.answered + summary.cached + summary.failed + summary.unsent
         summary.seconds = time.perf_counter() - started
         return summary
 
     def admit(self, jobs: Sequence[RowJob], first: bool = False) -> None:
         """Answer jobs from this run or the cache at once; queue the others' prompts."""
-        answers = self.answers
+        questions = self.questions
         key_of = self.requests.key
-        fresh: dict[str, Answer] = {}
+        fresh: dict[str, Question] = {}
         for job in jobs:
             key = key_of(job)
-            known = answers.get(key) or fresh.get(key)
+            known = questions.get(key) or fresh.get(key)
             if known is None:
-                fresh[key] = Answer(job, [job])
+                fresh[key] = Question(job, [job])
             elif known.result is not None:
                 self.settle(job, known.result, isinstance(known.result, Completion))
             else:
@@ -232,12 +233,12 @@ class Engine:
                 del hits[key]  # stored by another tool or version: ask again
                 fresh[key].stale = True
         queued = []
-        for key, answer in fresh.items():
+        for key, question in fresh.items():
             if key in hits:
-                for job in answer.waiting:
+                for job in question.waiting:
                     self.settle(job, hits[key], True)
             else:
-                answers[key] = answer
+                questions[key] = question
                 queued.append(key)
         if first:  # a row's later steps go first: rows finish, and fill the sheet, in turn
             self.queue.extendleft(reversed(queued))
@@ -296,9 +297,9 @@ class Engine:
 
     def deliver(self, key: str, result: Result, cached: bool = False) -> None:
         """Settle every job waiting for ``key``, and the later ones with its prompt."""
-        answer = self.answers[key]
-        answer.result = result
-        waiting, answer.waiting = answer.waiting, []
+        question = self.questions[key]
+        question.result = result
+        waiting, question.waiting = question.waiting, []
         for job in waiting:
             self.settle(job, result, cached and isinstance(result, Completion))
 
@@ -312,15 +313,15 @@ class Engine:
             if self.cancelled is not None and self.cancelled():
                 return
             key = queue[0]
-            answer = self.answers[key]
-            other = self.flight.join(key, self.use_cache and not answer.stale,
+            question = self.questions[key]
+            other = self.flight.join(key, self.use_cache and not question.stale,
                                      itertools.islice(queue, 1, None))
             if other is not None:
                 queue.popleft()
                 self.wait_for_other(key, other)
                 continue
             budget = self.budget
-            reservation = budget.reserve(tokens(answer.job.prompt)) if budget else 0.0
+            reservation = budget.reserve(tokens(question.job.prompt)) if budget else 0.0
             if reservation is None:
                 self.flight.finish(key, None)
                 return
@@ -373,7 +374,7 @@ class Engine:
         in one step: an answer stored is an answer written. It runs on if the run is
         cancelled (a server request out of time), so an answer paid for is kept; a
         cancelled request lets the waiters ask."""
-        job = self.answers[key].job
+        job = self.questions[key].job
         params = self.requests.params(job)
         schema = self.schemas.get(job.step)
         try:

@@ -291,3 +291,23 @@ def test_the_summary_counts_what_each_row_cost_over_the_messages_api(store: Stor
     assert (summary.cut, summary.rate_limited, summary.requests) == (1, 1, 3)
     assert (summary.prompt_tokens, summary.completion_tokens) == (6, 4)
     assert len(summary.errors) == 1 and summary.seconds > 0
+
+
+def test_the_plan_hook_hears_each_prompt_the_cache_cannot_answer_once(store: Store) -> None:
+    run(Model(), store, [RowJob(0, "mug")])
+    planned: list[list[RowJob]] = []
+    model = Model()
+    run(model, store, [RowJob(0, "mug"), RowJob(1, "pen"), RowJob(2, "pen")],
+        on_plan=planned.append)
+    assert planned == [[RowJob(1, "pen")]]
+    assert model.prompts == ["pen"]
+
+
+def test_once_cancelled_no_request_starts_and_the_rest_are_unsent(store: Store) -> None:
+    model = Model()
+    jobs = [RowJob(row, f"q{row}") for row in range(4)]
+    summary, results = run(model, store, jobs, concurrency=1,
+                           cancelled=lambda: bool(model.prompts))
+    assert model.prompts == ["q0"]
+    assert [r.row for r in results] == [0]
+    assert (summary.rows, summary.answered, summary.unsent) == (4, 1, 3)
