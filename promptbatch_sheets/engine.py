@@ -42,8 +42,10 @@ class RowResult:
 Follow = Callable[[RowResult], Iterable[RowJob | RowResult]]
 """Hears each result; returns the prompts it makes ready (a later step of the same row) and
 the results it settles without a call (that later step, when the answer it uses failed).
-It renders templates, so the engine calls it in a thread: a slow template never stalls the
-event loop (a server's other requests)."""
+It renders templates: a run that shares its event loop with others (``shared``: a server's
+requests) calls it in a thread, so a slow template stalls no other request; a run alone
+calls it in place, as a thread's hop for each answer cost a chained run on an instant
+server a third of its rate."""
 
 
 @dataclass
@@ -178,6 +180,9 @@ class Engine:
         that closes its provider stops them first."""
         self.heard: list[RowResult] = []
         """Results the follow hook has not heard yet."""
+        self.hearing: asyncio.Future[None] | None = None
+        """Done once the hook has heard ``heard`` and what it made is admitted: a request
+        waits for its own results only, not for those that come while the hook runs."""
         self.following: asyncio.Task[None] | None = None
         """The task handing ``heard`` to the follow hook, while it has any."""
 
@@ -246,7 +251,7 @@ class Engine:
             self.queue.extend(queued)
 
     def settle(self, job: RowJob, result: Result, cached: bool) -> None:
-        """One job's result, to ``on_result`` now and to the follow hook soon."""
+        """One job's result, to ``on_result`` and the follow hook."""
         summary = self.summary
         if isinstance(result, Completion):
             if cached:
@@ -259,36 +264,58 @@ class Engine:
             summary.failed += 1
             settled = RowResult(job.row, error_text(result), False, False, step=job.step)
         self.on_result(settled)
-        if self.follow is not None:
-            self.heard.append(settled)
-            if self.following is None:
-                self.busy += 1
-                self.following = asyncio.ensure_future(self.hear())
-                self.fetching.add(self.following)
-                self.following.add_done_callback(self.fetching.discard)
+        if self.follow is None:
+            return
+        if self.shared is None:  # alone on its event loop: in place
+            self.follow_up(self.follow(settled))
+        else:
+            self.hear(settled)
 
-    async def hear(self) -> None:
-        """Hand the results heard to the follow hook, in a thread, until none is left; admit
-        the prompts it makes ready, first, and settle the results it settles."""
+    def hear(self, result: RowResult) -> None:
+        """Keep ``result`` for the follow hook, which a thread calls soon."""
+        if not self.heard:
+            self.hearing = asyncio.get_running_loop().create_future()
+        self.heard.append(result)
+        if self.following is None:
+            self.busy += 1
+            self.following = asyncio.ensure_future(self.follow_heard())
+            self.fetching.add(self.following)
+            self.following.add_done_callback(self.fetching.discard)
+
+    async def follow_heard(self) -> None:
+        """Hand the results heard to the follow hook in a thread, in batches, until none is
+        left."""
         assert self.follow is not None
         follow = self.follow
         try:
             while self.heard:
                 heard, self.heard = self.heard, []
-                made = await asyncio.to_thread(_followed_by, follow, heard)
-                ready: list[RowJob] = []
-                for item in made:
-                    if isinstance(item, RowJob):
-                        ready.append(item)
-                    else:
-                        self.summary.failed += 1
-                        self.on_result(item)
-                if ready:
-                    self.admit(ready, first=True)
+                hearing, self.hearing = self.hearing, None
+                assert hearing is not None
+                try:
+                    self.follow_up(await asyncio.to_thread(_followed_by, follow, heard))
+                except Exception as exc:  # a bug in the hook: the run stops with it
+                    hearing.set_exception(exc)
+                    raise
+                finally:
+                    if not hearing.done():
+                        hearing.set_result(None)
         finally:
             self.following = None
             self.busy -= 1
             self.wake()
+
+    def follow_up(self, made: Iterable[RowJob | RowResult]) -> None:
+        """Admit the prompts the hook made ready, first; the results it settled are final."""
+        ready: list[RowJob] = []
+        for item in made:
+            if isinstance(item, RowJob):
+                ready.append(item)
+            else:
+                self.summary.failed += 1
+                self.on_result(item)
+        if ready:
+            self.admit(ready, first=True)
 
     async def followed(self) -> None:
         """Until the follow hook has heard every result so far (and queued what it made)."""
@@ -390,7 +417,8 @@ class Engine:
             self.summary.errors.append(result)
         self.deliver(key, result)
         self.flight.finish(key, result)
-        await self.followed()  # a row's later steps are queued before this worker goes on
+        if self.hearing is not None:  # a row's later steps are queued before its worker goes on
+            await asyncio.shield(self.hearing)
 
     async def answer(self, provider: Provider, prompt: str, params: Params,
                      schema: Schema | None, reservation: float) -> Result:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import json as _json
+import threading
 from collections.abc import Callable, Iterable
 from contextlib import AbstractAsyncContextManager
 from dataclasses import dataclass, field
@@ -158,6 +159,33 @@ def test_a_rows_later_step_is_sent_before_the_next_rows_first(store: Store) -> N
                              "q2", "Reply to Answer: q2"]
     assert texts(results)[2, 1] == "Answer: Reply to Answer: q2"
     assert (summary.rows, summary.answered) == (6, 6)
+
+
+def test_a_run_sharing_its_event_loop_follows_up_in_a_thread_in_the_same_order(
+        store: Store) -> None:
+    """A server's run (``shared``) renders later steps off its event loop: a slow template
+    stalls no other request, and a row's later step still goes first."""
+    threads: list[int] = []
+
+    def follow(result: RowResult) -> list[RowJob | RowResult]:
+        threads.append(threading.get_ident())
+        return later_step(result)
+
+    model = Model()
+
+    async def alongside_others() -> Summary:
+        shared = InFlight(store)
+        engine = Engine(OPENAI.label, model.connect(1), Params(), store, concurrency=1,
+                        on_result=lambda result: None, follow=follow, shared=shared)
+        try:
+            return await engine.run([RowJob(row, f"q{row}") for row in range(2)])
+        finally:
+            shared.close()
+
+    summary = asyncio.run(alongside_others())
+    assert model.prompts == ["q0", "Reply to Answer: q0", "q1", "Reply to Answer: q1"]
+    assert len(threads) == 4 and threading.get_ident() not in threads
+    assert (summary.rows, summary.answered) == (4, 4)
 
 
 def test_a_failed_answer_settles_the_steps_that_use_it_without_a_call(store: Store) -> None:
