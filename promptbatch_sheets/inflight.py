@@ -9,10 +9,9 @@ gives up or dies, and then asks itself.
 from __future__ import annotations
 
 import asyncio
-import contextlib
 import itertools
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 
 from .providers import Completion
 from .store import Store
@@ -138,13 +137,3 @@ class InFlight:
                 if future is not None and not future.done():
                     future.set_result(answers.get(key))
 
-
-@contextlib.contextmanager
-def sharing(store: Store, shared: InFlight | None) -> Iterator[InFlight]:
-    """``shared``, or one of its own for one run, released at its end."""
-    flight = InFlight(store) if shared is None else shared
-    try:
-        yield flight
-    finally:
-        if shared is None:
-            flight.close()

@@ -19,7 +19,7 @@ from . import userconfig
 from .budget import Budget
 from .cells import escape_formula
 from .chain import Chain
-from .engine import RowResult, Summary, error_text, run_jobs
+from .engine import Engine, RowResult, Summary, error_text
 from .errors import ConfigError, Interrupted, SetupError
 from .estimate import Estimate, calibrate, cost, estimate
 from .export import Export, refuse_from_sheet
@@ -312,7 +312,7 @@ def connector(
     spec: ModelSpec, settings: Settings, on_retry: Callable[[str], None] | None = None,
     on_measured: Callable[[dict[str, float]], None] | None = None,
 ) -> Callable[[], AbstractAsyncContextManager[Provider]]:
-    """What ``engine.run_jobs`` calls to open the provider, only once a call is needed."""
+    """What the ``Engine`` calls to open the provider, only once a call is needed."""
 
     def connect() -> AbstractAsyncContextManager[Provider]:
         return open_provider(spec, api_key=api_key_for(spec), concurrency=settings.concurrency,
@@ -434,11 +434,12 @@ async def answer(prepared: Prepared, writer: BlockWriter, store: Store,
         if on_result is not None:
             on_result(result)
 
-    return await run_jobs(plan.jobs, prepared.spec.label, connect, prepared.params, store,
-                          concurrency=settings.concurrency, on_result=deliver,
-                          use_cache=settings.use_cache, budget=budget, on_plan=on_plan,
-                          schemas=prepared.schemas, shared=shared, cancelled=cancelled,
-                          follow=Chain(plan, prepared.data.grid) if plan.waiting else None)
+    engine = Engine(prepared.spec.label, connect, prepared.params, store,
+                    concurrency=settings.concurrency, on_result=deliver,
+                    use_cache=settings.use_cache, budget=budget, on_plan=on_plan,
+                    schemas=prepared.schemas, shared=shared, cancelled=cancelled,
+                    follow=Chain(plan, prepared.data.grid) if plan.waiting else None)
+    return await engine.run(plan.jobs)
 
 
 def run(prepared: Prepared, surface: Surface, store: Store,

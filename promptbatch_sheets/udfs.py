@@ -5,8 +5,8 @@ range, and its answers become cells as a run writes them. Excel recalculates oft
 thousands of cells at once, and every answer costs money. So a call first asks the answer
 cache shared with the CLI; a prompt that another cell is already waiting for is not sent
 again; and the rest go to one background event loop that gathers the prompts of a
-recalculation for a moment and sends them through ``engine.run_jobs`` (dedupe, cache,
-bounded concurrency, the schema repair). Failures come back as ``#ERROR: ...`` text, never as
+recalculation for a moment and sends them through the ``Engine`` (dedupe, cache, bounded
+concurrency, the schema repair). Failures come back as ``#ERROR: ...`` text, never as
 tracebacks.
 
 With a ``fields`` argument the answer is structured: the model is asked for JSON with those
@@ -31,7 +31,7 @@ import xlwings as xw
 
 from . import formula, runner
 from .cells import EXCEL_CELL_LIMIT, CellValue
-from .engine import RowResult, error_text, fits, run_jobs
+from .engine import Engine, RowResult, error_text, fits
 from .errors import PromptBatchError, TemplateError
 from .plan import ERROR_PREFIX, RowJob
 from .providers import ModelSpec, Params
@@ -132,11 +132,11 @@ class Sender:
         try:
             with self._lock:  # a new cache file is created by one thread only
                 store = Store(target.store)
-            await run_jobs([replace(queued[k][0], row=i) for i, k in enumerate(keys)],
-                           target.spec.label, connector(target.spec, target.settings),
-                           target.params, store, concurrency=target.settings.concurrency,
-                           on_result=deliver, use_cache=target.settings.use_cache,
-                           schemas=None if target.schema is None else {0: target.schema})
+            engine = Engine(target.spec.label, connector(target.spec, target.settings),
+                            target.params, store, concurrency=target.settings.concurrency,
+                            on_result=deliver, use_cache=target.settings.use_cache,
+                            schemas=None if target.schema is None else {0: target.schema})
+            await engine.run([replace(queued[k][0], row=i) for i, k in enumerate(keys)])
         except Exception as exc:  # a missing key, a server that won't start: every cell says so
             reason = _reason(exc)
         finally:

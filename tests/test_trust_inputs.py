@@ -15,6 +15,7 @@ import zipfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import httpx
 import openpyxl
@@ -323,24 +324,32 @@ def test_lipsum_is_not_offered_and_real_templates_still_work(
 LOOPS = "{% for i in range(100000) %}{% for j in range(100000) %}{% endfor %}{% endfor %}x"
 
 
+def timed(call: Callable[[], httpx.Response]) -> tuple[float, httpx.Response]:
+    started = time.monotonic()
+    response = call()
+    return time.monotonic() - started, response
+
+
+def health_meanwhile(url: str, headers: dict[str, str], route: str, body: Any,
+                     after: float) -> tuple[tuple[float, httpx.Response], tuple[float,
+                                                                                httpx.Response]]:
+    """POST ``body`` to ``route`` and, ``after`` seconds into it, ask for the health: how long
+    each took, and its reply."""
+    with ThreadPoolExecutor(2) as pool:
+        slow = pool.submit(timed, lambda: httpx.post(f"{url}{route}", json=body,
+                                                     headers=headers, timeout=60))
+        time.sleep(after)
+        health = timed(lambda: httpx.get(f"{url}/v1/health", headers=headers, timeout=60))
+        return health, slow.result()
+
+
 def test_serve_answers_others_while_a_hostile_template_renders_and_still_stops(
         llm: FakeLLMServer) -> None:
     with serve_process(llm) as (proc, url, token):
         headers = {"authorization": f"Bearer {token}"}
         hostile = {"template": LOOPS, "headers": ["q"], "rows": [["a"], ["b"], ["c"]]}
-
-        def timed(call: Callable[[], httpx.Response]) -> tuple[float, httpx.Response]:
-            started = time.monotonic()
-            response = call()
-            return time.monotonic() - started, response
-
-        with ThreadPoolExecutor(2) as pool:
-            slow = pool.submit(timed, lambda: httpx.post(f"{url}/v1/complete", json=hostile,
-                                                         headers=headers, timeout=60))
-            time.sleep(0.2)
-            health_s, health = timed(lambda: httpx.get(f"{url}/v1/health", headers=headers,
-                                                       timeout=60))
-            slow_s, reply = slow.result()
+        (health_s, health), (slow_s, reply) = health_meanwhile(url, headers, "/v1/complete",
+                                                               hostile, 0.2)
         assert health.json()["ok"] is True and health_s < slow_s
         assert reply.status_code == 400  # as from the command line: the run stops, unpaid
         assert reply.json()["error"] == (
@@ -355,6 +364,31 @@ def test_serve_answers_others_while_a_hostile_template_renders_and_still_stops(
             time.sleep(0.2)
             proc.terminate()
             assert proc.wait(20) is not None  # the render ends within half a second, so it stops
+
+
+def test_serve_answers_others_while_a_chained_column_renders_a_hostile_template(
+        llm: FakeLLMServer) -> None:
+    """A later column's prompts are rendered once the answers they use are back, in the
+    middle of a run: off the event loop too, so four hostile columns (half a second of
+    rendering each) stall no other request."""
+    hostile = LOOPS.replace("x", "{{ summary }}")
+    grid = [["Templates", "", "Summarize {{ feedback }}", hostile, hostile, hostile, hostile],
+            ["Customer", "Feedback", "summary", "a", "b", "c", "d"]]
+    body = {"sheet": "Feedback", "grid": grid, "row_numbers": [3], "wait_seconds": 60,
+            "rows": [["Ana", "logs me out", "", "", "", "", ""]]}
+    with serve_process(llm) as (_, url, token):
+        headers = {"authorization": f"Bearer {token}"}
+        (health_s, health), (slow_s, reply) = health_meanwhile(url, headers, "/v1/run", body,
+                                                               0.3)
+    assert health.json()["ok"] is True
+    assert slow_s >= 2.0, "four renders of half a second each"
+    assert health_s < 1.0, "the health check did not wait for the renders"
+    cells = {(r, c): v for r, c, v in reply.json()["cells"]}
+    assert cells[3, 2] == "Answer: Summarize logs me out"
+    assert cells[3, 3] == (
+        "#ERROR: The template in 'Feedback'!D1 was stopped on row 4 ('Feedback'!D4): it ran "
+        "longer than 0.5 s. A template only formats a row's values; simplify it.")
+    assert chat_requests(llm) == [chat_requests(llm)[0]], "only the summary was asked"
 
 
 # --- 7. workbooks: zip bombs are refused before anything is inflated ---------------------------

@@ -21,6 +21,8 @@ from .base import Completion, Params, Provider, RetryPolicy, SchemaMode
 from .local import MODEL_NAME, EmbeddedServer, gguf_path, slots
 
 if TYPE_CHECKING:
+    import httpx
+
     from .batchapi import BatchAPI
 
 __all__ = ["Completion", "ModelSpec", "Params", "Provider", "RetryPolicy",
@@ -192,10 +194,12 @@ async def open_provider(
     policy: RetryPolicy, on_retry: Callable[[str], None] | None = None,
     rpm: float | None = None, tpm: float | None = None,
     on_measured: Callable[[dict[str, float]], None] | None = None,
+    transport: httpx.AsyncBaseTransport | None = None,
 ) -> AsyncIterator[Provider]:
     """A ready provider for one run: pooled HTTP clients, one limiter, the embedded server
     if needed. ``concurrency`` caps the window (None: ``CAP``, starting lower); ``on_measured``
-    hears what the limiter measured, when the run is done."""
+    hears what the limiter measured, when the run is done; ``transport`` carries the
+    requests instead of the network (``client_pool``)."""
     # The HTTP stack is imported here: a run the cache answers whole never loads it.
     from .anthropic import AnthropicMessages
     from .http import HTTPProvider
@@ -209,7 +213,7 @@ async def open_provider(
         server = None
         limiter = Limiter(concurrency or CAP, rpm, tpm,
                           start=concurrency or KINDS[spec.provider].start)
-    async with client_pool(limiter.cap, timeout) as clients:
+    async with client_pool(limiter.cap, timeout, transport) as clients:
 
         def make(kind: type[HTTPProvider], base_url: str) -> HTTPProvider:
             return kind(clients, label=spec.label, base_url=base_url, model=spec.model,

@@ -21,8 +21,11 @@ CONNECTIONS_PER_CLIENT = 4
 
 
 @asynccontextmanager
-async def client_pool(concurrency: int, timeout: float) -> AsyncIterator[list[httpx.AsyncClient]]:
-    """Enough clients for ``concurrency`` connections, closed together at the end."""
+async def client_pool(concurrency: int, timeout: float,
+                      transport: httpx.AsyncBaseTransport | None = None,
+                      ) -> AsyncIterator[list[httpx.AsyncClient]]:
+    """Enough clients for ``concurrency`` connections, closed together at the end;
+    ``transport`` replaces the network (httpx's own seam: ``httpx.MockTransport``)."""
     count = max(1, math.ceil(concurrency / CONNECTIONS_PER_CLIENT))
     size = math.ceil(concurrency / count)
     limits = httpx.Limits(max_connections=size, max_keepalive_connections=size)
@@ -30,6 +33,7 @@ async def client_pool(concurrency: int, timeout: float) -> AsyncIterator[list[ht
     tls = ssl.create_default_context(cafile=certifi.where())
     async with AsyncExitStack() as stack:
         clients = [await stack.enter_async_context(httpx.AsyncClient(timeout=timeouts,
-                                                                     limits=limits, verify=tls))
+                                                                     limits=limits, verify=tls,
+                                                                     transport=transport))
                    for _ in range(count)]
         yield clients
