@@ -127,9 +127,11 @@ def test_sidebar_runs_a_chained_sheet_across_trigger_continuations(
     text = driver.find_element(By.ID, "stats").text
     assert "from cache" in text and "failed" in text and "so far" in text and "left" in text
 
-    # the sidebar closes: the run's trigger continues it
-    driver.get("about:blank")
+    # the sidebar closes: the run's trigger continues it. The count is read while the sidebar
+    # is open: the harness is one thread, so a pass that starts as the page closes would
+    # already be counted by a later read, and if it finished the run no pass would follow.
     before = state(sidebar)["stats"]["triggerPasses"]
+    driver.get("about:blank")
     wait(lambda: state(sidebar)["stats"]["triggerPasses"] > before, seconds=120,
          message="a trigger pass")
     driver.get(sidebar)
