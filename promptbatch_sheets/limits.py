@@ -5,7 +5,11 @@ Where the provider publishes its limits (OpenAI's ``x-ratelimit-*``, Anthropic's
 ``anthropic-ratelimit-*``, or the user's ``--rpm``/``--tpm``), a request bucket and a token
 bucket pace the sends, and the window is sized by Little's law from those limits and the
 latency this run measures: in flight = rate x latency, taken at its 90th percentile for the
-spread, plus a square root of headroom (as Envoy's adaptive concurrency filter adds).
+spread, plus a square root of headroom (as Envoy's adaptive concurrency filter adds). The
+buckets pace at the whole limit, and what the server says still ``remaining`` (``Credit``)
+may go at once, beyond the pace: a provider whose bucket is full when a run starts (a
+minute's allowance) is used at the speed it allows, not at a minute's average. The first
+request sent on that credit that the server refuses ends the trust in it for the run.
 
 Where it does not (Ollama, vLLM, llama.cpp, LM Studio), the window looks for the knee of the
 server's latency against the requests in flight, as adaptive concurrency limiters do (TCP
@@ -70,9 +74,6 @@ def request_tokens(payload: dict[str, Any]) -> int:
     return chars // 4 + 1 + int(payload.get("max_tokens") or ASSUMED_ANSWER_TOKENS)
 
 
-PACE = 0.97
-"""Share of a published limit that is used: a limit met exactly is crossed by any jitter in
-when requests arrive, and each 429 costs a pause."""
 BURST_SECONDS = 0.2
 """A bucket holds this many seconds' worth: providers enforce per-minute limits in short
 slices, and a full second's burst landing late in one slice doubles up with the next."""
@@ -119,9 +120,9 @@ MAX_RESET_PAUSE = 60.0
 minute, and ``reset-requests: 1000h`` must not stop a run for weeks."""
 
 
-def _limit(headers: httpx.Headers, *names: str) -> float | None:
-    """The first of ``names`` the headers hold, as a number no lower than
-    ``MIN_PER_MINUTE`` (a server's words, so bounded); None when absent or not a number."""
+def _number(headers: httpx.Headers, *names: str) -> float | None:
+    """The first of ``names`` the headers hold, as a finite number; None when absent or not
+    a number. A server's words, so every caller bounds it."""
     for name in names:
         value = headers.get(name)
         if value:
@@ -129,8 +130,21 @@ def _limit(headers: httpx.Headers, *names: str) -> float | None:
                 number = float(value)
             except ValueError:
                 return None
-            return max(MIN_PER_MINUTE, number) if math.isfinite(number) else None
+            return number if math.isfinite(number) else None
     return None
+
+
+def _limit(headers: httpx.Headers, *names: str) -> float | None:
+    """A published limit, no lower than ``MIN_PER_MINUTE``."""
+    number = _number(headers, *names)
+    return None if number is None else max(MIN_PER_MINUTE, number)
+
+
+def _count(headers: httpx.Headers, *names: str) -> float | None:
+    """A ``remaining`` count, no lower than 0 (a huge one is bounded by the cap on the window,
+    and a request it lets through that the server refuses ends the trust in it)."""
+    number = _number(headers, *names)
+    return None if number is None else max(0.0, number)
 
 
 _DURATION = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h)")
@@ -149,12 +163,36 @@ def reset_seconds(value: str | None) -> float | None:
 
 @dataclass
 class Ticket:
-    """One request on the wire: when it left, how many were in flight with it, and (once it
-    is back) how long it took."""
+    """One request on the wire: when it left, how many were in flight with it, (once it is
+    back) how long it took, its place in the run's sends, and whether it went on the server's
+    credit."""
 
     sent: float
     load: int
     latency: float = 0.0
+    number: int = 0
+    """Requests sent up to this one that surely reached the server no later."""
+    charged: float = 0.0
+    """Their tokens."""
+    credited: bool = False
+
+
+@dataclass
+class Credit:
+    """What a server said it still allows (``remaining`` of requests or tokens) after one
+    request, and the run's count of units sent up to that request.
+
+    Every unit sent since was charged against it and none refilled, so what is left is never
+    more than the server's own count: nothing refills a fixed window before it ends, and a
+    continuous bucket only refills more. Spending it is safe, and it is what lets a run use a
+    bucket a provider fills before it starts (a full minute's allowance) or the rest of a
+    slice, instead of only the paced rate."""
+
+    remaining: float
+    at: float
+
+    def left(self, spent: float) -> float:
+        return self.remaining - (spent - self.at)
 
 
 LEVEL_SAMPLES = 32
@@ -305,6 +343,16 @@ class Limiter:
         latency is the old load's, not the one they were sent at, and would hide the knee."""
         self.charged = 0.0
         self.sent = 0
+        self.out = 0
+        self.out_tokens = 0.0
+        """Requests and tokens sent, counted as they leave (``sent`` counts them as they
+        queue): a server's ``remaining`` is reckoned against what left after the request
+        that told it."""
+        self.request_credit: Credit | None = None
+        self.token_credit: Credit | None = None
+        self.credit_trusted = True
+        """Off once a request sent on credit is refused: that server enforces a finer slice
+        than its ``remaining`` describes, and only the pace is safe there."""
         self.since_update = 0
         self.updates = 0
         self._changed = asyncio.Condition()
@@ -320,7 +368,8 @@ class Limiter:
         return self.requests is not None or self.tokens is not None
 
     async def acquire(self, tokens: int) -> Ticket:
-        """Wait for a place in the window, then for the buckets; never for long at once."""
+        """Wait for a place in the window, then for the buckets (unless the server's own
+        count says it allows this request now); never for long at once."""
         async with self._changed:
             await self._changed.wait_for(lambda: self.in_flight < self.window)
             self.in_flight += 1
@@ -329,16 +378,49 @@ class Limiter:
         self.charged += tokens
         while True:
             now = time.monotonic()
-            wait = max(0.0, self.paused_until - now)
+            paced = 0.0
             if self.requests is not None:
-                wait = max(wait, self.requests.wait_for(1, now))
+                paced = self.requests.wait_for(1, now)
             if self.tokens is not None:
-                wait = max(wait, self.tokens.wait_for(tokens, now))
+                paced = max(paced, self.tokens.wait_for(tokens, now))
+            credited = paced > 0 and self._on_credit(tokens)
+            wait = max(self.paused_until - now, 0.0 if credited else paced)
             pauses = self.pauses
             if wait > 0:
                 await asyncio.sleep(wait)
             if self.pauses == pauses:  # else a 429 came meanwhile: take a new place in line
-                return Ticket(time.monotonic(), load)
+                self.out += 1
+                self.out_tokens += tokens
+                # A request still unanswered may reach the server after this one: counted
+                # as sent after it, so that this one's ``remaining`` is never overspent.
+                ahead = self.in_flight - 1
+                return Ticket(time.monotonic(), load, number=self.out - ahead,
+                              charged=self.out_tokens - ahead * self.charged / self.sent,
+                              credited=credited)
+
+    def _on_credit(self, tokens: float = 0.0) -> bool:
+        """Whether the server's last word covers one more request (and its ``tokens``) of
+        every published limit now. Never past a limit the user set: ``--rpm`` may be a share
+        of a key other jobs use too."""
+        if not self.credit_trusted:
+            return False
+        if self.requests is not None and not (
+                self.request_credit is not None and not self.user_rpm
+                and self.request_credit.left(self.out + 1) >= 0):
+            return False
+        return self.tokens is None or (
+            self.token_credit is not None and not self.user_tpm
+            and self.token_credit.left(self.out_tokens + tokens) >= 0)
+
+    def _headroom(self) -> float:
+        """Requests the server's last word allows beyond the paced ones: the window makes
+        room for them."""
+        if not self._on_credit():
+            return 0.0
+        room = [] if self.request_credit is None else [self.request_credit.left(self.out)]
+        if self.token_credit is not None and self.sent:
+            room.append(self.token_credit.left(self.out_tokens) / (self.charged / self.sent))
+        return max(0.0, min(room, default=0.0))
 
     async def release(self, ticket: Ticket | None = None) -> None:
         if ticket is not None:
@@ -378,7 +460,7 @@ class Limiter:
         if self.published:
             rate = self._rate()
             if rate is not None:
-                self._window = min(self.cap, self._little(rate))
+                self._window = min(self.cap, self._little(rate) + self._headroom())
             return
         found = self.knee.fit(max(HORIZON, 16 * self.window)) if self.adaptive else None
         self.knee_at = found
@@ -426,6 +508,20 @@ class Limiter:
         inflight = rate * high
         return float(math.ceil(inflight + math.sqrt(inflight)) + 1)
 
+    def _credit(self, headers: httpx.Headers, ticket: Ticket) -> None:
+        """Keep the freshest ``remaining`` of each limit: the one told after the latest send."""
+        requests = _count(headers, "x-ratelimit-remaining-requests",
+                          "anthropic-ratelimit-requests-remaining")
+        if requests is not None and (self.request_credit is None
+                                     or ticket.number > self.request_credit.at):
+            self.request_credit = Credit(requests, ticket.number)
+        tokens = _count(headers, "x-ratelimit-remaining-tokens",
+                        "anthropic-ratelimit-tokens-remaining",
+                        "anthropic-ratelimit-input-tokens-remaining")
+        if tokens is not None and (self.token_credit is None
+                                   or ticket.charged > self.token_credit.at):
+            self.token_credit = Credit(tokens, ticket.charged)
+
     def throttled_by_server(self, headers: httpx.Headers, wait: float | None,
                             ticket: Ticket | None = None, *, limited: bool = True) -> None:
         """A 429 (``limited``) or a headerless 503: pause everyone for the server's wait.
@@ -437,6 +533,8 @@ class Limiter:
         says nothing new), as TCP cuts once per round trip (AIMD)."""
         now = time.monotonic()
         self._learn(headers, ticket)
+        if limited and ticket is not None and ticket.credited:
+            self.credit_trusted = False
         if wait:
             self.paused_until = max(self.paused_until, now + wait)
         sent = ticket.sent if ticket is not None else now - 1.0
@@ -497,13 +595,15 @@ class Limiter:
         if rpm or tpm:
             self.limits_sent = sent
         if rpm:
-            rpm = min(rpm * PACE, self.user_rpm or rpm)
+            rpm = min(rpm, self.user_rpm or rpm)
             if self.requests is None or self.requests.per_minute != rpm:
                 self.requests, self.learned = Bucket(rpm), False
         if tpm:
-            tpm = min(tpm * PACE, self.user_tpm or tpm)
+            tpm = min(tpm, self.user_tpm or tpm)
             if self.tokens is None or self.tokens.per_minute != tpm:
                 self.tokens = Bucket(tpm)
+        if ticket is not None:
+            self._credit(headers, ticket)
         remaining = headers.get("x-ratelimit-remaining-requests", "").strip()
         reset = reset_seconds(headers.get("x-ratelimit-reset-requests"))
         if remaining == "0" and reset:

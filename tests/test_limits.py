@@ -16,7 +16,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from promptbatch_sheets.limits import CAP, PACE, Bucket, Knee, Limiter, Ticket, reset_seconds
+from promptbatch_sheets.limits import CAP, Bucket, Knee, Limiter, Ticket, reset_seconds
 from tests.conftest import cli, fake_model
 from tests.fakes.llm_server import FakeLLMConfig, FakeLLMServer
 
@@ -82,7 +82,7 @@ def test_window_grows_to_what_the_headers_allow() -> None:
     headers = {"x-ratelimit-limit-requests": "6000"}  # 100 a second
     simulate(limiter, lambda load, rng: 0.5, 300, headers=headers)
     assert 50 <= limiter.window <= 70  # Little's law: 100 a second x 0.5 s, plus headroom
-    assert limiter.requests is not None and limiter.requests.per_minute == 6000 * PACE
+    assert limiter.requests is not None and limiter.requests.per_minute == 6000
     capped = Limiter(cap=20, start=8)
     simulate(capped, lambda load, rng: 0.5, 300, headers=headers)
     assert capped.window == 20  # --concurrency stays a hard cap
@@ -168,7 +168,7 @@ def test_a_headerless_429_teaches_the_rate_the_server_let_through() -> None:
         answer(limiter, 2, 0.04, sent=time.monotonic())
     assert learned * 0.9 < limiter.requests.per_minute < learned
     answer(limiter, 2, 0.04, {"x-ratelimit-limit-requests": "600"}, sent=time.monotonic())
-    assert not limiter.learned and limiter.requests.per_minute == 600 * PACE
+    assert not limiter.learned and limiter.requests.per_minute == 600
 
 
 def test_a_learned_rate_is_let_go_when_the_window_cannot_reach_it() -> None:
@@ -191,13 +191,13 @@ def test_limits_that_change_are_followed_and_old_answers_do_not_undo_it() -> Non
     before = time.monotonic()
     answer(limiter, 10, 0.5, {"x-ratelimit-limit-requests": "3000"}, sent=before)
     answer(limiter, 10, 0.5, {"x-ratelimit-limit-requests": "600"}, sent=before + 1)
-    assert limiter.requests is not None and limiter.requests.per_minute == 600 * PACE
+    assert limiter.requests is not None and limiter.requests.per_minute == 600
     # an answer to a request sent before the change still carries the old limit
     answer(limiter, 10, 2.0, {"x-ratelimit-limit-requests": "3000"}, sent=before + 0.5)
-    assert limiter.requests.per_minute == 600 * PACE
+    assert limiter.requests.per_minute == 600
     limiter.throttled_by_server(httpx.Headers({"x-ratelimit-limit-requests": "300"}), 0.1,
                                 Ticket(before + 2, 10))
-    assert limiter.requests.per_minute == 300 * PACE  # a 429 says so in a round trip
+    assert limiter.requests.per_minute == 300  # a 429 says so in a round trip
 
 
 def test_429_under_known_limits_empties_the_buckets_not_the_window() -> None:
@@ -222,7 +222,7 @@ def test_overload_pauses_without_lowering_the_rate() -> None:
     window = limiter.window
     limiter.overloaded(wait=0.2)
     assert limiter.window == window and limiter.requests is not None
-    assert limiter.requests.per_minute == 600 * PACE
+    assert limiter.requests.per_minute == 600
 
     async def timed() -> float:
         started = time.monotonic()
@@ -238,7 +238,7 @@ def test_user_caps_win_over_learned_limits() -> None:
     limiter.succeeded(httpx.Headers({"x-ratelimit-limit-requests": "10000",
                                      "anthropic-ratelimit-tokens-limit": "90000"}))
     assert limiter.requests is not None and limiter.requests.per_minute == 60
-    assert limiter.tokens is not None and limiter.tokens.per_minute == 90000 * PACE
+    assert limiter.tokens is not None and limiter.tokens.per_minute == 90000
 
 
 def test_bucket_paces_evenly_from_the_start() -> None:
