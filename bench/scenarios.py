@@ -288,14 +288,16 @@ S8_ITEMS = ["a steel water bottle", "a wool blanket", "a desk lamp", "a leather 
 
 def s8(b: Bench, rep: int, peers: bool) -> list[Result]:
     """The embedded model on this machine: 15 answers of 120 tokens, at the default and at
-    --concurrency 1, 2 and 4."""
+    --concurrency 1, 2 and 4, in a turned order from run to run."""
     work = b.folder(f"S8-run{rep}")
     book = work / "book.csv"
     book.write_text("id,name,city,topic,notes\n" + "".join(
         f'{i},"{item}",here,description,"Use at least 200 words."\n'
         for i, item in enumerate(S8_ITEMS)))
     results = []
-    for concurrency in (None, 1, 2, 4):
+    settings: list[int | None] = [None, 1, 2, 4]
+    turn = (rep - 1) % len(settings)  # each run starts with another: the first one of a run
+    for concurrency in settings[turn:] + settings[:turn]:  # also warms the model file's pages
         home = work / f"home-{concurrency}"
         run = runner.promptbatch(book, None, work / f"out-{concurrency}.csv", home, work,
                                  concurrency=concurrency,
