@@ -192,7 +192,13 @@ class Credit:
     at: float
 
     def left(self, spent: float) -> float:
+        """What is left of it once ``spent`` units in all have gone."""
         return self.remaining - (spent - self.at)
+
+    @staticmethod
+    def best(kept: Credit | None, told: Credit) -> Credit:
+        """The higher of two bounds (each holds until the limit changes)."""
+        return told if kept is None or told.left(0) > kept.left(0) else kept
 
 
 LEVEL_SAMPLES = 32
@@ -509,18 +515,18 @@ class Limiter:
         return float(math.ceil(inflight + math.sqrt(inflight)) + 1)
 
     def _credit(self, headers: httpx.Headers, ticket: Ticket) -> None:
-        """Keep the freshest ``remaining`` of each limit: the one told after the latest send."""
+        """Each ``remaining`` told, less what was sent after it, bounds what the server
+        allows now from below: keep the highest bound of each limit."""
         requests = _count(headers, "x-ratelimit-remaining-requests",
                           "anthropic-ratelimit-requests-remaining")
-        if requests is not None and (self.request_credit is None
-                                     or ticket.number > self.request_credit.at):
-            self.request_credit = Credit(requests, ticket.number)
+        if requests is not None:
+            self.request_credit = Credit.best(self.request_credit,
+                                              Credit(requests, ticket.number))
         tokens = _count(headers, "x-ratelimit-remaining-tokens",
                         "anthropic-ratelimit-tokens-remaining",
                         "anthropic-ratelimit-input-tokens-remaining")
-        if tokens is not None and (self.token_credit is None
-                                   or ticket.charged > self.token_credit.at):
-            self.token_credit = Credit(tokens, ticket.charged)
+        if tokens is not None:
+            self.token_credit = Credit.best(self.token_credit, Credit(tokens, ticket.charged))
 
     def throttled_by_server(self, headers: httpx.Headers, wait: float | None,
                             ticket: Ticket | None = None, *, limited: bool = True) -> None:
@@ -598,10 +604,11 @@ class Limiter:
             rpm = min(rpm, self.user_rpm or rpm)
             if self.requests is None or self.requests.per_minute != rpm:
                 self.requests, self.learned = Bucket(rpm), False
+                self.request_credit = None  # told under the old limit
         if tpm:
             tpm = min(tpm, self.user_tpm or tpm)
             if self.tokens is None or self.tokens.per_minute != tpm:
-                self.tokens = Bucket(tpm)
+                self.tokens, self.token_credit = Bucket(tpm), None
         if ticket is not None:
             self._credit(headers, ticket)
         remaining = headers.get("x-ratelimit-remaining-requests", "").strip()

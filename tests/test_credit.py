@@ -62,6 +62,20 @@ def test_requests_in_flight_may_reach_the_server_after_the_one_that_told() -> No
     assert sum(t.credited for t in went) == 5 - 3
 
 
+def test_a_changed_limit_drops_what_was_told_under_the_old_one() -> None:
+    async def run() -> list[Ticket]:
+        limiter = Limiter()
+        first = await limiter.acquire(10)
+        await limiter.release(first)
+        limiter.succeeded(told(50, limit=6000), first)
+        second = await limiter.acquire(10)
+        await limiter.release(second)
+        limiter.succeeded(told(1, limit=600), second)  # a lower tier now, one left of it
+        return await sends(limiter, 5)
+
+    assert sum(t.credited for t in asyncio.run(run())) == 1
+
+
 def test_a_refused_credit_ends_the_trust() -> None:
     async def run() -> list[Ticket]:
         limiter = Limiter()
