@@ -131,6 +131,10 @@ def recovery(stats: ServerStats, spec: FakeSpec) -> float | None:
     return float(over[-1] + 1) if over else 0.0
 
 
+def sdk_name(concurrency: int | None) -> str:
+    return f"openai SDK + semaphore {concurrency}"
+
+
 class Clients:
     """The clients of one scenario run: each gets a fresh server and its own folder."""
 
@@ -157,11 +161,14 @@ class Clients:
 
     def run(self, client: str, concurrency: int | None,
             go: Callable[[Path, str, int | None], runner.ClientRun]) -> Result:
-        """One client on ``rows`` rows (fewer for a peer with few requests in flight)."""
+        """One client on ``rows`` rows (fewer for a peer with few requests in flight, but
+        never for the scenario's reference: a shorter run weighs its ramp and its last
+        answers more, and the target compares the two)."""
         sc = self.scenario
         rows = sc.rows
         rate = sc.limit_rate(sc.rows)
-        if concurrency is not None and not client.startswith("promptbatch"):
+        reference = sc.sdk_every_run is not None and client == sdk_name(sc.sdk_every_run)
+        if concurrency is not None and not client.startswith("promptbatch") and not reference:
             own = concurrency / sc.mean_latency()
             if rate is None or own < rate:
                 rows = min(rows, max(100, int(PEER_SECONDS * own)))
@@ -204,7 +211,7 @@ class Clients:
         def go(book: Path, url: str, c: int | None) -> runner.ClientRun:
             return runner.baseline(book, url, self.work, c or 8, self.scenario.max_tokens)
 
-        return self.run(f"openai SDK + semaphore {concurrency}", concurrency, go)
+        return self.run(sdk_name(concurrency), concurrency, go)
 
     def promptfoo(self, concurrency: int | None) -> Result:
         def go(book: Path, url: str, c: int | None) -> runner.ClientRun:

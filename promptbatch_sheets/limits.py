@@ -180,9 +180,9 @@ class Ticket:
 @dataclass
 class Credit:
     """What a server said it still allows (``remaining`` of requests or tokens) after one
-    request, and the run's count of units sent up to that request.
+    request, and the run's count of units that surely reached it no later (``at``).
 
-    Every unit sent since was charged against it and none refilled, so what is left is never
+    Every unit sent since is charged against it and none refilled, so what is left is never
     more than the server's own count: nothing refills a fixed window before it ends, and a
     continuous bucket only refills more. Spending it is safe, and it is what lets a run use a
     bucket a provider fills before it starts (a full minute's allowance) or the rest of a
@@ -405,7 +405,7 @@ class Limiter:
                               credited=credited)
 
     def _on_credit(self, tokens: float = 0.0) -> bool:
-        """Whether the server's last word covers one more request (and its ``tokens``) of
+        """Whether what the server told covers one more request (and its ``tokens``) of
         every published limit now. Never past a limit the user set: ``--rpm`` may be a share
         of a key other jobs use too."""
         if not self.credit_trusted:
@@ -419,8 +419,8 @@ class Limiter:
             and self.token_credit.left(self.out_tokens + tokens) >= 0)
 
     def _headroom(self) -> float:
-        """Requests the server's last word allows beyond the paced ones: the window makes
-        room for them."""
+        """Requests what the server told allows beyond the paced ones: the window makes room
+        for them."""
         if not self._on_credit():
             return 0.0
         room = [] if self.request_credit is None else [self.request_credit.left(self.out)]
