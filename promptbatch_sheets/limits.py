@@ -217,6 +217,9 @@ class Knee:
         self.at_lowest = False
         """Whether the last knee found lies at the least load kept: every answer may have been
         past it, and the real knee may be lower still."""
+        self.above: float | None = None
+        """With a knee at the least load: the best knee above it, had it fitted markedly
+        better than one below every load kept. It stands if the least load did not queue."""
         self.bottom = 0.0
         """Mean latency at the least load kept, at the last fit: past a knee only if markedly
         slower than the quickest answers (a hinge cannot tell a knee at the least load from
@@ -256,11 +259,13 @@ class Knee:
             if sse < best:
                 best, knee, base = sse, k, a
         margin = SIGNIFICANCE * max(best, 1e-9) / max(1, total - 2)
+        self.above = None
         if (knee is not None and xs[-1] - knee >= MIN_RISE and free - best >= margin
-                and (knee <= xs[1] or lowest - best >= margin)
                 and self._borne_out(levels, xs, knee, base)):
-            self.at_lowest = knee == xs[0]
-            return math.exp(knee)
+            if knee <= xs[1] or lowest - best >= margin:
+                self.at_lowest = knee == xs[0]
+                return math.exp(knee)
+            self.above = math.exp(knee)
         # A knee above the lowest loads kept that fits no better than one below them all is
         # noise on a queue (the answers to a probe below waited behind the window before it):
         # if the knee below them all fits markedly better than none, every load kept queues,
@@ -277,7 +282,7 @@ class Knee:
         count = sum(len(v.points) for v, _ in top)
         risen = sum(v.sy for v, _ in top) / count - base
         said = sum(len(v.points) * (x - knee) for v, x in top) / count
-        return risen >= said / 2
+        return risen >= 0.75 * said
 
 
 class Limiter:
@@ -325,6 +330,7 @@ class Limiter:
         have drained (one latency later): requests sent before then waited in it, so their
         latency is the old load's, not the one they were sent at, and would hide the knee."""
         self.fitted = 0
+        self.looked_below = -HORIZON
         """How many answers the knee had filed at the last fit: with none since, the window
         holds (a decision on the same answers would repeat the last one, cut on cut)."""
         self.charged = 0.0
@@ -426,12 +432,20 @@ class Limiter:
             target = max(target + max(1, target // 4), math.ceil(found * math.exp(MIN_RISE)))
         elif phase == 1:  # below the least load kept too, if the knee may lie there
             target -= max(1, target // 4)
-            if self.knee.at_lowest:
+            if self.knee.at_lowest and found <= lowest and self._look_below():
                 target = min(target, int(0.75 * lowest))
             # it lasts until the requests it cut are answered, then for its own answers: none
             # is sent at the lower load before then
             self.since_update = min(0, target - self.window)
         self._window = float(max(1, min(self.cap, target)))
+
+    def _look_below(self) -> bool:
+        """Whether to probe below the least load kept: once a horizon of answers, as long as
+        the answers it brings stay in the fit (each costs a slot left idle while it lasts)."""
+        if self.knee.count - self.looked_below < HORIZON:
+            return False
+        self.looked_below = self.knee.count
+        return True
 
     def _slots(self, lowest: float) -> float:
         """The knee when every load kept may be past it (a hinge cannot tell a knee at the
@@ -443,6 +457,8 @@ class Limiter:
         if not ordered:
             return max(1.0, lowest / 2)
         quick = ordered[len(ordered) // 10]
+        if self.knee.above is not None and self.knee.bottom <= quick * math.exp(MIN_RISE):
+            return self.knee.above  # the least load did not queue: the knee above it stands
         return max(1.0, lowest * min(1.0, quick / self.knee.bottom))
 
     def _grow(self) -> None:
