@@ -217,9 +217,6 @@ class Knee:
         self.at_lowest = False
         """Whether the last knee found lies at the least load kept: every answer may have been
         past it, and the real knee may be lower still."""
-        self.above: float | None = None
-        """With a knee at the least load: the best knee above it, had it fitted markedly
-        better than one below every load kept. It stands if the least load did not queue."""
         self.bottom = 0.0
         """Mean latency at the least load kept, at the last fit: past a knee only if markedly
         slower than the quickest answers (a hinge cannot tell a knee at the least load from
@@ -259,13 +256,11 @@ class Knee:
             if sse < best:
                 best, knee, base = sse, k, a
         margin = SIGNIFICANCE * max(best, 1e-9) / max(1, total - 2)
-        self.above = None
         if (knee is not None and xs[-1] - knee >= MIN_RISE and free - best >= margin
+                and (knee <= xs[1] or lowest - best >= margin)
                 and self._borne_out(levels, xs, knee, base)):
-            if knee <= xs[1] or lowest - best >= margin:
-                self.at_lowest = knee == xs[0]
-                return math.exp(knee)
-            self.above = math.exp(knee)
+            self.at_lowest = knee == xs[0]
+            return math.exp(knee)
         # A knee above the lowest loads kept that fits no better than one below them all is
         # noise on a queue (the answers to a probe below waited behind the window before it):
         # if the knee below them all fits markedly better than none, every load kept queues,
@@ -410,7 +405,7 @@ class Limiter:
             if rate is not None:
                 self._window = min(self.cap, self._little(rate))
             return
-        if self.knee.count == self.fitted:  # nothing filed since (a cut's queue drains)
+        if self.adaptive and self.knee.count == self.fitted:  # none filed (a queue drains)
             return
         self.fitted = self.knee.count
         found = self.knee.fit(max(HORIZON, 16 * self.window)) if self.adaptive else None
@@ -457,8 +452,6 @@ class Limiter:
         if not ordered:
             return max(1.0, lowest / 2)
         quick = ordered[len(ordered) // 10]
-        if self.knee.above is not None and self.knee.bottom <= quick * math.exp(MIN_RISE):
-            return self.knee.above  # the least load did not queue: the knee above it stands
         return max(1.0, lowest * min(1.0, quick / self.knee.bottom))
 
     def _grow(self) -> None:

@@ -118,8 +118,8 @@ def test_window_follows_a_knee_that_moves() -> None:
 class Watched(Limiter):
     """A limiter that notes the knee it holds after each answer."""
 
-    def __init__(self, **options: int) -> None:
-        super().__init__(**options)
+    def __init__(self, start: int) -> None:
+        super().__init__(start=start)
         self.knees: list[float | None] = []
 
     def succeeded(self, headers: httpx.Headers, ticket: Ticket | None = None) -> None:
