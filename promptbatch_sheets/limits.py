@@ -17,8 +17,12 @@ as at 4; one with N slots and a queue answers in proportion to the requests beyo
 least-squares fit of a hinge finds, spread or not (the first wave is left out: it also waited
 for its connections). The window grows
 fast while no knee shows (slow start: ``GROWTH`` more for each answer), settles one step above
-a knee, and every ``PROBE_EVERY`` updates probes a quarter above it and a quarter below (as BBR
-probes for bandwidth), so that a knee that moved either way is found again from fresh answers.
+a knee, and every ``PROBE_EVERY`` updates probes above it (as far as a knee must show its rise,
+or the knee is lost from the answers) and a quarter below (as BBR probes for bandwidth), so
+that a knee that moved either way is found again from fresh answers. A hinge cannot tell a
+knee at the least load kept from one below it; the run's quick answers can (TCP Vegas: past N
+slots latency grows as load / N), so such a knee is scaled by how much slower its answers came,
+not halved past the slots, and once a horizon the window looks below the least load.
 A 503 halves the window, once per burst, and growth past that point is by one per window of
 answers (TCP's slow-start threshold and AIMD). A 429 from a server that publishes no limits
 says there is one all the same: the rate of the answers it let through in the seconds before

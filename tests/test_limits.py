@@ -168,6 +168,22 @@ def test_knee_fit_ignores_spread_but_finds_slots() -> None:
     assert knee is not None and 5 <= knee <= 12
 
 
+def test_a_moment_of_slow_answers_at_the_top_is_no_knee() -> None:
+    """A free server at 256 in flight answers some 300 rows a second; slow start passed the
+    loads below in a few answers each. A moment (40 answers, a seventh of a second) when the
+    client's machine was busy doubles those answers' latency: that is no knee, and the window
+    must not be cut (it was, to about 140, in a bench run: a level kept only its last 32
+    answers, a moment's worth at that load)."""
+    for seed in range(10):
+        rng = random.Random(seed)
+        knee = Knee()
+        for load in [*range(1, 32), *range(32, 257, 4)]:
+            knee.add(load, rng.lognormvariate(math.log(0.8), 0.5))
+        for i in range(300):
+            knee.add(256, rng.lognormvariate(math.log(0.8), 0.5) * (2.0 if i >= 260 else 1.0))
+        assert knee.fit(4096) is None
+
+
 def test_a_knee_below_every_load_kept_is_looked_for() -> None:
     """After a first wave far past a 4-slot server, every load the window visits may queue,
     over a range too narrow for a hinge: the knee lies below them all."""
