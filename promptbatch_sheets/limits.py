@@ -222,9 +222,10 @@ class Knee:
         """Whether the last knee found lies at the least load kept: every answer may have been
         past it, and the real knee may be lower still."""
         self.bottom = 0.0
-        """Mean latency at the least load kept, at the last fit: past a knee only if markedly
-        slower than the quickest answers (a hinge cannot tell a knee at the least load from
-        one below it; the latency a server answers in when it has room can)."""
+        """Mean latency at the least load kept, at the last fit: how much slower it came than
+        the run's quick answers says how far past the slots that load is (a hinge cannot tell
+        a knee at the least load from one below it; the latency a server answers in when it
+        has room can)."""
 
     def add(self, load: int, latency: float) -> None:
         self.count += 1
@@ -275,8 +276,10 @@ class Knee:
     @staticmethod
     def _borne_out(levels: list[_Level], xs: list[float], knee: float, base: float) -> bool:
         """Whether the answers at the top of the loads (``MIN_RISE`` past the knee) rose at
-        least half as much as the hinge says: a queue's do, all of them; a fit pulled by a few
-        slow levels elsewhere (noise, a moment's hiccup) has them near the flat part."""
+        least three quarters as much as the hinge says: past a real knee latency rises as
+        fast as load (more in flight buys no more rows a second); a fit pulled by a few slow
+        levels elsewhere (noise, a moment's hiccup) has the top near the flat part, and where
+        latency rises slower than load, more in flight still buys rate."""
         top = [(v, x) for v, x in zip(levels, xs, strict=True) if x - knee >= MIN_RISE]
         count = sum(len(v.points) for v, _ in top)
         risen = sum(v.sy for v, _ in top) / count - base
@@ -329,9 +332,10 @@ class Limiter:
         have drained (one latency later): requests sent before then waited in it, so their
         latency is the old load's, not the one they were sent at, and would hide the knee."""
         self.fitted = 0
-        self.looked_below = -HORIZON
         """How many answers the knee had filed at the last fit: with none since, the window
         holds (a decision on the same answers would repeat the last one, cut on cut)."""
+        self.looked_below = -HORIZON
+        """How many answers the knee had filed at the last probe below the least load."""
         self.charged = 0.0
         self.sent = 0
         self.since_update = 0
