@@ -21,8 +21,12 @@ as at 4; one with N slots and a queue answers in proportion to the requests beyo
 least-squares fit of a hinge finds, spread or not (the first wave is left out: it also waited
 for its connections). The window grows
 fast while no knee shows (slow start: ``GROWTH`` more for each answer), settles one step above
-a knee, and every ``PROBE_EVERY`` updates probes a quarter above it and a quarter below (as BBR
-probes for bandwidth), so that a knee that moved either way is found again from fresh answers.
+a knee, and every ``PROBE_EVERY`` updates probes above it (as far as a knee must show its rise,
+or the knee is lost from the answers) and a quarter below (as BBR probes for bandwidth), so
+that a knee that moved either way is found again from fresh answers. A hinge cannot tell a
+knee at the least load kept from one below it; the run's quick answers can (TCP Vegas: past N
+slots latency grows as load / N), so such a knee is scaled by how much slower its answers came,
+not halved past the slots, and once a horizon the window looks below the least load.
 A 503 halves the window, once per burst, and growth past that point is by one per window of
 answers (TCP's slow-start threshold and AIMD). A 429 from a server that publishes no limits
 says there is one all the same: the rate of the answers it let through in the seconds before
@@ -202,8 +206,10 @@ class Credit:
 
 
 LEVEL_SAMPLES = 32
-"""Latencies kept per level of load: enough to average a model's spread, few enough that a
-changed server shows within a window or two."""
+"""Latencies kept per level of load (or a round trip's, the load, if more): enough to average
+a model's spread, few enough that a changed server shows within a window or two. Fewer than a
+round trip's would be a moment's answers: with 256 in flight, 32 answers come back within a
+tenth of a second, and a hiccup of the client's machine would read as a rise at that load."""
 HORIZON = 256
 """Answers the knee is judged on (at least 16 windows' worth): an older one may describe a
 server that has since changed."""
@@ -229,8 +235,8 @@ class _Level:
         self.points: deque[tuple[float, float, int]] = deque()
         self.sx = self.sy = self.syy = 0.0
 
-    def add(self, x: float, y: float, stamp: int) -> None:
-        if len(self.points) == LEVEL_SAMPLES:
+    def add(self, x: float, y: float, stamp: int, keep: int) -> None:
+        while len(self.points) >= keep:
             self._drop()
         self.points.append((x, y, stamp))
         self.sx, self.sy, self.syy = self.sx + x, self.sy + y, self.syy + y * y
@@ -257,13 +263,19 @@ class Knee:
         self.levels: dict[int, _Level] = {}
         self.count = 0
         self.at_lowest = False
-        """Whether the last knee found lies at the least load kept: every answer was past it,
-        and the real knee may be lower still."""
+        """Whether the last knee found lies at the least load kept: every answer may have been
+        past it, and the real knee may be lower still."""
+        self.bottom = 0.0
+        """Mean latency at the least load kept, at the last fit: how much slower it came than
+        the run's quick answers says how far past the slots that load is (a hinge cannot tell
+        a knee at the least load from one below it; the latency a server answers in when it
+        has room can)."""
 
     def add(self, load: int, latency: float) -> None:
         self.count += 1
         level = self.levels.setdefault(_level(load), _Level())
-        level.add(math.log(max(1, load)), math.log(max(latency, 1e-4)), self.count)
+        level.add(math.log(max(1, load)), math.log(max(latency, 1e-4)), self.count,
+                  max(LEVEL_SAMPLES, load))
 
     def fit(self, horizon: int) -> float | None:
         """The number of requests the server takes without queueing, judged on the last
@@ -276,10 +288,11 @@ class Knee:
         if total < MIN_SAMPLES:
             return None
         xs = [v.sx / c for v, c in zip(levels, counts, strict=True)]
+        self.bottom = math.exp(levels[0].sy / counts[0])
         sy = sum(v.sy for v in levels)
         syy = sum(v.syy for v in levels)
         free = syy - sy * sy / total
-        best, knee = free, None
+        best, knee, base = free, None, 0.0
         lowest = free  # the fit of a knee below every load kept: all of them queue
         between = [(a + b) / 2 for a, b in itertools.pairwise(xs)]
         for k in sorted(xs[:-1] + between):
@@ -290,10 +303,11 @@ class Knee:
             if k == xs[0]:
                 lowest = sse
             if sse < best:
-                best, knee = sse, k
+                best, knee, base = sse, k, a
         margin = SIGNIFICANCE * max(best, 1e-9) / max(1, total - 2)
         if (knee is not None and xs[-1] - knee >= MIN_RISE and free - best >= margin
-                and (knee <= xs[1] or lowest - best >= margin)):
+                and (knee <= xs[1] or lowest - best >= margin)
+                and self._borne_out(levels, xs, knee, base)):
             self.at_lowest = knee == xs[0]
             return math.exp(knee)
         # A knee above the lowest loads kept that fits no better than one below them all is
@@ -302,6 +316,19 @@ class Knee:
         # however narrow their range.
         self.at_lowest = free - lowest >= margin
         return math.exp(xs[0]) if self.at_lowest else None
+
+    @staticmethod
+    def _borne_out(levels: list[_Level], xs: list[float], knee: float, base: float) -> bool:
+        """Whether the answers at the top of the loads (``MIN_RISE`` past the knee) rose at
+        least three quarters as much as the hinge says: past a real knee latency rises as
+        fast as load (more in flight buys no more rows a second); a fit pulled by a few slow
+        levels elsewhere (noise, a moment's hiccup) has the top near the flat part, and where
+        latency rises slower than load, more in flight still buys rate."""
+        top = [(v, x) for v, x in zip(levels, xs, strict=True) if x - knee >= MIN_RISE]
+        count = sum(len(v.points) for v, _ in top)
+        risen = sum(v.sy for v, _ in top) / count - base
+        said = sum(len(v.points) * (x - knee) for v, x in top) / count
+        return risen >= 0.75 * said
 
 
 class Limiter:
@@ -337,9 +364,10 @@ class Limiter:
         self.knee = Knee()
         self.knee_at: float | None = None
         self.answered_load = 0
-        """The most requests in flight that one answer was sent with: slow start goes no
-        further than twice that (or twice the start), so it never outruns what the answers
-        have shown."""
+        """The most requests in flight that one filed answer was sent with: slow start goes
+        no further than twice that, and not past the start before one is filed (the first
+        wave's answers also waited for connections and say nothing of the server's queue), so
+        it never outruns what the answers have shown."""
         self.first_answer: float | None = None
         """When the first answer came: requests sent before it also waited for connections to
         open, so their latency does not describe the server's queue."""
@@ -347,6 +375,11 @@ class Limiter:
         """After a cut of the window, when the queue the old window built at the server will
         have drained (one latency later): requests sent before then waited in it, so their
         latency is the old load's, not the one they were sent at, and would hide the knee."""
+        self.fitted = 0
+        """How many answers the knee had filed at the last fit: with none since, the window
+        holds (a decision on the same answers would repeat the last one, cut on cut)."""
+        self.looked_below = -HORIZON
+        """How many answers the knee had filed at the last probe below the least load."""
         self.charged = 0.0
         self.sent = 0
         self.out = 0
@@ -468,30 +501,59 @@ class Limiter:
             if rate is not None:
                 self._window = min(self.cap, self._little(rate) + self._headroom())
             return
+        if self.adaptive and self.knee.count == self.fitted:  # none filed (a queue drains)
+            return
+        self.fitted = self.knee.count
         found = self.knee.fit(max(HORIZON, 16 * self.window)) if self.adaptive else None
         self.knee_at = found
         if found is None:
             if busy:
                 self._grow()
             return
-        if self.knee.at_lowest:  # every answer is past the knee: look lower
-            target = max(1, int(found / 2))
-        else:
-            target = int(found) + max(1, int(found / 8))
+        lowest = found
+        if self.knee.at_lowest:
+            found = self._slots(lowest)
+        target = round(found) + max(1, int(found / 8))
         self.threshold = float(target)  # a knee is a limit too: past it, grow by one at a time
         if target < DRAIN_CUT * self._window and self.latencies:  # not a probe: a real cut
             self.drained = now + statistics.median(self.latencies)
         phase = self.updates % PROBE_EVERY
         if phase == 0:  # probe above the knee, then below it, to find it again if it moved
-            target += max(1, target // 4)
-        elif phase == 1:
+            # as far above as a knee must show its rise, or the knee is lost from the answers
+            target = max(target + max(1, target // 4), math.ceil(found * math.exp(MIN_RISE)))
+        elif phase == 1:  # below the least load kept too, if the knee may lie there
             target -= max(1, target // 4)
+            if self.knee.at_lowest and found <= lowest and self._look_below():
+                target = min(target, int(0.75 * lowest))
+            # it lasts until the requests it cut are answered, then for its own answers: none
+            # is sent at the lower load before then
+            self.since_update = min(0, target - self.window)
         self._window = float(max(1, min(self.cap, target)))
+
+    def _look_below(self) -> bool:
+        """Whether to probe below the least load kept: once a horizon of answers, as long as
+        the answers it brings stay in the fit (each costs a slot left idle while it lasts)."""
+        if self.knee.count - self.looked_below < HORIZON:
+            return False
+        self.looked_below = self.knee.count
+        return True
+
+    def _slots(self, lowest: float) -> float:
+        """The knee when every load kept may be past it (a hinge cannot tell a knee at the
+        least load from one below it): the least load, scaled by how much slower its answers
+        were than the run's quick ones, as TCP Vegas reads a queue from the base round trip
+        (past N slots latency grows as load / N). The quick ones are the recent answers' tenth
+        percentile, not their fastest: a model's spread has outliers either way."""
+        ordered = sorted(self.latencies)
+        if not ordered:
+            return max(1.0, lowest / 2)
+        quick = ordered[len(ordered) // 10]
+        return max(1.0, lowest * min(1.0, quick / self.knee.bottom))
 
     def _grow(self) -> None:
         """Fast below the threshold (no 429 or 503 yet), by one per window above it."""
         if self._window < self.threshold and self.adaptive:
-            seen = 2.0 * max(self.answered_load, self.start)
+            seen = 2.0 * self.answered_load if self.answered_load else self.start
             self._window = max(self._window, min(self.cap, self._window + GROWTH, seen))
         else:
             self._window = min(float(self.cap), self._window + 1 / self._window)
