@@ -5,9 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import csv
-import os
-import subprocess
-import time
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -16,7 +13,7 @@ import pytest
 
 from promptbatch_sheets.limits import Limiter, Ticket
 from tests.conftest import cli
-from tests.test_llmock import LLMOCK, free_port
+from tests.test_llmock import llmock
 
 
 def told(remaining: int, limit: int = 60) -> httpx.Headers:
@@ -106,26 +103,8 @@ def test_the_users_rpm_is_never_passed_on_credit() -> None:
 def full_bucket() -> Iterator[str]:
     """llmock (not ours) at 600 requests a minute, its bucket full at the start, as
     providers' are: 0.2 s answers."""
-    port = free_port()
-    proc = subprocess.Popen(
-        [str(LLMOCK), "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level",
-         "warning", "--response-style", "echo", "--latency-ms", "200", "--rpm", "600"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "NO_COLOR": "1"})
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 20
-        while True:
-            try:
-                httpx.get(f"{url}/_llmock/scenario", timeout=1)
-                break
-            except httpx.TransportError:
-                if time.monotonic() > deadline or proc.poll() is not None:
-                    raise RuntimeError("llmock did not start") from None
-                time.sleep(0.1)
+    with llmock("--latency-ms", "200", "--rpm", "600") as url:
         yield url
-    finally:
-        proc.terminate()
-        proc.wait(10)
 
 
 def test_a_full_bucket_is_spent_at_the_speed_it_allows(tmp_path: Path, full_bucket: str,

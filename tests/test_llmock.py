@@ -10,6 +10,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -26,14 +27,13 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-@pytest.fixture
-def llmock_url() -> Iterator[str]:
-    """llmock serving on 127.0.0.1 with 20% 429s and 10% 500s, answers echoing the prompt."""
+@contextmanager
+def llmock(*flags: str) -> Iterator[str]:
+    """``llmock serve`` on 127.0.0.1 with ``flags``, answers echoing the prompt; its URL."""
     port = free_port()
     proc = subprocess.Popen(
         [str(LLMOCK), "serve", "--host", "127.0.0.1", "--port", str(port), "--log-level",
-         "warning", "--response-style", "echo", "--error-rate", "429=0.2",
-         "--error-rate", "500=0.1"],
+         "warning", "--response-style", "echo", *flags],
         stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env={**os.environ, "NO_COLOR": "1"},
     )
     url = f"http://127.0.0.1:{port}"
@@ -51,6 +51,13 @@ def llmock_url() -> Iterator[str]:
     finally:
         proc.terminate()
         proc.wait(10)
+
+
+@pytest.fixture
+def llmock_url() -> Iterator[str]:
+    """llmock with 20% 429s and 10% 500s."""
+    with llmock("--error-rate", "429=0.2", "--error-rate", "500=0.1") as url:
+        yield url
 
 
 def test_openai_and_anthropic_runs_survive_llmock_chaos(
