@@ -183,8 +183,8 @@ def merge(new: list[dict[str, Any]], order: list[str]) -> list[dict[str, Any]]:
 def write_markdown(results: list[dict[str, Any]], command: str, some: list[str] | None) -> None:
     """Rewrite the generated part of RESULTS.md; ``some`` are the scenarios this command ran
     when it ran only some (the others' figures are from an earlier run)."""
-    ran = (f"Command: `{command}` for {', '.join(some)}; the other scenarios are from an "
-           "earlier `make bench` (`.venv/bin/python -m bench`)." if some else
+    ran = (f"Command: `{command}` for {', '.join(some)}; the other scenarios are from "
+           "earlier runs of `.venv/bin/python -m bench` (the notes below say which)." if some else
            f"Command: `{command}` (what `make bench` runs).")
     generated = "\n".join([
         BEGIN, "", f"Machine: {machine()}.",
