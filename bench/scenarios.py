@@ -303,8 +303,8 @@ def s8(b: Bench, rep: int, peers: bool) -> list[Result]:
         for i, item in enumerate(S8_ITEMS)))
     results = []
     settings: list[int | None] = [None, 1, 2, 4]
-    turn = (rep - 1) % len(settings)  # each run starts with another: the first one of a run
-    for concurrency in settings[turn:] + settings[:turn]:  # also warms the model file's pages
+    turn = (rep - 1) % len(settings)  # another goes first in each run: the first one also
+    for concurrency in settings[turn:] + settings[:turn]:  # warms the model file's pages
         home = work / f"home-{concurrency}"
         run = runner.promptbatch(book, None, work / f"out-{concurrency}.csv", home, work,
                                  concurrency=concurrency,
