@@ -378,6 +378,12 @@ class Limiter:
         self.fitted = 0
         """How many answers the knee had filed at the last fit: with none since, the window
         holds (a decision on the same answers would repeat the last one, cut on cut)."""
+        self.quick = math.inf
+        """The run's base latency, as TCP Vegas keeps the least round trip of a connection:
+        the lowest tenth percentile of the recent answers seen at any fit (not their fastest:
+        a model's spread has outliers either way). Not the recent ones' alone: once every
+        recent answer waited in the queue, they are no base, and a window 50 deep in a 4-slot
+        server's queue read its own queue as the slots and stayed there."""
         self.looked_below = -HORIZON
         """How many answers the knee had filed at the last probe below the least load."""
         self.charged = 0.0
@@ -504,6 +510,9 @@ class Limiter:
         if self.adaptive and self.knee.count == self.fitted:  # none filed (a queue drains)
             return
         self.fitted = self.knee.count
+        if self.latencies:
+            ordered = sorted(self.latencies)
+            self.quick = min(self.quick, ordered[len(ordered) // 10])
         found = self.knee.fit(max(HORIZON, 16 * self.window)) if self.adaptive else None
         self.knee_at = found
         if found is None:
@@ -542,13 +551,10 @@ class Limiter:
         """The knee when every load kept may be past it (a hinge cannot tell a knee at the
         least load from one below it): the least load, scaled by how much slower its answers
         were than the run's quick ones, as TCP Vegas reads a queue from the base round trip
-        (past N slots latency grows as load / N). The quick ones are the recent answers' tenth
-        percentile, not their fastest: a model's spread has outliers either way."""
-        ordered = sorted(self.latencies)
-        if not ordered:
+        (past N slots latency grows as load / N)."""
+        if self.quick == math.inf:
             return max(1.0, lowest / 2)
-        quick = ordered[len(ordered) // 10]
-        return max(1.0, lowest * min(1.0, quick / self.knee.bottom))
+        return max(1.0, lowest * min(1.0, self.quick / self.knee.bottom))
 
     def _grow(self) -> None:
         """Fast below the threshold (no 429 or 503 yet), by one per window above it."""
