@@ -8,8 +8,11 @@ latency this run measures: in flight = rate x latency, taken at its 90th percent
 spread, plus a square root of headroom (as Envoy's adaptive concurrency filter adds). The
 buckets pace at the whole limit, and what the server says still ``remaining`` (``Credit``)
 may go at once, beyond the pace: a provider whose bucket is full when a run starts (a
-minute's allowance) is used at the speed it allows, not at a minute's average. The first
-request sent on that credit that the server refuses ends the trust in it for the run.
+minute's allowance) is used at the speed it allows, not at a minute's average. Where the
+headers show a bucket refilling at its limit (``Bucket.refills``), what went on that credit
+is no charge on the pace, so a run that empties it goes on at the limit's pace at once; where
+they show fixed slices, it is charged, and the pace holds the rest back to the next slice. The
+first request sent on that credit that the server refuses ends the trust in it for the run.
 
 Where it does not (Ollama, vLLM, llama.cpp, LM Studio), the window looks for the knee of the
 server's latency against the requests in flight, as adaptive concurrency limiters do (TCP
@@ -91,6 +94,17 @@ class Bucket:
     per_minute: float
     level: float = 0.0
     stamp: float = 0.0
+    refills: bool = False
+    """Whether the server's headers describe its own bucket refilling at this rate (the time
+    until full is what its missing units take): a request it let go on its own ``remaining``
+    is then no charge on this one, and emptying it costs a run no more than its refill. A
+    server counting in fixed slices must wait for the next slice instead: there what went on
+    its count is charged, and the pace holds the rest back."""
+
+    def refund(self, units: float) -> None:
+        """Give back what a request the server's own count let go was charged."""
+        if self.refills:
+            self.level += units
 
     def wait_for(self, units: float, now: float) -> float:
         """Seconds until ``units`` are available; takes them (possibly into debt) at once."""
@@ -142,6 +156,22 @@ def _limit(headers: httpx.Headers, *names: str) -> float | None:
     """A published limit, no lower than ``MIN_PER_MINUTE``."""
     number = _number(headers, *names)
     return None if number is None else max(MIN_PER_MINUTE, number)
+
+
+def _refilling(headers: httpx.Headers, kind: str, remaining: float) -> bool:
+    """Whether the server's bucket for ``kind`` (requests or tokens) refills continuously at
+    its limit, not in slices: Anthropic documents its limits so; OpenAI's ``reset`` (the time
+    until the limit is whole again) then is what the missing units take to refill, within a
+    unit's refill (``remaining`` is rounded down), a twentieth and the format's rounding."""
+    if any(name.startswith("anthropic-ratelimit-") for name in headers):
+        return True
+    limit = _limit(headers, f"x-ratelimit-limit-{kind}")
+    reset = reset_seconds(headers.get(f"x-ratelimit-reset-{kind}"))
+    if limit is None or reset is None:
+        return False
+    unit = 60 / limit
+    expected = (limit - remaining) * unit
+    return abs(reset - expected) <= unit + 0.05 * expected + 0.01
 
 
 def _count(headers: httpx.Headers, *names: str) -> float | None:
@@ -439,6 +469,10 @@ class Limiter:
                 # A request still unanswered may reach the server after this one: counted
                 # as sent after it, so that this one's ``remaining`` is never overspent.
                 ahead = self.in_flight - 1
+                if credited:
+                    for bucket, units in ((self.requests, 1.0), (self.tokens, tokens)):
+                        if bucket is not None:
+                            bucket.refund(units)
                 return Ticket(time.monotonic(), load, number=self.out - ahead,
                               charged=self.out_tokens - ahead * self.charged / self.sent,
                               credited=credited)
@@ -590,11 +624,15 @@ class Limiter:
         if requests is not None:
             self.request_credit = Credit.best(self.request_credit,
                                               Credit(requests, ticket.number))
+            if self.requests is not None:
+                self.requests.refills = _refilling(headers, "requests", requests)
         tokens = _count(headers, "x-ratelimit-remaining-tokens",
                         "anthropic-ratelimit-tokens-remaining",
                         "anthropic-ratelimit-input-tokens-remaining")
         if tokens is not None:
             self.token_credit = Credit.best(self.token_credit, Credit(tokens, ticket.charged))
+            if self.tokens is not None:
+                self.tokens.refills = _refilling(headers, "tokens", tokens)
 
     def throttled_by_server(self, headers: httpx.Headers, wait: float | None,
                             ticket: Ticket | None = None, *, limited: bool = True) -> None:
@@ -679,8 +717,10 @@ class Limiter:
                 self.tokens, self.token_credit = Bucket(tpm), None
         if ticket is not None:
             self._credit(headers, ticket)
+        # Nothing left until a slice ends (``reset`` after the request was counted): for a
+        # bucket refilling at its limit, the time until it is whole again is no pause, and
+        # the pace sends the next request when one unit is back.
         remaining = headers.get("x-ratelimit-remaining-requests", "").strip()
         reset = reset_seconds(headers.get("x-ratelimit-reset-requests"))
-        if remaining == "0" and reset:
-            self.paused_until = max(self.paused_until,
-                                    time.monotonic() + min(reset, MAX_RESET_PAUSE))
+        if remaining == "0" and reset and not (self.requests and self.requests.refills):
+            self.paused_until = max(self.paused_until, sent + min(reset, MAX_RESET_PAUSE))
