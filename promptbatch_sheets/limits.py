@@ -23,10 +23,13 @@ for its connections). The window grows
 fast while no knee shows (slow start: ``GROWTH`` more for each answer), settles one step above
 a knee, and every ``PROBE_EVERY`` updates probes above it (as far as a knee must show its rise,
 or the knee is lost from the answers) and a quarter below (as BBR probes for bandwidth), so
-that a knee that moved either way is found again from fresh answers. A hinge cannot tell a
-knee at the least load kept from one below it; the run's quick answers can (TCP Vegas: past N
-slots latency grows as load / N), so such a knee is scaled by how much slower its answers came,
-not halved past the slots, and once a horizon the window looks below the least load.
+that a knee that moved either way is found again from fresh answers. A probe below sends only
+``PROBE_SENDS`` requests at the lower load: each costs a slot left idle while the client turns
+an answer round, and its level keeps answers over many probes. A hinge cannot tell a knee at
+the least load kept from one below it, nor, over a narrow range, from one above it; the run's
+quick answers can (TCP Vegas: past N slots latency grows as load / N), so such a knee is read
+from how much slower each load's answers came, not halved past the slots, and once a horizon,
+if the least load queued, the window looks below it.
 A 503 halves the window, once per burst, and growth past that point is by one per window of
 answers (TCP's slow-start threshold and AIMD). A 429 from a server that publishes no limits
 says there is one all the same: the rate of the answers it let through in the seconds before
@@ -64,6 +67,11 @@ GROWTH = 4
 """Slow start: the window grows by this much per answer while latency shows no knee."""
 PROBE_EVERY = 8
 """Window updates between probes above a knee."""
+PROBE_SENDS = 2
+"""Requests a probe below sends at the lower load before the window goes back: each is
+answered as it would be with the knee there, and their level keeps ``LEVEL_SAMPLES`` over the
+probes, so a few a probe suffice; every one costs a slot left idle while the client turns an
+answer into the next request."""
 DRAIN_CUT = 0.7
 """A window cut below this share of itself is more than a probe: the answers sent in the next
 latency are not filed (they queued behind the old window's requests)."""
@@ -265,11 +273,6 @@ class Knee:
         self.at_lowest = False
         """Whether the last knee found lies at the least load kept: every answer may have been
         past it, and the real knee may be lower still."""
-        self.bottom = 0.0
-        """Mean latency at the least load kept, at the last fit: how much slower it came than
-        the run's quick answers says how far past the slots that load is (a hinge cannot tell
-        a knee at the least load from one below it; the latency a server answers in when it
-        has room can)."""
 
     def add(self, load: int, latency: float) -> None:
         self.count += 1
@@ -288,7 +291,6 @@ class Knee:
         if total < MIN_SAMPLES:
             return None
         xs = [v.sx / c for v, c in zip(levels, counts, strict=True)]
-        self.bottom = math.exp(levels[0].sy / counts[0])
         sy = sum(v.sy for v in levels)
         syy = sum(v.syy for v in levels)
         free = syy - sy * sy / total
@@ -316,6 +318,26 @@ class Knee:
         # however narrow their range.
         self.at_lowest = free - lowest >= margin
         return math.exp(xs[0]) if self.at_lowest else None
+
+    def vegas(self, quick: float) -> float:
+        """The slots as TCP Vegas reads them from the base latency ``quick``: load x quick /
+        its latency, at each load kept at the last fit from the least up. Past N slots latency
+        grows as load / N, so a level past them reads N; one with room reads its own load. A
+        hinge cannot tell a knee at the least load from one below it, nor, over a narrow range,
+        from one above it: the levels that came at the base latency can. The reading goes up
+        the levels while each has less than one request queued (Vegas' alpha) and stops at the
+        first that queues: a level further up says nothing of now. A level with fewer than
+        ``MIN_SAMPLES`` answers is read only if no level has more: a few answers sent at a low
+        load while the window's older requests still queued came as slow as those."""
+        kept = [v for _, v in sorted(self.levels.items()) if v.points]
+        best = 0.0
+        for level in [v for v in kept if len(v.points) >= MIN_SAMPLES] or kept:
+            load = math.exp(level.sx / len(level.points))
+            reading = load * min(1.0, quick / math.exp(level.sy / len(level.points)))
+            best = max(best, reading)
+            if reading < load - 1:
+                break
+        return best
 
     @staticmethod
     def _borne_out(levels: list[_Level], xs: list[float], knee: float, base: float) -> bool:
@@ -380,9 +402,10 @@ class Limiter:
         holds (a decision on the same answers would repeat the last one, cut on cut)."""
         self.quick = math.inf
         """The run's base latency, as TCP Vegas keeps the least round trip of a connection:
-        the lowest tenth percentile of the recent answers seen at any fit (not their fastest:
-        a model's spread has outliers either way). Not the recent ones' alone: once every
-        recent answer waited in the queue, they are no base, and a window 50 deep in a 4-slot
+        the lowest tenth percentile of the recent answers seen at any update (not their
+        fastest: a model's spread has outliers either way), the first wave's too: its first
+        answers are the ones that did not queue. Not the recent ones' alone: once every recent
+        answer waited in the queue, they are no base, and a window 50 deep in a 4-slot
         server's queue read its own queue as the slots and stayed there."""
         self.looked_below = -HORIZON
         """How many answers the knee had filed at the last probe below the least load."""
@@ -491,8 +514,7 @@ class Limiter:
             self.answered_load = max(self.answered_load, ticket.load)
         self.since_update += 1
         busy = self.in_flight + 1 >= 0.75 * self._window  # else the run has too few rows left
-        starting = self._window < self.threshold  # look for a knee often while growing fast
-        if self.since_update >= (4 if starting else max(4, self.window // 4)):
+        if self.since_update >= self._every():
             self._update(busy, ticket.sent + ticket.latency)
         elif busy and not self.published and self.knee_at is None:
             self._grow()
@@ -507,12 +529,12 @@ class Limiter:
             if rate is not None:
                 self._window = min(self.cap, self._little(rate) + self._headroom())
             return
+        if self.latencies:  # the first wave's first answers too: the quickest of the run
+            ordered = sorted(self.latencies)
+            self.quick = min(self.quick, ordered[len(ordered) // 10])
         if self.adaptive and self.knee.count == self.fitted:  # none filed (a queue drains)
             return
         self.fitted = self.knee.count
-        if self.latencies:
-            ordered = sorted(self.latencies)
-            self.quick = min(self.quick, ordered[len(ordered) // 10])
         found = self.knee.fit(max(HORIZON, 16 * self.window)) if self.adaptive else None
         self.knee_at = found
         if found is None:
@@ -532,12 +554,21 @@ class Limiter:
             target = max(target + max(1, target // 4), math.ceil(found * math.exp(MIN_RISE)))
         elif phase == 1:  # below the least load kept too, if the knee may lie there
             target -= max(1, target // 4)
-            if self.knee.at_lowest and found <= lowest and self._look_below():
+            # (only if the Vegas reading has the least load queue: one at the base latency
+            # has room, and looking below it would leave slots idle for nothing)
+            if self.knee.at_lowest and found <= lowest - 1 and self._look_below():
                 target = min(target, int(0.75 * lowest))
-            # it lasts until the requests it cut are answered, then for its own answers: none
-            # is sent at the lower load before then
-            self.since_update = min(0, target - self.window)
+        cut = max(0, self.window - target)
         self._window = float(max(1, min(self.cap, target)))
+        if phase == 1:  # it lasts until the requests it cut are answered (none is sent at the
+            # lower load before then), then for PROBE_SENDS more: their answers are filed
+            # whenever they come, and the window need not wait for them
+            self.since_update = self._every() - cut - PROBE_SENDS
+
+    def _every(self) -> int:
+        """Answers between window updates: four while slow start grows fast (look for a knee
+        often), a quarter window after."""
+        return 4 if self._window < self.threshold else max(4, self.window // 4)
 
     def _look_below(self) -> bool:
         """Whether to probe below the least load kept: once a horizon of answers, as long as
@@ -548,13 +579,13 @@ class Limiter:
         return True
 
     def _slots(self, lowest: float) -> float:
-        """The knee when every load kept may be past it (a hinge cannot tell a knee at the
-        least load from one below it): the least load, scaled by how much slower its answers
-        were than the run's quick ones, as TCP Vegas reads a queue from the base round trip
-        (past N slots latency grows as load / N)."""
+        """The knee when the hinge put it at the least load kept (every load may be past it,
+        or, over a narrow range, none): read from the run's quick answers as TCP Vegas reads
+        a queue from the base round trip (``Knee.vegas``). Without them, half the least
+        load."""
         if self.quick == math.inf:
             return max(1.0, lowest / 2)
-        return max(1.0, lowest * min(1.0, self.quick / self.knee.bottom))
+        return max(1.0, self.knee.vegas(self.quick))
 
     def _grow(self) -> None:
         """Fast below the threshold (no 429 or 503 yet), by one per window above it."""
