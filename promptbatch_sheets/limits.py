@@ -23,13 +23,11 @@ for its connections). The window grows
 fast while no knee shows (slow start: ``GROWTH`` more for each answer), settles one step above
 a knee, and every ``PROBE_EVERY`` updates probes above it (as far as a knee must show its rise,
 or the knee is lost from the answers) and a quarter below (as BBR probes for bandwidth), so
-that a knee that moved either way is found again from fresh answers. A probe below sends only
-``PROBE_SENDS`` requests at the lower load: each costs a slot left idle while the client turns
-an answer round, and its level keeps answers over many probes. A hinge cannot tell a knee at
-the least load kept from one below it, nor, over a narrow range, from one above it; the run's
-quick answers can (TCP Vegas: past N slots latency grows as load / N), so such a knee is read
-from how much slower each load's answers came, not halved past the slots, and once a horizon,
-if the least load queued, the window looks below it.
+that a knee that moved either way is found again from fresh answers. A hinge cannot tell a
+knee at the least load kept from one below it, nor, over a narrow range, from one above it;
+the run's quick answers can (TCP Vegas: past N slots latency grows as load / N), so such a
+knee is read from how much slower each load's answers came, not halved past the slots, and
+once a horizon, if the least load queued, the window looks below it.
 A 503 halves the window, once per burst, and growth past that point is by one per window of
 answers (TCP's slow-start threshold and AIMD). A 429 from a server that publishes no limits
 says there is one all the same: the rate of the answers it let through in the seconds before
@@ -67,11 +65,6 @@ GROWTH = 4
 """Slow start: the window grows by this much per answer while latency shows no knee."""
 PROBE_EVERY = 8
 """Window updates between probes above a knee."""
-PROBE_SENDS = 2
-"""Requests a probe below sends at the lower load before the window goes back: each is
-answered as it would be with the knee there, and their level keeps ``LEVEL_SAMPLES`` over the
-probes, so a few a probe suffice; every one costs a slot left idle while the client turns an
-answer into the next request."""
 DRAIN_CUT = 0.7
 """A window cut below this share of itself is more than a probe: the answers sent in the next
 latency are not filed (they queued behind the old window's requests)."""
@@ -320,24 +313,28 @@ class Knee:
         return math.exp(xs[0]) if self.at_lowest else None
 
     def vegas(self, quick: float) -> float:
-        """The slots as TCP Vegas reads them from the base latency ``quick``: load x quick /
-        its latency, at each load kept at the last fit from the least up. Past N slots latency
-        grows as load / N, so a level past them reads N; one with room reads its own load. A
-        hinge cannot tell a knee at the least load from one below it, nor, over a narrow range,
-        from one above it: the levels that came at the base latency can. The reading goes up
-        the levels while each has less than one request queued (Vegas' alpha) and stops at the
-        first that queues: a level further up says nothing of now. A level with fewer than
-        ``MIN_SAMPLES`` answers is read only if no level has more: a few answers sent at a low
-        load while the window's older requests still queued came as slow as those."""
+        """The slots as TCP Vegas reads them from the base latency ``quick``. A hinge cannot
+        tell a knee at the least load kept from one below it, nor, over a narrow range, from
+        one above it; latencies can: past N slots latency grows as load / N. Going up the
+        levels kept at the last fit, each reads load x the least load's latency / its own,
+        while it has less than one request more queued than the least load (Vegas' alpha);
+        the first with more stops it (a level further up says nothing of now). The most read
+        is scaled by how much slower the least load came than ``quick``: a least load that
+        queued reads fewer slots, one at the base latency reads itself and the levels with
+        room above it (a ``quick`` stale from the first wave's connections, slower than now,
+        scales nothing). A level with fewer than ``MIN_SAMPLES`` answers is read only if no
+        level has more: a few sent at a low load behind older requests came as slow as those."""
         kept = [v for _, v in sorted(self.levels.items()) if v.points]
+        kept = [v for v in kept if len(v.points) >= MIN_SAMPLES] or kept
+        base = math.exp(kept[0].sy / len(kept[0].points))
         best = 0.0
-        for level in [v for v in kept if len(v.points) >= MIN_SAMPLES] or kept:
+        for level in kept:
             load = math.exp(level.sx / len(level.points))
-            reading = load * min(1.0, quick / math.exp(level.sy / len(level.points)))
+            reading = load * min(1.0, base / math.exp(level.sy / len(level.points)))
             best = max(best, reading)
             if reading < load - 1:
                 break
-        return best
+        return best * min(1.0, quick / base)
 
     @staticmethod
     def _borne_out(levels: list[_Level], xs: list[float], knee: float, base: float) -> bool:
@@ -514,7 +511,8 @@ class Limiter:
             self.answered_load = max(self.answered_load, ticket.load)
         self.since_update += 1
         busy = self.in_flight + 1 >= 0.75 * self._window  # else the run has too few rows left
-        if self.since_update >= self._every():
+        starting = self._window < self.threshold  # look for a knee often while growing fast
+        if self.since_update >= (4 if starting else max(4, self.window // 4)):
             self._update(busy, ticket.sent + ticket.latency)
         elif busy and not self.published and self.knee_at is None:
             self._grow()
@@ -558,17 +556,10 @@ class Limiter:
             # has room, and looking below it would leave slots idle for nothing)
             if self.knee.at_lowest and found <= lowest - 1 and self._look_below():
                 target = min(target, int(0.75 * lowest))
-        cut = max(0, self.window - target)
+            # it lasts until the requests it cut are answered, then for its own answers: none
+            # is sent at the lower load before then
+            self.since_update = min(0, target - self.window)
         self._window = float(max(1, min(self.cap, target)))
-        if phase == 1:  # it lasts until the requests it cut are answered (none is sent at the
-            # lower load before then), then for PROBE_SENDS more: their answers are filed
-            # whenever they come, and the window need not wait for them
-            self.since_update = self._every() - cut - PROBE_SENDS
-
-    def _every(self) -> int:
-        """Answers between window updates: four while slow start grows fast (look for a knee
-        often), a quarter window after."""
-        return 4 if self._window < self.threshold else max(4, self.window // 4)
 
     def _look_below(self) -> bool:
         """Whether to probe below the least load kept: once a horizon of answers, as long as
