@@ -27,9 +27,10 @@ fast while no knee shows (slow start: ``GROWTH`` more for each answer), settles 
 a knee, and every ``PROBE_EVERY`` updates probes above it (as far as a knee must show its rise,
 or the knee is lost from the answers) and a quarter below (as BBR probes for bandwidth), so
 that a knee that moved either way is found again from fresh answers. A hinge cannot tell a
-knee at the least load kept from one below it; the run's quick answers can (TCP Vegas: past N
-slots latency grows as load / N), so such a knee is scaled by how much slower its answers came,
-not halved past the slots, and once a horizon the window looks below the least load.
+knee at the least load kept from one below it, nor, over a narrow range, from one above it;
+the run's quick answers can (TCP Vegas: past N slots latency grows as load / N), so such a
+knee is read from how much slower each load's answers came, not halved past the slots, and
+once a horizon, if the least load queued, the window looks below it.
 A 503 halves the window, once per burst, and growth past that point is by one per window of
 answers (TCP's slow-start threshold and AIMD). A 429 from a server that publishes no limits
 says there is one all the same: the rate of the answers it let through in the seconds before
@@ -295,11 +296,6 @@ class Knee:
         self.at_lowest = False
         """Whether the last knee found lies at the least load kept: every answer may have been
         past it, and the real knee may be lower still."""
-        self.bottom = 0.0
-        """Mean latency at the least load kept, at the last fit: how much slower it came than
-        the run's quick answers says how far past the slots that load is (a hinge cannot tell
-        a knee at the least load from one below it; the latency a server answers in when it
-        has room can)."""
 
     def add(self, load: int, latency: float) -> None:
         self.count += 1
@@ -318,7 +314,6 @@ class Knee:
         if total < MIN_SAMPLES:
             return None
         xs = [v.sx / c for v, c in zip(levels, counts, strict=True)]
-        self.bottom = math.exp(levels[0].sy / counts[0])
         sy = sum(v.sy for v in levels)
         syy = sum(v.syy for v in levels)
         free = syy - sy * sy / total
@@ -346,6 +341,30 @@ class Knee:
         # however narrow their range.
         self.at_lowest = free - lowest >= margin
         return math.exp(xs[0]) if self.at_lowest else None
+
+    def vegas(self, quick: float) -> float:
+        """The slots as TCP Vegas reads them from the base latency ``quick``. A hinge cannot
+        tell a knee at the least load kept from one below it, nor, over a narrow range, from
+        one above it; latencies can: past N slots latency grows as load / N. Going up the
+        levels kept at the last fit, each reads load x the least load's latency / its own,
+        while it has less than one request more queued than the least load (Vegas' alpha);
+        the first with more stops it (a level further up says nothing of now). The most read
+        is scaled by how much slower the least load came than ``quick``: a least load that
+        queued reads fewer slots, one at the base latency reads itself and the levels with
+        room above it (a ``quick`` stale from the first wave's connections, slower than now,
+        scales nothing). A level with fewer than ``MIN_SAMPLES`` answers is read only if no
+        level has more: a few sent at a low load behind older requests came as slow as those."""
+        kept = [v for _, v in sorted(self.levels.items()) if v.points]
+        kept = [v for v in kept if len(v.points) >= MIN_SAMPLES] or kept
+        base = math.exp(kept[0].sy / len(kept[0].points))
+        best = 0.0
+        for level in kept:
+            load = math.exp(level.sx / len(level.points))
+            reading = load * min(1.0, base / math.exp(level.sy / len(level.points)))
+            best = max(best, reading)
+            if reading < load - 1:
+                break
+        return best * min(1.0, quick / base)
 
     @staticmethod
     def _borne_out(levels: list[_Level], xs: list[float], knee: float, base: float) -> bool:
@@ -410,9 +429,10 @@ class Limiter:
         holds (a decision on the same answers would repeat the last one, cut on cut)."""
         self.quick = math.inf
         """The run's base latency, as TCP Vegas keeps the least round trip of a connection:
-        the lowest tenth percentile of the recent answers seen at any fit (not their fastest:
-        a model's spread has outliers either way). Not the recent ones' alone: once every
-        recent answer waited in the queue, they are no base, and a window 50 deep in a 4-slot
+        the lowest tenth percentile of the recent answers seen at any update (not their
+        fastest: a model's spread has outliers either way), the first wave's too: its first
+        answers are the ones that did not queue. Not the recent ones' alone: once every recent
+        answer waited in the queue, they are no base, and a window 50 deep in a 4-slot
         server's queue read its own queue as the slots and stayed there."""
         self.looked_below = -HORIZON
         """How many answers the knee had filed at the last probe below the least load."""
@@ -541,12 +561,12 @@ class Limiter:
             if rate is not None:
                 self._window = min(self.cap, self._little(rate) + self._headroom())
             return
+        if self.latencies:  # the first wave's first answers too: the quickest of the run
+            ordered = sorted(self.latencies)
+            self.quick = min(self.quick, ordered[len(ordered) // 10])
         if self.adaptive and self.knee.count == self.fitted:  # none filed (a queue drains)
             return
         self.fitted = self.knee.count
-        if self.latencies:
-            ordered = sorted(self.latencies)
-            self.quick = min(self.quick, ordered[len(ordered) // 10])
         found = self.knee.fit(max(HORIZON, 16 * self.window)) if self.adaptive else None
         self.knee_at = found
         if found is None:
@@ -566,7 +586,9 @@ class Limiter:
             target = max(target + max(1, target // 4), math.ceil(found * math.exp(MIN_RISE)))
         elif phase == 1:  # below the least load kept too, if the knee may lie there
             target -= max(1, target // 4)
-            if self.knee.at_lowest and found <= lowest and self._look_below():
+            # (only if the Vegas reading has the least load queue: one at the base latency
+            # has room, and looking below it would leave slots idle for nothing)
+            if self.knee.at_lowest and found <= lowest - 1 and self._look_below():
                 target = min(target, int(0.75 * lowest))
             # it lasts until the requests it cut are answered, then for its own answers: none
             # is sent at the lower load before then
@@ -582,13 +604,13 @@ class Limiter:
         return True
 
     def _slots(self, lowest: float) -> float:
-        """The knee when every load kept may be past it (a hinge cannot tell a knee at the
-        least load from one below it): the least load, scaled by how much slower its answers
-        were than the run's quick ones, as TCP Vegas reads a queue from the base round trip
-        (past N slots latency grows as load / N)."""
+        """The knee when the hinge put it at the least load kept (every load may be past it,
+        or, over a narrow range, none): read from the run's quick answers as TCP Vegas reads
+        a queue from the base round trip (``Knee.vegas``). Without them, half the least
+        load."""
         if self.quick == math.inf:
             return max(1.0, lowest / 2)
-        return max(1.0, lowest * min(1.0, self.quick / self.knee.bottom))
+        return max(1.0, self.knee.vegas(self.quick))
 
     def _grow(self) -> None:
         """Fast below the threshold (no 429 or 503 yet), by one per window above it."""

@@ -157,6 +157,17 @@ def test_a_knee_at_the_least_load_kept_is_read_from_the_quick_answers() -> None:
     assert min(windows[8:]) >= 3  # a probe below the least load kept, one level down
 
 
+def test_a_base_latency_from_the_first_answers_brings_a_deep_window_back() -> None:
+    """A first wave 32 times a 4-slot server: its first answers came at the service time, and
+    every later one waited behind the wave. Once every recent answer has queued, their tenth
+    percentile is the queue, no base: read from it, a least load 50 deep looked like the slots
+    and the window stayed in the queue (every wait 0.66 s at a 0.05 s service, in a CI run).
+    The run's quick answers, the first wave's among them, bring it back to the slots."""
+    for seed in range(3):
+        windows = simulate(Limiter(start=128), slotted(4), 3000, seed=seed)
+        assert statistics.median(windows[-300:]) <= 6  # the 4 slots, one queued, a probe
+
+
 def test_knee_fit_ignores_spread_but_finds_slots() -> None:
     rng = random.Random(2)
     free, queued = Knee(), Knee()
