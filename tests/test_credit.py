@@ -4,7 +4,6 @@ no longer trusted once the server refuses a request sent on it."""
 from __future__ import annotations
 
 import asyncio
-import csv
 import itertools
 from collections.abc import Iterator
 from pathlib import Path
@@ -15,6 +14,7 @@ import pytest
 
 from promptbatch_sheets.limits import Limiter, Ticket
 from tests.conftest import cli
+from tests.test_limits import book
 from tests.test_llmock import llmock
 
 
@@ -130,12 +130,6 @@ def spread(records: list[dict[str, Any]]) -> tuple[int, int, float]:
     return (sum(r["status"] == 200 for r in chats), sum(r["status"] == 429 for r in chats), gap)
 
 
-def book_of(path: Path, rows: int) -> Path:
-    with path.open("w", newline="") as handle:
-        csv.writer(handle).writerows([["n"]] + [[str(i)] for i in range(rows)])
-    return path
-
-
 @pytest.fixture
 def full_bucket() -> Iterator[str]:
     """llmock (not ours) at 600 requests a minute, its bucket full at the start, as
@@ -149,7 +143,7 @@ def test_a_full_bucket_is_spent_at_the_speed_it_allows(tmp_path: Path, full_buck
     """300 rows: at the minute's average (10 a second) the run would keep 2 or 3 in flight
     for 30 s; the 600 the bucket holds let them all go with no 429."""
     monkeypatch.setenv("PROMPTBATCH_API_KEY", "test-key")
-    result = cli("run", str(book_of(tmp_path / "b.csv", 300)), "--template", "Number {{ n }}",
+    result = cli("run", str(book(tmp_path / "b.csv", 300)), "--template", "Number {{ n }}",
                  "--model", "openai-compatible:bench", "--base-url", f"{full_bucket}/v1")
     assert result.exit_code == 0, result.output
     records = [r for r in httpx.get(f"{full_bucket}/_llmock/requests", timeout=30).json()
@@ -171,7 +165,7 @@ def test_a_run_past_a_full_bucket_goes_on_at_its_pace(tmp_path: Path,
     on the pace: the run never stops for the minute a paced 1,200 would have taken."""
     with llmock("--latency-ms", "50", "--rpm", "1200") as url:
         monkeypatch.setenv("PROMPTBATCH_API_KEY", "test-key")
-        result = cli("run", str(book_of(tmp_path / "b.csv", 1300)), "--template",
+        result = cli("run", str(book(tmp_path / "b.csv", 1300)), "--template",
                      "Number {{ n }}", "--model", "openai-compatible:bench", "--base-url",
                      f"{url}/v1")
         records = httpx.get(f"{url}/_llmock/requests", timeout=30).json()["requests"]
